@@ -63,7 +63,10 @@ ARRAY_SPECS: dict[str, tuple[str, tuple[int, ...]]] = {
     "tri_emit_pdf": ("float32", ()),  # per triangle: P(select) / area, 0 for non-emitters
     "tex_texels": ("uint8", (3,)),  # sRGB-encoded
     "tex_info": ("int32", (3,)),
-    "env_params": ("float32", ()),  # (4,): rgb scale (the whole light without an image), rotation deg about +y
+    "env_params": (
+        "float32",
+        (),
+    ),  # (4,): rgb scale (the whole light without an image), rotation deg about +y
     "env_texels": ("float32", (3,)),  # linear, rows top (+y) to bottom
     "env_cdf": ("float32", ()),  # inclusive CDF over env texels by luminance * sin(theta)
     "env_info": ("int32", ()),  # (width, height, has_image)
@@ -136,7 +139,8 @@ class CompiledScene:
             version=FORMAT_VERSION,
             source=self.source,
             arrays={
-                k: ArrayRecord(str(v.dtype), list(v.shape), v.tobytes()) for k, v in sorted(self.arrays.items())
+                k: ArrayRecord(str(v.dtype), list(v.shape), v.tobytes())
+                for k, v in sorted(self.arrays.items())
             },
             settings=self.settings,
             mesh_names=self.mesh_names,

@@ -1,0 +1,152 @@
+"""The render API: compiled scene + settings + a work unit in, per-pass float32 sums out.
+
+`Renderer` starts the backend (once per process), uploads the scene's arrays to the device once,
+and renders units by launching the tracer kernel once per pass of the unit. `render_frame`
+renders a whole frame as buckets x passes into a `Film`, reporting progress after each unit.
+Everything a unit's pixels get depends only on (scene, settings, frame, pixel, sample), so any
+split of the frame, in any process, gives the same bits on the same backend.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .compiled import CompiledScene
+from .film import Film
+from .scene.compile import camera_tangents
+from .settings import RenderSettings
+from .units import UnitResult, WorkUnit, frame_units
+
+# sRGB-encoded byte -> linear float, for base-colour textures (decoded per texel in the kernel)
+_c = np.arange(256, dtype=np.float64) / 255.0
+SRGB_TO_LINEAR = np.where(_c <= 0.04045, _c / 12.92, ((_c + 0.055) / 1.055) ** 2.4).astype(np.float32)
+del _c
+
+
+@dataclass
+class RenderStats:
+    units: int = 0
+    samples: int = 0  # pixel samples rendered
+    render_s: float = 0.0  # time inside kernel launches (including the first compile)
+    compile_s: float = 0.0  # the first launch's extra time: compilation or cache load
+
+
+class Renderer:
+    """Renders units of one compiled scene. Not thread-safe: one renderer per thread of use."""
+
+    def __init__(self, scene: CompiledScene, *, backend: str = "auto", threads: int = 0):
+        from kernels.backend import init_backend
+
+        self.scene = scene
+        self.backend = init_backend(backend, threads)
+        import taichi as ti
+
+        if not _TI_DTYPES:
+            _init_dtypes()
+        self._ti = ti
+        self._dev = {}
+        t0 = time.perf_counter()
+        for name, arr in scene.arrays.items():
+            if arr.shape[0] == 0:  # Taichi cannot allocate empty arrays: pad, counts say what is real
+                arr = np.zeros((1, *arr.shape[1:]), arr.dtype)
+            nd = ti.ndarray(dtype=_TI_DTYPES[arr.dtype.str], shape=arr.shape)
+            nd.from_numpy(arr)
+            self._dev[name] = nd
+        lut = ti.ndarray(dtype=ti.f32, shape=(256,))
+        lut.from_numpy(SRGB_TO_LINEAR)
+        self._dev["srgb_lut"] = lut
+        self.upload_s = time.perf_counter() - t0
+        self._out: dict[tuple[int, int], object] = {}
+        self.stats = RenderStats()
+        self._compiled = False
+        env = scene.arrays["env_params"][:3]
+        self._has_env = bool(np.max(env) > 0)
+        self._n_emit = int(scene.arrays["emit_tri"].shape[0])
+        self._n_tex = int(scene.arrays["tex_info"].shape[0])
+        if self._has_env and self._n_emit:
+            self._p_env = 0.5
+        else:
+            self._p_env = 1.0 if self._has_env else 0.0
+
+    def _out_buffer(self, h: int, w: int):
+        buf = self._out.get((h, w))
+        if buf is None:
+            if len(self._out) > 8:  # bounded: frames use at most 4 bucket shapes
+                self._out.clear()
+            buf = self._ti.ndarray(dtype=self._ti.f32, shape=(h, w, 3))
+            self._out[(h, w)] = buf
+        return buf
+
+    def render_unit(self, unit: WorkUnit, settings: RenderSettings | None = None) -> UnitResult:
+        from kernels.tracer import render_rect
+
+        settings = settings or self.scene.settings
+        unit.check(settings)
+        tan_x, tan_y = camera_tangents(self.scene.arrays["camera"], settings.width, settings.height)
+        out = self._out_buffer(unit.height, unit.width)
+        d = self._dev
+        sums = np.empty((unit.pass_count, unit.height, unit.width, 3), np.float32)
+        counts = []
+        for k, p in enumerate(unit.passes):
+            s0, s1 = settings.pass_range(p)
+            t0 = time.perf_counter()
+            render_rect(
+                unit.x0, unit.y0, settings.width, settings.height, s0, s1,
+                settings.seed, unit.frame, settings.max_depth, settings.rr_depth,
+                tan_x, tan_y, self._n_emit, self._n_tex, self._p_env,
+                d["camera"], d["positions"], d["normals"], d["uvs"], d["indices"], d["tri_material"],
+                d["materials"], d["bvh_bounds"], d["bvh_links"], d["emit_tri"], d["emit_cdf"],
+                d["tri_emit_pdf"], d["tex_texels"], d["tex_info"], d["env_params"], d["env_texels"],
+                d["env_cdf"], d["env_info"], d["srgb_lut"], out,
+            )  # fmt: skip
+            sums[k] = out.to_numpy()
+            dt = time.perf_counter() - t0
+            if not self._compiled:
+                self._compiled = True
+                self.stats.compile_s = dt
+            self.stats.render_s += dt
+            self.stats.samples += unit.pixels * (s1 - s0)
+            counts.append(s1 - s0)
+        self.stats.units += 1
+        return UnitResult(unit=unit, sums=sums, sample_counts=counts)
+
+    def warm_up(self) -> float:
+        """Compile (or load from the disk cache) the kernel now; returns the seconds it took."""
+        t0 = time.perf_counter()
+        if not self._compiled:
+            tiny = RenderSettings(width=1, height=1, spp=1, pass_spp=1, max_depth=1)
+            self.render_unit(WorkUnit(x0=0, y0=0, width=1, height=1, pass_index=0), tiny)
+            self.stats = RenderStats(compile_s=time.perf_counter() - t0)
+        return time.perf_counter() - t0
+
+
+_TI_DTYPES: dict[str, object] = {}
+
+
+def _init_dtypes():
+    import taichi as ti
+
+    _TI_DTYPES.update({"<f4": ti.f32, "<i4": ti.i32, "|u1": ti.u8})
+
+
+def render_frame(
+    renderer: Renderer,
+    settings: RenderSettings | None = None,
+    *,
+    frame: int = 0,
+    units: Iterable[WorkUnit] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Film:
+    """Render every unit of a frame (by default: buckets x passes, pass-major) into a Film."""
+    settings = settings or renderer.scene.settings
+    todo = list(units) if units is not None else frame_units(settings, frame=frame)
+    film = Film(settings, frame)
+    for n, unit in enumerate(todo, 1):
+        film.add(renderer.render_unit(unit, settings))
+        if progress is not None:
+            progress(n, len(todo))
+    return film
