@@ -1,0 +1,94 @@
+"""Render throughput on this machine, measured side by side in one run.
+
+Prints, for the built-in Cornell box and the 69k-triangle bunny: kernel compile time cold (empty
+cache, in a fresh process) and warm (from Taichi's disk cache), scene compile time, and samples
+per second when the frame is one unit against 64 px and 32 px buckets x passes (the split a party
+uses), with the ratio that the split costs. Run: python bench/render.py [--spp N] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+
+from meshrender.render import Renderer, render_frame
+from meshrender.scene.compile import compile_scene
+from meshrender.scene.load import load_scene
+from meshrender.units import frame_units, whole_frame_unit
+
+REPO = Path(__file__).resolve().parent.parent
+
+COLD = """
+import time, sys
+from meshrender.render import Renderer
+from meshrender.scene.compile import compile_scene
+from meshrender.scene.load import load_scene
+r = Renderer(compile_scene(load_scene("cornell")), backend="cpu", threads=int(sys.argv[1]))
+print(r.warm_up())
+"""
+
+
+def kernel_compile_s(cache_dir: str, threads: int) -> float:
+    env = {**os.environ, "MESHRENDER_CACHE": cache_dir}
+    out = subprocess.run(
+        [sys.executable, "-c", COLD, str(threads)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def bench_scene(spec: str, spp: int, threads: int, res: int) -> dict:
+    t0 = time.perf_counter()
+    loaded = load_scene(spec)
+    t1 = time.perf_counter()
+    scene = compile_scene(loaded)
+    t2 = time.perf_counter()
+    r = Renderer(scene, backend="cpu", threads=threads)
+    r.warm_up()
+    s = msgspec.structs.replace(scene.settings, spp=spp, pass_spp=max(1, spp // 4), width=res, height=res)
+    row = {"scene": spec, "triangles": scene.triangle_count, "load_s": t1 - t0, "compile_scene_s": t2 - t1}
+    for label, units in (
+        ("whole_frame", [whole_frame_unit(s)]),
+        ("buckets64", frame_units(s, bucket_px=64)),
+        ("buckets32", frame_units(s, bucket_px=32)),
+    ):
+        t = time.perf_counter()
+        render_frame(r, s, units=units)
+        dt = time.perf_counter() - t
+        row[f"{label}_Msamples_s"] = s.width * s.height * s.spp / dt / 1e6
+        row[f"{label}_units"] = len(units)
+    row["split64_cost_ratio"] = row["whole_frame_Msamples_s"] / row["buckets64_Msamples_s"]
+    row["split32_cost_ratio"] = row["whole_frame_Msamples_s"] / row["buckets32_Msamples_s"]
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--spp", type=int, default=32)
+    ap.add_argument("--res", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as cold:
+        cold_s = kernel_compile_s(cold, args.threads)
+        warm_s = kernel_compile_s(cold, args.threads)
+    print(f"kernel compile: cold {cold_s:.2f} s, from disk cache {warm_s:.2f} s")
+    bunny = REPO.parent / "shared" / "scenes" / "bunny" / "bunny.ply"
+    for spec in ["cornell", str(bunny)]:
+        row = bench_scene(spec, args.spp, args.threads, args.res)
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
+
+
+if __name__ == "__main__":
+    main()

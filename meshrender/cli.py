@@ -1,0 +1,183 @@
+"""The `meshrender` command line.
+
+`meshrender render SCENE` loads a scene file, a bare mesh or a built-in scene, renders it on this
+machine bucket by bucket (a progress bar on a terminal), writes EXR + PNG + a JSON record, and with
+`--json` prints one JSON object on stdout. Errors a user can fix print one line naming the problem
+and exit with status 2; nothing is written for a scene that failed to load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from datetime import UTC, datetime
+
+import msgspec
+
+from . import __version__
+from .errors import MeshrenderError
+
+EXIT_USER_ERROR = 2
+log = logging.getLogger("meshrender")
+
+
+def _resolution(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"resolution {text!r} is not WxH, e.g. 640x480") from None
+    return w, h
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="meshrender", description="Peer-to-peer path tracer.")
+    p.add_argument("--version", action="version", version=f"meshrender {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    r = sub.add_parser("render", help="render a scene on this machine")
+    r.add_argument("scene", help="scene .toml, a mesh (.obj .ply .gltf .glb), or a built-in name (cornell)")
+    r.add_argument("-o", "--output", help="OUT.png or OUT.exr (both are written, plus OUT.json)")
+    r.add_argument("--spp", type=_positive, help="samples per pixel")
+    r.add_argument("--res", type=_resolution, metavar="WxH", help="resolution, e.g. 640x480")
+    r.add_argument("--max-depth", type=_positive, help="longest path, in segments")
+    r.add_argument("--seed", type=int, help="random seed (0..2^32-1)")
+    r.add_argument("--pass-spp", type=_positive, help="samples per pass (the film's unit of order)")
+    r.add_argument("--exposure", type=float, help="PNG exposure, in stops")
+    r.add_argument("--backend", choices=("auto", "cpu", "gpu"), default="auto")
+    r.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    r.add_argument("--tile", type=_positive, metavar="PX", help="bucket size in pixels")
+    r.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    return p
+
+
+class Progress:
+    """A one-line progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.t0 = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        frac = done / total
+        dt = time.perf_counter() - self.t0
+        eta = dt / frac - dt if frac > 0 else 0.0
+        bar = "#" * int(frac * 30)
+        sys.stderr.write(f"\r[{bar:<30}] {frac:6.1%} {done}/{total} units  {dt:5.1f}s  eta {eta:5.1f}s")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .output import write_outputs
+    from .render import Renderer, render_frame
+    from .scene.compile import compile_scene
+    from .scene.load import load_scene
+    from .units import frame_units
+
+    t_start = time.perf_counter()
+    loaded = load_scene(args.scene)
+    t_loaded = time.perf_counter()
+    scene = compile_scene(loaded)
+    t_compiled = time.perf_counter()
+    s = scene.settings
+    overrides = {}
+    if args.spp is not None:
+        overrides["spp"] = args.spp
+    if args.res is not None:
+        overrides["width"], overrides["height"] = args.res
+    if args.max_depth is not None:
+        overrides["max_depth"] = args.max_depth
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.pass_spp is not None:
+        overrides["pass_spp"] = args.pass_spp
+    if args.exposure is not None:
+        overrides["exposure"] = args.exposure
+    if args.tile is not None:
+        overrides["bucket_px"] = args.tile
+    try:
+        settings = msgspec.convert(msgspec.to_builtins(msgspec.structs.replace(s, **overrides)), type=type(s))
+    except msgspec.ValidationError as exc:
+        raise MeshrenderError(f"render settings: {exc}") from None
+
+    renderer = Renderer(scene, backend=args.backend, threads=args.threads)
+    kernel_s = renderer.warm_up()
+    units = frame_units(settings)
+    t_render = time.perf_counter()
+    film = render_frame(renderer, settings, units=units, progress=Progress(sys.stderr.isatty()))
+    render_s = time.perf_counter() - t_render
+    image = film.image()
+
+    name = loaded.source.split(":")[-1]
+    out = args.output or f"{name.rsplit('/', 1)[-1].rsplit('.', 1)[0] or 'render'}.png"
+    samples = settings.width * settings.height * settings.spp
+    total_s = time.perf_counter() - t_start
+    mean_rgb = [float(v) for v in image.reshape(-1, 3).mean(0)]
+    record = {
+        "meshrender": __version__,
+        "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "scene": loaded.source,
+        "triangles": scene.triangle_count,
+        "settings": msgspec.to_builtins(settings),
+        "spp": settings.spp,
+        "resolution": [settings.width, settings.height],
+        "backend": renderer.backend.name,
+        "backend_info": renderer.backend.to_json(),
+        "units": len(units),
+        "seconds": total_s,
+        "timing_s": {
+            "load": t_loaded - t_start,
+            "compile_scene": t_compiled - t_loaded,
+            "kernel_compile_or_cache": kernel_s,
+            "upload": renderer.upload_s,
+            "render": render_s,
+        },
+        "samples_per_second": samples / render_s if render_s > 0 else 0.0,
+        "mean_rgb": mean_rgb,
+    }
+    outputs = write_outputs(out, image, record, settings.exposure)
+    record["outputs"] = outputs
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print(
+            f"{outputs[0]}: {settings.width}x{settings.height} {settings.spp} spp in {render_s:.2f}s "
+            f"({record['samples_per_second'] / 1e6:.2f} Msamples/s on {renderer.backend.name})"
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    logging.basicConfig(level=logging.INFO, format="meshrender: %(message)s", stream=sys.stderr)
+    logging.getLogger("taichi").setLevel(logging.WARNING)
+    try:
+        return cmd_render(args)
+    except MeshrenderError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": str(exc), "kind": type(exc).__name__}))
+        print(f"meshrender: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Shared test fixtures. Every render here runs on the CPU backend, in this process, once per
+backend key (re-initialising Taichi would invalidate other renderers' device arrays)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+SCENES = SHARED / "scenes"
+CORNELL_REF = SCENES / "cornell_mitsuba" / "reference_4096spp_boxfilter.exr"
+
+# keep test kernels out of the user's cache but shared across the test run's processes
+os.environ.setdefault("MESHRENDER_CACHE", str(REPO / ".pytest_cache" / "meshrender"))
+
+
+@pytest.fixture(scope="session")
+def renderer_for():
+    """Build (and cache per scene object) a CPU Renderer."""
+    from meshrender.render import Renderer
+
+    cache = {}
+
+    def make(scene):
+        key = id(scene)
+        if key not in cache:
+            cache[key] = (scene, Renderer(scene, backend="cpu"))
+        return cache[key][1]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def cornell():
+    from meshrender.scene.compile import compile_scene
+    from meshrender.scene.load import load_scene
+
+    return compile_scene(load_scene("cornell"))
