@@ -9,6 +9,8 @@ disk by Taichi's offline cache under the user's cache directory.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import time
@@ -61,11 +63,16 @@ def _try_init(ti, arch, threads: int) -> str:
     )
     if threads > 0:
         kwargs["cpu_max_num_threads"] = threads
+    said = io.StringIO()  # ti.init prints "Starting on arch=..." on stdout: keep it off stdout
     try:
-        ti.init(**kwargs)
+        with contextlib.redirect_stdout(said):
+            ti.init(**kwargs)
     except Exception as exc:  # Taichi raises RuntimeError and friends for a missing driver
         log.info("taichi init on %s failed: %s", arch, exc)
         return ""
+    finally:
+        if said.getvalue().strip():
+            log.debug("taichi: %s", said.getvalue().strip())
     return ti.lang.impl.current_cfg().arch.name
 
 
