@@ -80,3 +80,5 @@ class LoadedScene:
     camera: CameraDesc
     environment: EnvironmentDesc
     settings: RenderSettings = field(default_factory=RenderSettings)
+    # What loading ignored or repaired (e.g. glTF normal maps, skins), for humans; not rendered.
+    warnings: list[str] = field(default_factory=list)

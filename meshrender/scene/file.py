@@ -1,0 +1,326 @@
+"""The TOML scene file: its format, its validation, and the transforms it places meshes with.
+
+How: `tomllib` parses the text (a syntax error is reported with its line), every float is
+checked to be finite, then msgspec converts the tables into the Structs below, which forbid
+unknown keys, so a typo is an error naming the key and where it is (`render: unknown key
+`spq``). Cross-references (material names, transform keys, camera geometry) are checked here
+too; nothing in this module touches the files the scene names — `load.py` does that.
+
+Format (paths are relative to the scene file; every table and key is optional unless marked):
+
+    [render]                  # any RenderSettings field: width, height, spp, pass_spp, max_depth,
+    resolution = [256, 256]   #   rr_depth, seed, bucket_px, exposure; resolution = [W, H] sets
+    spp = 64                  #   width and height (give one or the other, not both)
+    max_depth = 8
+
+    [camera]                  # absent: framed automatically on the scene's bounding box
+    position = [0, 0, 3.9]
+    look_at = [0, 0, 0]
+    up = [0, 1, 0]
+    fov_deg = 39.3077         # 0 < fov_deg < 180
+    fov_axis = "smaller"      # "x", "y", "smaller" or "larger": the image axis fov_deg spans
+    aperture_radius = 0.0     # thin lens; 0 is a pinhole
+    focus_distance = 0.0      # 0: the distance from position to look_at
+
+    [environment]             # light from infinitely far; absent: constant white [1, 1, 1]
+    color = [0, 0, 0]         # constant radiance; multiplies the image when one is given
+    image = "sky.exr"         # optional equirect (EXR/HDR linear, PNG/JPEG sRGB), +y up
+    rotation_deg = 0.0        # about +y
+
+    [materials.white]         # a named material, for meshes and lights to refer to
+    type = "diffuse"          # or "conductor" (rough metal, GGX)
+    base_color = [0.8, 0.8, 0.8]      # multiplies base_color_texture when both are given
+    base_color_texture = "tex.png"    # PNG/JPEG (sRGB) or EXR/HDR (linear)
+    roughness = 0.5           # 0..1, conductor only; GGX alpha = roughness^2
+    emission = [0, 0, 0]      # radiance; > 0 makes every triangle of the material a light
+    two_sided_emission = false  # one-sided lights emit on the side of the CCW face normal
+
+    [[meshes]]                # one entry per mesh file; required: file
+    file = "meshes/floor.obj" # .obj (+ .mtl), .ply, .gltf, .glb
+    name = "floor"            # for messages; default: the file
+    material = "white"        # replaces every material of the file; default: the file's own
+    translate = [0, 0, 0]     # placement: scale, then rotate, then translate ...
+    rotate_deg = [0, 0, 0]    #   rotations about x, then y, then z (degrees, right-handed)
+    scale = 1.0               #   or [sx, sy, sz]
+    # matrix = [16 numbers]   # ... or a row-major 4x4 affine matrix instead of the three above
+
+    [[lights]]                # an emitting mesh: every triangle emits `radiance`
+    file = "light.obj"        # required, as for meshes
+    radiance = [18.4, 14.0, 6.75]     # required
+    two_sided = false         # emit on both sides
+    name = "key"              # for messages; default: the file
+    material = "white"        # the surface's BSDF; default: black diffuse
+    # + translate / rotate_deg / scale / matrix as for meshes
+
+A scene needs at least one [[meshes]] or [[lights]] entry.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import numpy as np
+from msgspec import Meta, Struct
+
+from ..errors import SceneError
+from ..settings import RenderSettings
+from .types import CameraDesc, MeshData
+
+SCENE_BYTES_MAX = 16 << 20  # a hand-written (or generated) scene file is kilobytes; 16 MiB is a mistake
+ENTRIES_MAX = 100_000  # meshes + lights per scene; each is a file to open
+MATERIALS_MAX = 100_000  # named materials per scene file
+NAME_CHARS_MAX = 256  # names and paths are for humans and the file system
+MESH_SUFFIXES = (".obj", ".ply", ".gltf", ".glb")
+UP_PARALLEL_SIN_MIN = 1e-6  # |up x view| below this (unit vectors): up gives no roll, the frame is undefined
+
+Name = Annotated[str, Meta(min_length=1, max_length=NAME_CHARS_MAX)]
+NonNeg = Annotated[float, Meta(ge=0.0)]
+Color = tuple[NonNeg, NonNeg, NonNeg]
+Vec3 = tuple[float, float, float]
+
+
+class CameraTable(Struct, forbid_unknown_fields=True, kw_only=True):
+    position: Vec3 = CameraDesc.position
+    look_at: Vec3 = CameraDesc.look_at
+    up: Vec3 = CameraDesc.up
+    fov_deg: Annotated[float, Meta(gt=0.0, lt=180.0)] = CameraDesc.fov_deg
+    fov_axis: Literal["x", "y", "smaller", "larger"] = "smaller"
+    aperture_radius: NonNeg = 0.0
+    focus_distance: NonNeg = 0.0
+
+
+class EnvironmentTable(Struct, forbid_unknown_fields=True, kw_only=True):
+    color: Color | None = None
+    image: Name | None = None
+    rotation_deg: float = 0.0
+
+
+class MaterialTable(Struct, forbid_unknown_fields=True, kw_only=True):
+    type: Literal["diffuse", "conductor"] = "diffuse"
+    base_color: Color = (0.8, 0.8, 0.8)
+    base_color_texture: Name | None = None
+    roughness: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.5
+    emission: Color = (0.0, 0.0, 0.0)
+    two_sided_emission: bool = False
+
+
+class _Placed(Struct, forbid_unknown_fields=True, kw_only=True):
+    file: Name
+    name: Name | None = None
+    material: Name | None = None
+    translate: Vec3 = (0.0, 0.0, 0.0)
+    rotate_deg: Vec3 = (0.0, 0.0, 0.0)
+    scale: float | Vec3 = 1.0
+    matrix: Annotated[tuple[float, ...], Meta(min_length=16, max_length=16)] | None = None
+
+
+class MeshEntry(_Placed, kw_only=True):
+    pass
+
+
+class LightEntry(_Placed, kw_only=True):
+    radiance: Color
+    two_sided: bool = False
+
+
+class _SceneTables(Struct, forbid_unknown_fields=True, kw_only=True):
+    render: dict[str, Any] = {}
+    camera: CameraTable | None = None
+    environment: EnvironmentTable | None = None
+    materials: Annotated[dict[str, Any], Meta(max_length=MATERIALS_MAX)] = {}
+    meshes: Annotated[list[MeshEntry], Meta(max_length=ENTRIES_MAX)] = []
+    lights: Annotated[list[LightEntry], Meta(max_length=ENTRIES_MAX)] = []
+
+
+@dataclass
+class SceneFile:
+    """A validated scene file. Paths are still as written; `base` is the directory they are relative to."""
+
+    path: Path
+    base: Path
+    settings: RenderSettings
+    camera: CameraDesc | None
+    environment: EnvironmentTable
+    materials: dict[str, MaterialTable]
+    meshes: list[MeshEntry]
+    lights: list[LightEntry]
+
+    def entries(self) -> list[tuple[str, MeshEntry | LightEntry]]:
+        """(label for messages, entry) for every mesh and light, in file order."""
+        return [(f"meshes[{i}]", e) for i, e in enumerate(self.meshes)] + [
+            (f"lights[{i}]", e) for i, e in enumerate(self.lights)
+        ]
+
+
+def parse_scene_file(path: str | Path) -> SceneFile:
+    path = Path(path)
+    src = str(path)
+    try:
+        size = path.stat().st_size
+        if size > SCENE_BYTES_MAX:
+            raise SceneError(src, f"scene file is {size} bytes; the limit is {SCENE_BYTES_MAX}")
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise SceneError(src, "scene file not found") from None
+    except UnicodeDecodeError as e:
+        raise SceneError(src, f"scene file is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise SceneError(src, f"cannot read scene file: {e.strerror or e}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SceneError(src, f"TOML syntax error: {e}") from None
+    _check_finite(raw, "", src)
+    tables = _convert(raw, _SceneTables, "", src)
+    materials = {}
+    for mname, table in tables.materials.items():
+        if len(mname) > NAME_CHARS_MAX:
+            raise SceneError(src, f"materials: name longer than {NAME_CHARS_MAX} characters")
+        materials[mname] = _convert(table, MaterialTable, f"materials.{mname}", src)
+    scene = SceneFile(
+        path=path,
+        base=path.parent,
+        settings=_render_settings(tables.render, src),
+        camera=None if tables.camera is None else camera_from_table(tables.camera, src),
+        environment=tables.environment or EnvironmentTable(),
+        materials=materials,
+        meshes=tables.meshes,
+        lights=tables.lights,
+    )
+    if not scene.meshes and not scene.lights:
+        raise SceneError(src, "the scene has no [[meshes]] or [[lights]]")
+    defined = ", ".join(sorted(materials)) or "none"
+    for label, e in scene.entries():
+        if Path(e.file).suffix.lower() not in MESH_SUFFIXES:
+            raise SceneError(
+                src, f"{label}.file: '{e.file}' is not a mesh file (expected {', '.join(MESH_SUFFIXES)})"
+            )
+        if e.material is not None and e.material not in materials:
+            raise SceneError(
+                src, f"{label} ({e.file}): material '{e.material}' is not defined (defined: {defined})"
+            )
+        entry_matrix(e, f"{label} ({e.file})", src)  # validates the placement
+    return scene
+
+
+def camera_from_table(t: CameraTable, src: str) -> CameraDesc:
+    cam = CameraDesc(
+        position=t.position,
+        look_at=t.look_at,
+        up=t.up,
+        fov_deg=t.fov_deg,
+        fov_axis=t.fov_axis,
+        aperture_radius=t.aperture_radius,
+        focus_distance=t.focus_distance,
+    )
+    check_camera(cam, src)
+    return cam
+
+
+def check_camera(cam: CameraDesc, src: str) -> None:
+    """The camera frame must exist: a view direction, and an up vector that is not along it."""
+    vals = [*cam.position, *cam.look_at, *cam.up, cam.fov_deg, cam.aperture_radius, cam.focus_distance]
+    if not all(math.isfinite(v) for v in vals):
+        raise SceneError(src, "camera: every value must be finite")
+    if not 0.0 < cam.fov_deg < 180.0:
+        raise SceneError(src, f"camera: fov_deg {cam.fov_deg} is outside (0, 180)")
+    if cam.aperture_radius < 0 or cam.focus_distance < 0:
+        raise SceneError(src, "camera: aperture_radius and focus_distance must be >= 0")
+    view = np.subtract(cam.look_at, cam.position, dtype=np.float64)
+    dist = float(np.linalg.norm(view))
+    if dist == 0.0:
+        raise SceneError(src, f"camera: position and look_at are the same point {tuple(cam.position)}")
+    up_len = float(np.linalg.norm(cam.up))
+    if up_len == 0.0:
+        raise SceneError(src, "camera: up is the zero vector")
+    if np.linalg.norm(np.cross(view / dist, np.asarray(cam.up) / up_len)) < UP_PARALLEL_SIN_MIN:
+        raise SceneError(src, f"camera: up {tuple(cam.up)} is parallel to the view direction")
+
+
+def entry_matrix(e: MeshEntry | LightEntry, label: str, src: str) -> np.ndarray:
+    """The entry's 4x4 placement: `matrix`, or translate @ Rz @ Ry @ Rx @ scale."""
+    trs_given = e.translate != (0.0, 0.0, 0.0) or e.rotate_deg != (0.0, 0.0, 0.0) or e.scale != 1.0
+    if e.matrix is not None:
+        if trs_given:
+            raise SceneError(src, f"{label}: give either matrix or translate/rotate_deg/scale, not both")
+        m = np.array(e.matrix, np.float64).reshape(4, 4)
+        if not np.array_equal(m[3], [0.0, 0.0, 0.0, 1.0]):
+            raise SceneError(src, f"{label}: matrix must be affine (its last row 0 0 0 1)")
+    else:
+        s = np.full(3, e.scale, np.float64) if isinstance(e.scale, float) else np.array(e.scale, np.float64)
+        rx, ry, rz = np.radians(e.rotate_deg)
+        cx, sx, cy, sy, cz, sz = np.cos(rx), np.sin(rx), np.cos(ry), np.sin(ry), np.cos(rz), np.sin(rz)
+        r_x = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+        r_y = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+        r_z = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+        m = np.eye(4)
+        m[:3, :3] = r_z @ r_y @ r_x @ np.diag(s)
+        m[:3, 3] = e.translate
+    if abs(np.linalg.det(m[:3, :3])) < 1e-300:
+        raise SceneError(src, f"{label}: the placement is singular (a zero scale?)")
+    return m
+
+
+def apply_transform(mesh: MeshData, m: np.ndarray) -> MeshData:
+    """The mesh placed by the affine 4x4 `m`: normals by the inverse transpose, and the winding
+    flipped when `m` mirrors, so the face normal keeps pointing out of the same side."""
+    if np.array_equal(m, np.eye(4)):
+        return mesh
+    lin = m[:3, :3]
+    positions = (mesh.positions.astype(np.float64) @ lin.T + m[:3, 3]).astype(np.float32)
+    normals = mesh.normals
+    if normals is not None:
+        n = normals.astype(np.float64) @ np.linalg.inv(lin)
+        length = np.linalg.norm(n, axis=1, keepdims=True)
+        normals = np.divide(n, length, out=np.zeros_like(n), where=length > 0).astype(np.float32)
+    indices = mesh.indices
+    if np.linalg.det(lin) < 0:
+        indices = np.ascontiguousarray(indices[:, [0, 2, 1]])
+    return replace(mesh, positions=positions, normals=normals, indices=indices)
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def _render_settings(render: dict[str, Any], src: str) -> RenderSettings:
+    render = dict(render)
+    if "resolution" in render:
+        res = render.pop("resolution")
+        if "width" in render or "height" in render:
+            raise SceneError(src, "render: give either resolution or width/height, not both")
+        if not (isinstance(res, list) and len(res) == 2 and all(type(v) is int for v in res)):
+            raise SceneError(src, f"render.resolution: expected [width, height] as two integers, got {res!r}")
+        render["width"], render["height"] = res
+    return _convert(render, RenderSettings, "render", src)
+
+
+def _convert(obj: Any, typ: type, where: str, src: str):
+    try:
+        return msgspec.convert(obj, type=typ)
+    except msgspec.ValidationError as e:
+        msg, sep, at = str(e).rpartition(" - at `")
+        if not sep:
+            msg, at = str(e), "$`"
+        path = where + at[1:-1] if at.startswith("$") else at[:-1]
+        path = path.lstrip(".")
+        msg = msg.replace("Object contains unknown field", "unknown key")
+        msg = msg.replace("Object missing required field", "missing required key")
+        raise SceneError(src, f"{path or 'top level'}: {msg}") from None
+
+
+def _check_finite(obj: Any, path: str, src: str) -> None:
+    """TOML allows nan and inf; no value in a scene file may be either."""
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            raise SceneError(src, f"{path or 'top level'}: {obj} is not a finite number")
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_finite(v, f"{path}.{k}" if path else str(k), src)
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            _check_finite(v, f"{path}[{i}]", src)

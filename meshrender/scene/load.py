@@ -1,0 +1,330 @@
+"""`load_scene`: a scene file, a bare mesh file or a built-in name to a checked `LoadedScene`.
+
+How: first every file the scene needs is listed without loading anything heavy (mesh files,
+their MTLs and textures, glTF buffers and images, the scene's own textures and environment
+image); if any is missing, one MissingAssetsError lists them all and nothing is loaded. Then
+meshes load one by one (a shared TextureCache loads each image once), are placed, and are
+checked: finite positions, at least one triangle, a non-zero area for every light, valid
+colours; shading normals of zero length are replaced by face-area-weighted ones. Warnings
+(ignored features, repaired data) are collected on `LoadedScene.warnings` and logged to the
+`meshrender.scene` logger.
+
+A bare mesh gets a camera framed on its bounding box (from the front, a little above and to
+the right, fov 40, the bounding sphere filling the smaller image axis), a constant white
+environment and default render settings. Built-in scenes are TOML files in `meshrender/data`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MissingAssetsError, SceneError
+from ..settings import RenderSettings
+from . import gltf, obj, ply
+from .file import MESH_SUFFIXES, SceneFile, apply_transform, check_camera, entry_matrix, parse_scene_file
+from .images import TextureCache, srgb_to_linear
+from .types import CameraDesc, EnvironmentDesc, LoadedScene, MaterialDesc, MeshData, TextureImage
+
+log = logging.getLogger("meshrender.scene")
+
+BUILTIN_PREFIX = "builtin:"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+SCENE_TRIS_MAX = 1 << 27  # 134M triangles in one scene: beyond what a peer can compile and hold
+AUTO_FOV_DEG = 40.0
+AUTO_VIEW_DIR = (0.35, 0.45, 1.0)  # from the front (+z), a little above (+y) and to the right (+x)
+AUTO_MARGIN = 1.05  # the bounding sphere fills 1/1.05 of the smaller image axis
+WHITE = (1.0, 1.0, 1.0)
+
+
+def list_builtins() -> list[str]:
+    """Names accepted by `load_scene` as NAME or builtin:NAME."""
+    if not DATA_DIR.is_dir():
+        return []
+    return sorted(d.name for d in DATA_DIR.iterdir() if (d / f"{d.name}.toml").is_file())
+
+
+def load_scene(spec: str | os.PathLike) -> LoadedScene:
+    """Load a `.toml` scene file, a bare `.obj`/`.ply`/`.gltf`/`.glb`, or a built-in scene name."""
+    text = os.fspath(spec)
+    builtin = None
+    if text.startswith(BUILTIN_PREFIX):
+        builtin = text[len(BUILTIN_PREFIX) :]
+    elif not Path(text).suffix and not Path(text).exists() and text in list_builtins():
+        builtin = text
+    if builtin is not None:
+        if builtin not in list_builtins():
+            raise SceneError(text, f"no built-in scene '{builtin}' (built-ins: {', '.join(list_builtins())})")
+        scene = _load_scene_file(DATA_DIR / builtin / f"{builtin}.toml")
+        scene.source = f"{BUILTIN_PREFIX}{builtin}"
+        return scene
+    path = Path(text)
+    if not path.exists():
+        raise SceneError(text, "file not found")
+    if path.is_dir():
+        raise SceneError(text, "is a directory, not a scene or mesh file")
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        return _load_scene_file(path)
+    if suffix in MESH_SUFFIXES:
+        return _load_bare_mesh(path)
+    kinds = ", ".join((".toml",) + MESH_SUFFIXES)
+    raise SceneError(text, f"unknown file type '{path.suffix}' (expected {kinds}, or a built-in scene name)")
+
+
+def load_mesh_file(
+    path: str | os.PathLike,
+    *,
+    warnings: list[str] | None = None,
+    textures: TextureCache | None = None,
+) -> list[MeshData]:
+    """The meshes of one file, by its suffix; glTF may give several, OBJ and PLY one."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".obj":
+        return [obj.load_obj(path, warnings=warnings, textures=textures)]
+    if suffix == ".ply":
+        return [ply.load_ply(path, warnings=warnings)]
+    if suffix in (".gltf", ".glb"):
+        return gltf.load_gltf(path, warnings=warnings, textures=textures)
+    raise SceneError(str(path), f"unknown mesh type '{path.suffix}' (expected {', '.join(MESH_SUFFIXES)})")
+
+
+def mesh_dependencies(path: str | os.PathLike) -> list[Path]:
+    """Files a mesh file needs besides itself (MTLs, textures, buffers, images)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".obj":
+        return obj.referenced_files(path)
+    if suffix in (".gltf", ".glb"):
+        return gltf.referenced_files(path)
+    return []
+
+
+# ------------------------------------------------------------------------------ scene kinds
+
+
+def _load_bare_mesh(path: Path) -> LoadedScene:
+    src = str(path)
+    missing = [str(p) for p in mesh_dependencies(path) if not p.is_file()]
+    if missing:
+        raise MissingAssetsError(src, sorted(set(missing)))
+    warnings: list[str] = []
+    meshes = load_mesh_file(path, warnings=warnings)
+    emitters: dict = {}
+    for m in meshes:
+        _check_mesh(m, src, warnings, emitters)
+    _check_emitters(emitters)
+    _check_total(meshes, src)
+    scene = LoadedScene(
+        source=src,
+        meshes=meshes,
+        camera=frame_camera(meshes),
+        environment=EnvironmentDesc(color=WHITE),
+        settings=RenderSettings(),
+    )
+    return _finish(scene, warnings)
+
+
+def _load_scene_file(path: Path) -> LoadedScene:
+    sf = parse_scene_file(path)
+    src = str(path)
+    _check_missing(sf)
+    warnings: list[str] = []
+    cache = TextureCache()
+    materials = {name: _material(name, t, sf.base, cache) for name, t in sf.materials.items()}
+
+    meshes: list[MeshData] = []
+    emitters: dict = {}
+    files: dict[Path, list[MeshData]] = {}  # a file placed several times is read once
+    for label, e in sf.entries():
+        is_light = label.startswith("lights")
+        file = sf.base / e.file
+        key = file.resolve()
+        if key not in files:
+            files[key] = load_mesh_file(file, warnings=warnings, textures=cache)
+        loaded = [dataclasses.replace(m) for m in files[key]]  # arrays shared, never written in place
+        m4 = entry_matrix(e, f"{label} ({e.file})", src)
+        override = materials[e.material] if e.material is not None else None
+        if is_light:
+            base = override or MaterialDesc(name="black", base_color=(0.0, 0.0, 0.0))
+            override = dataclasses.replace(
+                base, name=e.name or e.file, emission=tuple(e.radiance), two_sided_emission=e.two_sided
+            )
+            if max(e.radiance) == 0.0:
+                warnings.append(f"{src}: light '{e.name or e.file}' has zero radiance")
+        for m in loaded:
+            if override is not None:
+                m.materials = [override]
+                m.material_ids = np.zeros(len(m.indices), np.int32)
+            m = apply_transform(m, m4)
+            if e.name is not None:
+                m.name = e.name if len(loaded) == 1 else f"{e.name}:{m.name.rpartition(':')[2]}"
+            elif file.suffix.lower() not in (".gltf", ".glb"):
+                m.name = e.file
+            _check_mesh(m, str(file), warnings, emitters, light_name=(e.name or e.file) if is_light else None)
+            meshes.append(m)
+            _check_total(meshes, src)
+    _check_emitters(emitters)
+
+    env = sf.environment
+    image = None
+    if env.image is not None:
+        tex = cache.load(sf.base / env.image)
+        image = TextureImage(tex.name, srgb_to_linear(tex.pixels))
+    color = env.color if env.color is not None else WHITE
+    scene = LoadedScene(
+        source=src,
+        meshes=meshes,
+        camera=sf.camera if sf.camera is not None else frame_camera(meshes),
+        environment=EnvironmentDesc(color=tuple(color), image=image, rotation_deg=env.rotation_deg),
+        settings=sf.settings,
+    )
+    return _finish(scene, warnings)
+
+
+def _check_missing(sf: SceneFile) -> None:
+    """Every file the scene needs, checked before anything loads; all missing ones in one error."""
+    missing: list[str] = []
+
+    def need(p: Path) -> bool:
+        if p.is_file():
+            return True
+        missing.append(str(p))
+        return False
+
+    for _, e in sf.entries():
+        f = sf.base / e.file
+        if need(f):
+            for dep in mesh_dependencies(f):
+                need(dep)
+    for t in sf.materials.values():
+        if t.base_color_texture is not None:
+            need(sf.base / t.base_color_texture)
+    if sf.environment.image is not None:
+        need(sf.base / sf.environment.image)
+    if missing:
+        raise MissingAssetsError(str(sf.path), sorted(set(missing)))
+
+
+def _material(name: str, t, base: Path, cache: TextureCache) -> MaterialDesc:
+    return MaterialDesc(
+        name=name,
+        kind=t.type,
+        base_color=tuple(t.base_color),
+        base_color_texture=cache.load(base / t.base_color_texture) if t.base_color_texture else None,
+        roughness=t.roughness,
+        emission=tuple(t.emission),
+        two_sided_emission=t.two_sided_emission,
+    )
+
+
+def _finish(scene: LoadedScene, warnings: list[str]) -> LoadedScene:
+    check_camera(scene.camera, scene.source)
+    scene.warnings = warnings
+    for w in warnings:
+        log.warning("%s", w)
+    return scene
+
+
+# ------------------------------------------------------------------------------- validation
+
+
+def _check_emitters(emitters: dict) -> None:
+    for label, src, mesh_name, area in emitters.values():
+        if not area > 0.0:
+            raise SceneError(src, f"light '{label}' has zero area (mesh '{mesh_name}')")
+
+
+def _check_total(meshes: list[MeshData], src: str) -> None:
+    total = sum(len(m.indices) for m in meshes)
+    if total > SCENE_TRIS_MAX:
+        raise SceneError(src, f"the scene has more than {SCENE_TRIS_MAX} triangles")
+
+
+def _check_color(c, what: str, src: str) -> None:
+    if len(c) != 3 or not all(math.isfinite(v) and v >= 0.0 for v in c):
+        raise SceneError(src, f"{what} {tuple(c)} must be three finite numbers >= 0")
+
+
+def _check_mesh(
+    mesh: MeshData, src: str, warnings: list[str], emitters: dict, light_name: str | None = None
+) -> None:
+    """Reject what cannot render; repair shading normals that cannot be normalised. The area of
+    each emitting material is added up in `emitters` (by material object: a light's meshes share
+    one) for `_check_emitters`."""
+    name = mesh.name
+    nt, nv = len(mesh.indices), len(mesh.positions)
+    if nt == 0:
+        raise SceneError(src, f"mesh '{name}' has no triangles")
+    if mesh.indices.min() < 0 or mesh.indices.max() >= nv:
+        raise SceneError(src, f"mesh '{name}': a triangle index is out of range ({nv} vertices)")
+    bad = int(np.count_nonzero(~np.isfinite(mesh.positions).all(axis=1)))
+    if bad:
+        raise SceneError(src, f"mesh '{name}': {bad} of {nv} vertex positions are NaN or infinite")
+    if mesh.uvs is not None:
+        bad = int(np.count_nonzero(~np.isfinite(mesh.uvs).all(axis=1)))
+        if bad:
+            raise SceneError(src, f"mesh '{name}': {bad} of {nv} texture coordinates are NaN or infinite")
+    for mat in mesh.materials:
+        what = f"mesh '{name}' material '{mat.name}'"
+        _check_color(mat.base_color, f"{what}: base colour", src)
+        _check_color(mat.emission, f"{what}: emission", src)
+        if not 0.0 <= mat.roughness <= 1.0:
+            raise SceneError(src, f"{what}: roughness {mat.roughness} is outside 0..1")
+    if any(m.is_emissive for m in mesh.materials):
+        tri_area = 0.5 * np.linalg.norm(_face_normals(mesh), axis=1)
+        area = np.bincount(mesh.material_ids, weights=tri_area, minlength=len(mesh.materials))
+        for k, mat in enumerate(mesh.materials):
+            if mat.is_emissive:
+                entry = emitters.setdefault(id(mat), [light_name or mat.name, src, name, 0.0])
+                entry[3] += float(area[k])
+    if mesh.normals is not None:
+        n = mesh.normals.astype(np.float64)
+        length = np.linalg.norm(n, axis=1)
+        broken = ~(np.isfinite(length) & (length > 0))
+        if broken.any():
+            face_n = _face_normals(mesh)  # area-weighted: |cross| is twice the area
+            acc = np.zeros((nv, 3))
+            for c in range(3):
+                for axis in range(3):
+                    acc[:, axis] += np.bincount(mesh.indices[:, c], weights=face_n[:, axis], minlength=nv)
+            n[broken] = acc[broken]
+            length = np.linalg.norm(n, axis=1, keepdims=True)
+            mesh.normals = np.divide(n, length, out=np.zeros_like(n), where=length > 0).astype(np.float32)
+            warnings.append(
+                f"{src}: mesh '{name}': {int(broken.sum())} shading normals were zero or not finite; "
+                "replaced by face normals"
+            )
+        elif np.abs(length - 1.0).max() > 1e-3:
+            mesh.normals = (n / length[:, None]).astype(np.float32)
+
+
+def _face_normals(mesh: MeshData) -> np.ndarray:
+    """Per-triangle cross products (length = twice the area), in float64."""
+    p = mesh.positions.astype(np.float64)
+    a, b, c = p[mesh.indices[:, 0]], p[mesh.indices[:, 1]], p[mesh.indices[:, 2]]
+    return np.cross(b - a, c - a)
+
+
+def frame_camera(meshes: list[MeshData]) -> CameraDesc:
+    """A camera that sees every mesh: the bounding sphere fits the smaller image axis at fov 40."""
+    lo = np.min([m.positions[m.indices.reshape(-1)].min(axis=0) for m in meshes], axis=0).astype(np.float64)
+    hi = np.max([m.positions[m.indices.reshape(-1)].max(axis=0) for m in meshes], axis=0).astype(np.float64)
+    center = (lo + hi) / 2
+    radius = float(np.linalg.norm(hi - lo)) / 2 or 1.0
+    d = np.asarray(AUTO_VIEW_DIR) / np.linalg.norm(AUTO_VIEW_DIR)
+    dist = AUTO_MARGIN * radius / math.sin(math.radians(AUTO_FOV_DEG) / 2)
+    pos = center + d * dist
+    return CameraDesc(
+        position=tuple(float(v) for v in pos),
+        look_at=tuple(float(v) for v in center),
+        up=(0.0, 1.0, 0.0),
+        fov_deg=AUTO_FOV_DEG,
+        fov_axis="smaller",
+    )
