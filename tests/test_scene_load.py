@@ -112,7 +112,7 @@ def test_bare_mesh_is_framed(tmp_path):
     s = load_scene(SCENES / "bunny" / "bunny.ply")
     m = s.meshes[0]
     cam = s.camera
-    assert cam.fov_deg == 40 and cam.fov_axis == "smaller" and s.environment.color == (1, 1, 1)
+    assert cam.fov_deg == 40 and cam.fov_axis == "smaller" and s.environment.image.name == "default sky"
     eye, target = np.array(cam.position), np.array(cam.look_at)
     fwd = (target - eye) / np.linalg.norm(target - eye)
     assert fwd[2] < 0 and fwd[1] < 0  # looking from the front, from above
@@ -354,7 +354,9 @@ def test_zero_normals_are_repaired_with_a_warning(tmp_path):
 def test_scene_file_defaults(tmp_path):
     s = load_scene(scene(tmp_path, '[[meshes]]\nfile = "tri.obj"\n'))
     assert s.camera.look_at == pytest.approx((0.5, 0.5, 0.0)) and s.camera.fov_deg == 40
-    assert s.environment.color == (1, 1, 1) and s.environment.image is None
+    sky = s.environment.image.pixels  # the default sky: bright above, darker below, grey
+    assert s.environment.image.name == "default sky" and s.environment.color == (1, 1, 1)
+    assert sky[0].min() > 0.95 and sky[-1].max() < 0.2 and np.all(sky[..., 0] == sky[..., 2])
     assert s.settings == RenderSettings()
     (m,) = s.meshes
     assert m.name == "tri.obj" and [x.name for x in m.materials] == ["default"]

@@ -22,7 +22,7 @@ Format (paths are relative to the scene file; every table and key is optional un
     aperture_radius = 0.0     # thin lens; 0 is a pinhole
     focus_distance = 0.0      # 0: the distance from position to look_at
 
-    [environment]             # light from infinitely far; absent: constant white [1, 1, 1]
+    [environment]             # light from infinitely far; absent: a soft grey studio sky
     color = [0, 0, 0]         # constant radiance; multiplies the image when one is given
     image = "sky.exr"         # optional equirect (EXR/HDR linear, PNG/JPEG sRGB), +y up
     rotation_deg = 0.0        # about +y

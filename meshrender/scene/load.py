@@ -40,6 +40,17 @@ AUTO_FOV_DEG = 40.0
 AUTO_VIEW_DIR = (0.35, 0.45, 1.0)  # from the front (+z), a little above (+y) and to the right (+x)
 AUTO_MARGIN = 1.05  # the bounding sphere fills 1/1.05 of the smaller image axis
 WHITE = (1.0, 1.0, 1.0)
+SKY_SIZE_PX = (256, 128)  # rows enough that the smooth gradient shows no bands in the background
+
+
+def default_environment() -> EnvironmentDesc:
+    """A soft studio sky for scenes that name no light: 1.0 at the zenith, 0.6 at the horizon,
+    0.15 towards the ground (neutral grey), so a light object still reads against it."""
+    w, h = SKY_SIZE_PX
+    y = np.cos((np.arange(h) + 0.5) * np.pi / h)  # +1 at the top row, -1 at the bottom
+    level = np.where(y >= 0, 0.6 + 0.4 * y, 0.15 + 0.45 * (1 + y) ** 4)
+    pixels = np.repeat(level[:, None, None], w, axis=1).repeat(3, axis=2).astype(np.float32)
+    return EnvironmentDesc(color=WHITE, image=TextureImage("default sky", pixels))
 
 
 def list_builtins() -> list[str]:
@@ -125,7 +136,7 @@ def _load_bare_mesh(path: Path) -> LoadedScene:
         source=src,
         meshes=meshes,
         camera=frame_camera(meshes),
-        environment=EnvironmentDesc(color=WHITE),
+        environment=default_environment(),
         settings=RenderSettings(),
     )
     return _finish(scene, warnings)
@@ -177,12 +188,16 @@ def _load_scene_file(path: Path) -> LoadedScene:
     if env.image is not None:
         tex = cache.load(sf.base / env.image)
         image = TextureImage(tex.name, srgb_to_linear(tex.pixels))
-    color = env.color if env.color is not None else WHITE
+    if env.color is None and image is None:
+        environment = default_environment()
+    else:
+        color = env.color if env.color is not None else WHITE
+        environment = EnvironmentDesc(color=tuple(color), image=image, rotation_deg=env.rotation_deg)
     scene = LoadedScene(
         source=src,
         meshes=meshes,
         camera=sf.camera if sf.camera is not None else frame_camera(meshes),
-        environment=EnvironmentDesc(color=tuple(color), image=image, rotation_deg=env.rotation_deg),
+        environment=environment,
         settings=sf.settings,
     )
     return _finish(scene, warnings)
