@@ -159,14 +159,22 @@ def box_entry(bounds: ti.template(), node: ti.i32, o: vec3, inv_d: vec3, t_max: 
 
 
 @ti.func
-def tri_hit(positions: ti.template(), indices: ti.template(), tri: ti.i32, o: vec3, d: vec3):
-    """Möller–Trumbore, two-sided. Returns (t, u, v); t = inf on a miss."""
+def tri_vertices(positions: ti.template(), indices: ti.template(), tri: ti.i32):
     i0 = indices[tri, 0]
     i1 = indices[tri, 1]
     i2 = indices[tri, 2]
     p0 = vec3(positions[i0, 0], positions[i0, 1], positions[i0, 2])
-    e1 = vec3(positions[i1, 0], positions[i1, 1], positions[i1, 2]) - p0
-    e2 = vec3(positions[i2, 0], positions[i2, 1], positions[i2, 2]) - p0
+    p1 = vec3(positions[i1, 0], positions[i1, 1], positions[i1, 2])
+    p2 = vec3(positions[i2, 0], positions[i2, 1], positions[i2, 2])
+    return p0, p1, p2
+
+
+@ti.func
+def tri_hit(positions: ti.template(), indices: ti.template(), tri: ti.i32, o: vec3, d: vec3):
+    """Möller–Trumbore, two-sided. Returns (t, u, v); t = inf on a miss."""
+    p0, p1, p2 = tri_vertices(positions, indices, tri)
+    e1 = p1 - p0
+    e2 = p2 - p0
     pv = d.cross(e2)
     det = e1.dot(pv)
     t = ti.math.inf
@@ -566,9 +574,7 @@ def render_rect(
                 i0 = indices[tri, 0]
                 i1 = indices[tri, 1]
                 i2 = indices[tri, 2]
-                p0 = vec3(positions[i0, 0], positions[i0, 1], positions[i0, 2])
-                p1 = vec3(positions[i1, 0], positions[i1, 1], positions[i1, 2])
-                p2 = vec3(positions[i2, 0], positions[i2, 1], positions[i2, 2])
+                p0, p1, p2 = tri_vertices(positions, indices, tri)
                 ng_front = (p1 - p0).cross(p2 - p0).normalized()
                 p = ro + hit.t * rd
                 wo = -rd
@@ -632,12 +638,7 @@ def render_rect(
                 elif n_emit > 0:
                     k = cdf_search(emit_cdf, n_emit, (u_pick - p_env) / p_tris)
                     lt = emit_tri[k]
-                    j0 = indices[lt, 0]
-                    j1 = indices[lt, 1]
-                    j2 = indices[lt, 2]
-                    q0 = vec3(positions[j0, 0], positions[j0, 1], positions[j0, 2])
-                    q1 = vec3(positions[j1, 0], positions[j1, 1], positions[j1, 2])
-                    q2 = vec3(positions[j2, 0], positions[j2, 1], positions[j2, 2])
+                    q0, q1, q2 = tri_vertices(positions, indices, lt)
                     su = ti.sqrt(ul1)
                     q = q0 * (1.0 - su) + q1 * (su * (1.0 - ul2)) + q2 * (su * ul2)
                     nl = (q1 - q0).cross(q2 - q0).normalized()

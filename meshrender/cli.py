@@ -116,8 +116,10 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise MeshrenderError(f"render settings: {exc}") from None
 
     renderer = Renderer(scene, backend=args.backend, threads=args.threads)
+    log.info("preparing the kernel (compiled on first use, then loaded from the disk cache)")
     kernel_s = renderer.warm_up()
     units = frame_units(settings)
+    log.info("kernel ready in %.1f s; %d triangles, %d units", kernel_s, scene.triangle_count, len(units))
     t_render = time.perf_counter()
     film = render_frame(renderer, settings, units=units, progress=Progress(sys.stderr.isatty()))
     render_s = time.perf_counter() - t_render

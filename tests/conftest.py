@@ -17,6 +17,14 @@ CORNELL_REF = SCENES / "cornell_mitsuba" / "reference_4096spp_boxfilter.exr"
 os.environ.setdefault("MESHRENDER_CACHE", str(REPO / ".pytest_cache" / "meshrender"))
 
 
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    """Write a text file under tmp_path (creating folders); returns its path."""
+    p = tmp_path / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+    return p
+
+
 @pytest.fixture(scope="session")
 def renderer_for():
     """Build (and cache per scene object) a CPU Renderer."""

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SCENES
 from PIL import Image
 
 from meshrender.errors import MissingAssetsError, SceneError
 from meshrender.scene.gltf import load_gltf
 from meshrender.scene.load import load_scene
 
-HELMET = Path(__file__).resolve().parent.parent.parent / "shared" / "scenes" / "flight_helmet_gltf"
+HELMET = SCENES / "flight_helmet_gltf"
 HELMET = HELMET / "glTF" / "FlightHelmet.gltf"
 
 TRI = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32)  # CCW seen from +z

@@ -10,23 +10,16 @@ from pathlib import Path
 import numpy as np
 import OpenEXR
 import pytest
+from conftest import SCENES, write
 from PIL import Image
 
 from meshrender.errors import MissingAssetsError, SceneError
 from meshrender.scene.load import list_builtins, load_scene
 from meshrender.settings import RenderSettings
 
-SCENES = Path(__file__).resolve().parent.parent.parent / "shared" / "scenes"
 CORNELL = SCENES / "cornell_mitsuba"
 
 TRI_OBJ = "v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n"
-
-
-def write(tmp_path, name, text):
-    p = tmp_path / name
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(text)
-    return p
 
 
 def scene(tmp_path, toml, files=None):

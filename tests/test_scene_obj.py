@@ -5,19 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import write
 from PIL import Image
 
 from meshrender.errors import MissingAssetsError, SceneError
 from meshrender.scene.obj import load_obj
 
 QUAD = "v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\n"
-
-
-def write(tmp_path, name, text):
-    p = tmp_path / name
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(text)
-    return p
 
 
 def corners(mesh):

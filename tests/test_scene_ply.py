@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import SCENES
 from plyfile import PlyData, PlyElement
 
 from meshrender.errors import SceneError
 from meshrender.scene.ply import load_ply
 
-BUNNY = Path(__file__).resolve().parent.parent.parent / "shared" / "scenes" / "bunny" / "bunny.ply"
+BUNNY = SCENES / "bunny" / "bunny.ply"
 
 
 def write_ply(path, verts, faces, *, text=False, extra=(), face_prop="vertex_indices", byte_order="<"):
