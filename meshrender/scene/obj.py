@@ -635,7 +635,8 @@ def _resolve(
         if idx[j] == 0:
             problem = f"{what} index 0 (OBJ indices start at 1)"
         else:
-            problem = f"{what} index {int(idx[j])} is out of range (the file has {count} {what}s)"
+            plural = {"vertex": "vertices"}.get(what, what + "s")
+            problem = f"{what} index {int(idx[j])} is out of range (the file has {count} {plural})"
         raise SceneError(src, f"line {L.lineno(line)}: {problem}")
     return out
 
