@@ -13,6 +13,9 @@ Layouts
                               leaf: (first triangle, triangle count >= 1).
   tex_info    int32   (K, 3): (first texel, width, height); texels are rows top to bottom.
   env_info    int32   (3,):   (width, height, has_image).
+
+Meshes are concatenated in a canonical order (by a digest of their content), so the arrays do
+not depend on file names, paths or the order a scene file lists its meshes in.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from msgspec import Meta
 
 from .settings import RenderSettings
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: mesh_vertex_ranges
 
 MAT_STRIDE = 16
 MAT_KIND = 0  # 0 diffuse, 1 rough conductor (GGX)
@@ -71,6 +74,7 @@ ARRAY_SPECS: dict[str, tuple[str, tuple[int, ...]]] = {
     "env_cdf": ("float32", ()),  # inclusive CDF over env texels by luminance * sin(theta)
     "env_info": ("int32", ()),  # (width, height, has_image)
     "camera": ("float32", ()),
+    "mesh_vertex_ranges": ("int32", (2,)),  # per mesh (canonical order): first vertex, vertex count
 }
 
 ARRAY_BYTES_MAX = 1 << 34  # 16 GiB: refuse to allocate absurd arrays from a malformed record
@@ -157,7 +161,8 @@ class CompiledScene:
         arrays = {}
         for name, ar in rec.arrays.items():
             if name not in ARRAY_SPECS or ar.dtype != ARRAY_SPECS[name][0]:
-                raise ValueError(f"compiled scene array {name!r} of dtype {ar.dtype!r} is not in format 1")
+                what = f"compiled scene array {name!r} of dtype {ar.dtype!r}"
+                raise ValueError(f"{what} is not in format {FORMAT_VERSION}")
             count = int(np.prod(ar.shape, dtype=np.int64))
             itemsize = np.dtype(ar.dtype).itemsize
             if count * itemsize > ARRAY_BYTES_MAX or count * itemsize != len(ar.data):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import blake3
 import numpy as np
 
 from ..bvh import build_bvh
@@ -38,7 +39,7 @@ from ..compiled import (
     CompiledScene,
 )
 from ..errors import SceneError
-from .types import CameraDesc, EnvironmentDesc, LoadedScene, MaterialDesc, TextureImage
+from .types import CameraDesc, EnvironmentDesc, LoadedScene, MaterialDesc, MeshData, TextureImage
 
 LUMINANCE = np.array([0.2126, 0.7152, 0.0722])  # Rec. 709 weights, for light power
 
@@ -133,9 +134,38 @@ def _environment(env: EnvironmentDesc) -> dict[str, np.ndarray]:
     }
 
 
+def _mesh_digest(mesh: MeshData, tex_digest: dict[int, bytes]) -> bytes:
+    """A digest of everything about a mesh that renders (never its name or file)."""
+    h = blake3.blake3()
+    for arr in (mesh.positions, mesh.indices, mesh.material_ids, mesh.normals, mesh.uvs):
+        if arr is None:
+            h.update(b"-")
+        else:
+            a = np.ascontiguousarray(arr)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.tobytes())
+    for m in mesh.materials:
+        t = m.base_color_texture
+        if t is not None and id(t) not in tex_digest:
+            px = np.ascontiguousarray(t.pixels)
+            tex_digest[id(t)] = blake3.blake3(f"{px.dtype.str}{px.shape}".encode() + px.tobytes()).digest()
+        tex = tex_digest[id(t)] if t is not None else b"-"
+        desc = (m.kind, m.base_color, m.roughness, m.emission, m.two_sided_emission)
+        h.update(repr(desc).encode() + tex)
+    return h.digest()
+
+
+def canonical_order(meshes: list[MeshData]) -> list[MeshData]:
+    """Meshes sorted by content, so load order and names never change the compiled arrays."""
+    tex_digest: dict[int, bytes] = {}
+    keyed = [(_mesh_digest(m, tex_digest), i) for i, m in enumerate(meshes)]
+    return [meshes[i] for _, i in sorted(keyed)]
+
+
 def compile_scene(scene: LoadedScene) -> CompiledScene:
     if not scene.meshes:
         raise SceneError(scene.source, "the scene has no meshes")
+    meshes = canonical_order(scene.meshes)
     positions, normals, uvs, indices, tri_mat = [], [], [], [], []
     materials: list[np.ndarray] = []
     material_names: list[str] = []
@@ -144,7 +174,8 @@ def compile_scene(scene: LoadedScene) -> CompiledScene:
     tex_ids: dict[int, int] = {}  # id(TextureImage) -> index, so a shared texture is stored once
     mat_ids: dict[int, int] = {}  # id(MaterialDesc) -> index
     v_off = 0
-    for mesh in scene.meshes:
+    ranges = []
+    for mesh in meshes:
         local_to_global = np.empty(len(mesh.materials), np.int32)
         for li, mat in enumerate(mesh.materials):
             if id(mat) not in mat_ids:
@@ -168,6 +199,7 @@ def compile_scene(scene: LoadedScene) -> CompiledScene:
         uvs.append(np.zeros((nv, 2), np.float32) if mesh.uvs is None else np.asarray(mesh.uvs, np.float32))
         indices.append(np.asarray(mesh.indices, np.int64) + v_off)
         tri_mat.append(local_to_global[np.asarray(mesh.material_ids, np.int64)])
+        ranges.append((v_off, nv))
         v_off += nv
     P = np.concatenate(positions)
     idx = np.concatenate(indices)
@@ -207,12 +239,13 @@ def compile_scene(scene: LoadedScene) -> CompiledScene:
         "tex_info": np.asarray(tex_info, np.int32).reshape(-1, 3),
         **_environment(scene.environment),
         "camera": camera_array(scene.camera),
+        "mesh_vertex_ranges": np.asarray(ranges, np.int32).reshape(-1, 2),
     }
     return CompiledScene(
         source=scene.source,
         arrays=arrays,
         settings=scene.settings,
-        mesh_names=[m.name for m in scene.meshes],
+        mesh_names=[m.name for m in meshes],
         material_names=material_names,
         texture_names=texture_names,
     )
