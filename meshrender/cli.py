@@ -9,8 +9,10 @@ and exit with status 2; nothing is written for a scene that failed to load.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -59,7 +61,67 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
     r.add_argument("--tile", type=_positive, metavar="PX", help="bucket size in pixels")
     r.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    r.add_argument("--home", help="peer state folder (default $MESHRENDER_HOME), when SCENE is a scene id")
+
+    st = sub.add_parser("store", help="this peer's content-addressed scene store")
+    ss = st.add_subparsers(dest="store_command", metavar="ACTION", required=True)
+    add = ss.add_parser("add", help="import a scene; prints its id, total bytes and bytes new to the store")
+    add.add_argument("scene", help="scene .toml, a mesh file, or a built-in name")
+    add.add_argument("--pin", metavar="REASON", help="pin the scene so the quota never evicts it")
+    for name, text in (
+        ("stats", "chunks, bytes, scenes and quota"),
+        ("verify", "re-read and re-hash every chunk; corrupt ones are quarantined (exit 1 if any)"),
+        ("gc", "drop chunks no scene uses and evict down to the quota"),
+    ):
+        ss.add_parser(name, help=text)
+    for sp in ss.choices.values():
+        sp.add_argument("--home", help="peer state folder (default $MESHRENDER_HOME)")
+        sp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return p
+
+
+def open_store(home: str | None):
+    from .home import store_dir, store_quota_bytes
+    from .store.chunkstore import ChunkStore
+
+    return ChunkStore(store_dir(home), quota_bytes=store_quota_bytes())
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    with open_store(args.home) as store:
+        if args.store_command == "add":
+            from .scene.compile import compile_scene
+            from .scene.load import load_scene
+            from .store.scenes import import_scene
+
+            rep = import_scene(store, compile_scene(load_scene(args.scene)))
+            if args.pin:
+                store.pin(rep.scene_id, args.pin)
+            out = {**dataclasses.asdict(rep), "store": str(store.root)}
+            text = (
+                f"scene {rep.scene_id}: {rep.total_bytes:,} bytes in {rep.chunks} chunks, "
+                f"{rep.new_bytes:,} bytes new ({rep.new_chunks} chunks)"
+            )
+            status = 0
+        elif args.store_command == "stats":
+            out = store.stats()
+            text = "\n".join(f"{k}: {v}" for k, v in out.items())
+            status = 0
+        elif args.store_command == "verify":
+            out = store.verify()
+            bad = len(out["corrupt"]) + len(out["missing"])
+            text = f"checked {out['checked']} chunks: {out['ok']} ok"
+            if out["corrupt"]:
+                text += f", {len(out['corrupt'])} corrupt (quarantined, fetch or re-add to restore)"
+            if out["missing"]:
+                text += f", {len(out['missing'])} missing blob files"
+            status = 1 if bad else 0
+        else:
+            out = store.gc()
+            text = ", ".join(f"{k}: {v}" for k, v in out.items())
+            status = 0
+    print(json.dumps(out) if args.json else text)
+    return status
 
 
 class Progress:
@@ -87,13 +149,23 @@ def cmd_render(args: argparse.Namespace) -> int:
     from .render import Renderer, render_frame
     from .scene.compile import compile_scene
     from .scene.load import load_scene
+    from .store.hashing import is_chunk_hash
     from .units import frame_units
 
     t_start = time.perf_counter()
-    loaded = load_scene(args.scene)
-    t_loaded = time.perf_counter()
-    scene = compile_scene(loaded)
-    t_compiled = time.perf_counter()
+    if is_chunk_hash(args.scene) and not os.path.exists(args.scene):  # a scene id from the store
+        from .store.scenes import load_compiled
+
+        with open_store(args.home) as store:
+            scene = load_compiled(store, args.scene)
+        t_loaded = t_compiled = time.perf_counter()
+        source = args.scene
+    else:
+        loaded = load_scene(args.scene)
+        t_loaded = time.perf_counter()
+        scene = compile_scene(loaded)
+        t_compiled = time.perf_counter()
+        source = loaded.source
     s = scene.settings
     overrides = {}
     if args.spp is not None:
@@ -125,7 +197,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     render_s = time.perf_counter() - t_render
     image = film.image()
 
-    name = loaded.source.split(":")[-1]
+    name = source.split(":")[-1][:16]
     out = args.output or f"{name.rsplit('/', 1)[-1].rsplit('.', 1)[0] or 'render'}.png"
     samples = settings.width * settings.height * settings.spp
     total_s = time.perf_counter() - t_start
@@ -133,7 +205,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     record = {
         "meshrender": __version__,
         "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "scene": loaded.source,
+        "scene": source,
         "triangles": scene.triangle_count,
         "settings": msgspec.to_builtins(settings),
         "spp": settings.spp,
@@ -173,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="meshrender: %(message)s", stream=sys.stderr)
     logging.getLogger("taichi").setLevel(logging.WARNING)
     try:
-        return cmd_render(args)
+        return cmd_store(args) if args.command == "store" else cmd_render(args)
     except MeshrenderError as exc:
         if getattr(args, "json", False):
             print(json.dumps({"error": str(exc), "kind": type(exc).__name__}))
