@@ -1,0 +1,259 @@
+"""Wire messages, frames and the party handshake: bytes and events in, messages and verdicts out.
+
+Frames. Every message is a msgpack body behind a 4-byte big-endian length. The length is checked
+against FRAME_BYTES_MAX before a byte of the body is buffered, so a peer cannot make us allocate
+more; a stream that ends inside a frame is an error, never a short message (a SIGKILLed peer can
+look like a clean EOF on yamux). `FrameDecoder` does this over any byte source.
+
+Messages are one frozen, tagged union (`Msg`); every field that comes off the wire is bounded.
+
+Party handshake. A party is a name and a secret. Both derive the party key with BLAKE3's
+key-derivation mode; nobody sends the secret or the key. On a fresh connection the dialer sends
+`Hello` (its nonce), the listener answers `HelloReply` (its nonce and a MAC proving the key), the
+dialer answers `HelloFinish` (its MAC). Each MAC covers the role, the party tag, both peer IDs and
+both nonces; the peer IDs come from the Noise-authenticated connection, not from the messages, so
+a proof cannot be replayed on another connection, reflected back, or claimed for another peer.
+`Handshake` is the state machine for one side; an illegal step raises LocalProtocolError, a
+wrong proof or a message out of turn raises RemoteProtocolError (the peer's fault: drop it).
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+from typing import Annotated, Literal
+
+import blake3
+import msgspec
+from msgspec import Meta
+
+PROTOCOL_VERSION = 1
+FRAME_HEADER = struct.Struct(">I")
+CHUNK_WIRE_BYTES_MAX = 16 << 20  # one stored chunk (the store's CHUNK_BYTES_MAX), compressed or not
+FRAME_BYTES_MAX = CHUNK_WIRE_BYTES_MAX + (64 << 10)  # a chunk plus its envelope
+WANT_HASHES_MAX = 64  # hashes in one request: bounds the work one message can ask for
+SCENES_PER_MSG_MAX = 256  # scene ids in one have-query or reply
+NONCE_BYTES = 32
+MAC_BYTES = 32
+REASON_CHARS_MAX = 400
+
+Hash = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+Nonce = Annotated[bytes, Meta(min_length=NONCE_BYTES, max_length=NONCE_BYTES)]
+Mac = Annotated[bytes, Meta(min_length=MAC_BYTES, max_length=MAC_BYTES)]
+Reason = Annotated[str, Meta(max_length=REASON_CHARS_MAX)]
+
+
+class LocalProtocolError(Exception):
+    """We used the protocol wrongly: a bug here, not the peer's fault."""
+
+
+class RemoteProtocolError(Exception):
+    """The peer sent something malformed, oversized, out of turn or unproven: drop the peer."""
+
+
+class Msg(msgspec.Struct, frozen=True, kw_only=True, tag_field="t"):
+    pass
+
+
+class Hello(Msg, tag="hello"):
+    version: Annotated[int, Meta(ge=0, le=1 << 16)]
+    party_tag: Hash  # which party the dialer means (public: a hash of the name)
+    nonce: Nonce
+
+
+class HelloReply(Msg, tag="hello-reply"):
+    nonce: Nonce
+    proof: Mac
+
+
+class HelloFinish(Msg, tag="hello-finish"):
+    proof: Mac
+
+
+class Refused(Msg, tag="refused"):
+    reason: Reason
+
+
+class Want(Msg, tag="want"):
+    hashes: Annotated[list[Hash], Meta(min_length=1, max_length=WANT_HASHES_MAX)]
+
+
+class Chunk(Msg, tag="chunk"):
+    hash: Hash
+    raw_size: Annotated[int, Meta(ge=0, le=CHUNK_WIRE_BYTES_MAX)]
+    zstd: bool  # data is one zstd frame of raw_size bytes
+    data: Annotated[bytes, Meta(max_length=CHUNK_WIRE_BYTES_MAX)]
+
+
+class NotFound(Msg, tag="not-found"):
+    hash: Hash
+
+
+class HaveQuery(Msg, tag="have?"):
+    scene_ids: Annotated[list[Hash], Meta(max_length=SCENES_PER_MSG_MAX)]
+
+
+class HaveReply(Msg, tag="have"):
+    scene_ids: Annotated[list[Hash], Meta(max_length=SCENES_PER_MSG_MAX)]  # those held whole
+
+
+class Error(Msg, tag="error"):
+    reason: Reason
+
+
+AnyMsg = Hello | HelloReply | HelloFinish | Refused | Want | Chunk | NotFound | HaveQuery | HaveReply | Error
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(AnyMsg)
+
+
+def encode_frame(msg: Msg) -> bytes:
+    body = _encoder.encode(msg)
+    if len(body) > FRAME_BYTES_MAX:
+        raise LocalProtocolError(f"{type(msg).__name__} of {len(body)} bytes exceeds the frame limit")
+    return FRAME_HEADER.pack(len(body)) + body
+
+
+def decode_body(body: bytes) -> Msg:
+    try:
+        return _decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise RemoteProtocolError(f"malformed message: {exc}") from None
+
+
+def frame_length(header: bytes) -> int:
+    """The body length a frame header announces; refused beyond FRAME_BYTES_MAX."""
+    (n,) = FRAME_HEADER.unpack(header)
+    if n > FRAME_BYTES_MAX:
+        raise RemoteProtocolError(f"frame of {n} bytes announced, limit {FRAME_BYTES_MAX}")
+    return n
+
+
+class FrameDecoder:
+    """Bytes in (any split), whole messages out."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._need: int | None = None
+        self.eof = False
+
+    def feed(self, data: bytes) -> list[Msg]:
+        if self.eof:
+            raise LocalProtocolError("data fed after end of stream")
+        self._buf += data
+        out = []
+        while True:
+            if self._need is None:
+                if len(self._buf) < FRAME_HEADER.size:
+                    break
+                self._need = frame_length(bytes(self._buf[: FRAME_HEADER.size]))
+                del self._buf[: FRAME_HEADER.size]
+            if len(self._buf) < self._need:
+                break
+            body = bytes(self._buf[: self._need])
+            del self._buf[: self._need]
+            self._need = None
+            out.append(decode_body(body))
+        return out
+
+    def end(self) -> None:
+        """The stream ended: fine between frames, a truncation inside one."""
+        self.eof = True
+        if self._need is not None or self._buf:
+            raise RemoteProtocolError("stream ended inside a frame (peer died or cut the stream)")
+
+
+# ---------------------------------------------------------------------------- the party
+
+
+def party_tag(name: str) -> str:
+    """Public label of a party (which party a Hello means); reveals nothing about the secret."""
+    return blake3.blake3(name.encode(), derive_key_context="meshrender party tag v1").hexdigest()
+
+
+def party_key(name: str, secret: bytes) -> bytes:
+    if not secret:
+        raise LocalProtocolError("a party needs a non-empty secret")
+    h = blake3.blake3(derive_key_context="meshrender party key v1")
+    h.update(len(name.encode()).to_bytes(4, "big") + name.encode() + secret)
+    return h.digest()
+
+
+def _mac(key: bytes, role: bytes, tag: str, dialer: str, listener: str, n_d: bytes, n_l: bytes) -> bytes:
+    h = blake3.blake3(key=key)
+    for part in (role, tag.encode(), dialer.encode(), listener.encode(), n_d, n_l):
+        h.update(len(part).to_bytes(4, "big") + part)
+    return h.digest()
+
+
+class Handshake:
+    """One side of the party handshake on one connection.
+
+    dialer:   start() -> Hello;  receive(HelloReply) -> HelloFinish (and `member` becomes True)
+    listener: receive(Hello) -> HelloReply;  receive(HelloFinish) -> None (`member` True)
+    """
+
+    def __init__(
+        self,
+        role: Literal["dialer", "listener"],
+        name: str,
+        secret: bytes,
+        local_id: str,
+        remote_id: str,
+        nonce: bytes,
+    ):
+        if len(nonce) != NONCE_BYTES:
+            raise LocalProtocolError("the nonce must be 32 fresh random bytes")
+        self.role = role
+        self.tag = party_tag(name)
+        self._key = party_key(name, secret)
+        self._dialer, self._listener = (local_id, remote_id) if role == "dialer" else (remote_id, local_id)
+        self._nonce = nonce
+        self._peer_nonce: bytes | None = None
+        self.state = "new"
+        self.member = False
+
+    def _proof(self, role: bytes) -> bytes:
+        n_d, n_l = (
+            (self._nonce, self._peer_nonce) if self.role == "dialer" else (self._peer_nonce, self._nonce)
+        )
+        return _mac(self._key, role, self.tag, self._dialer, self._listener, n_d, n_l)
+
+    def start(self) -> Hello:
+        if self.role != "dialer" or self.state != "new":
+            raise LocalProtocolError(f"start() on a {self.role} in state {self.state}")
+        self.state = "sent-hello"
+        return Hello(version=PROTOCOL_VERSION, party_tag=self.tag, nonce=self._nonce)
+
+    def receive(self, msg: Msg) -> Msg | None:
+        if isinstance(msg, Refused):
+            self.state = "refused"
+            raise RemoteProtocolError(f"refused: {msg.reason}")
+        if self.role == "listener" and self.state == "new" and isinstance(msg, Hello):
+            if msg.version != PROTOCOL_VERSION:
+                raise RemoteProtocolError(f"protocol version {msg.version}, we speak {PROTOCOL_VERSION}")
+            if msg.party_tag != self.tag:
+                raise RemoteProtocolError("the peer asked for another party")
+            if msg.nonce == self._nonce:
+                raise RemoteProtocolError("the peer echoed our nonce")
+            self._peer_nonce = msg.nonce
+            self.state = "sent-reply"
+            return HelloReply(nonce=self._nonce, proof=self._proof(b"listener"))
+        if self.role == "dialer" and self.state == "sent-hello" and isinstance(msg, HelloReply):
+            if msg.nonce == self._nonce:
+                raise RemoteProtocolError("the peer echoed our nonce")
+            self._peer_nonce = msg.nonce
+            if not hmac.compare_digest(msg.proof, self._proof(b"listener")):
+                self.state = "failed"
+                raise RemoteProtocolError("the peer does not know the party secret")
+            self.state = "done"
+            self.member = True
+            return HelloFinish(proof=self._proof(b"dialer"))
+        if self.role == "listener" and self.state == "sent-reply" and isinstance(msg, HelloFinish):
+            if not hmac.compare_digest(msg.proof, self._proof(b"dialer")):
+                self.state = "failed"
+                raise RemoteProtocolError("the peer does not know the party secret")
+            self.state = "done"
+            self.member = True
+            return None
+        raise RemoteProtocolError(f"{type(msg).__name__} out of turn in handshake state {self.state}")
