@@ -74,10 +74,114 @@ def build_parser() -> argparse.ArgumentParser:
         ("gc", "drop chunks no scene uses and evict down to the quota"),
     ):
         ss.add_parser(name, help=text)
+    fetch = ss.add_parser("fetch", help="fetch a scene from the party's peers into this store")
+    fetch.add_argument("scene_id", help="the scene id (64 hex digits) that `store add` printed")
+    _party_args(fetch)
+
+    peer = sub.add_parser("peer", help="run this machine's peer: join a party, serve and fetch scenes")
+    peer.add_argument("--headless", action="store_true", help="no TUI (the only mode until the TUI lands)")
+    _party_args(peer)
+    peer.add_argument("--home", help="peer state folder (default $MESHRENDER_HOME)")
+    peer.add_argument("--json", action="store_true", help="one JSON line per event on stdout")
+
     for sp in ss.choices.values():
         sp.add_argument("--home", help="peer state folder (default $MESHRENDER_HOME)")
         sp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return p
+
+
+def _party_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--party", required=True, help="party name")
+    p.add_argument("--secret", help="party secret (or --secret-file, or $MESHRENDER_SECRET)")
+    p.add_argument("--secret-file", help="file holding the party secret")
+    p.add_argument("--listen", action="append", metavar="MULTIADDR", help="default /ip4/127.0.0.1/tcp/0")
+    p.add_argument("--bootstrap", action="append", default=[], metavar="MULTIADDR", help=".../p2p/<peer id>")
+
+
+JOIN_TIMEOUT_S = 10.0  # `store fetch` gives up when no bootstrap peer lets it in within this
+MESH_SETTLE_S = 3.0  # and waits this long at most for the members they named
+
+
+async def _with_signals(cancel_scope) -> None:
+    import signal
+
+    import trio
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            cancel_scope.cancel()
+            return
+
+
+def cmd_peer(args: argparse.Namespace) -> int:
+    import trio
+
+    from .home import meshrender_home
+    from .node import Peer, read_secret
+
+    secret = read_secret(args.secret, args.secret_file)
+
+    def show(ev: dict) -> None:
+        if args.json:
+            print(json.dumps(ev), flush=True)
+        else:
+            rest = " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("event", "t"))
+            print(f"{ev['event']}: {rest}", flush=True)
+
+    peer = Peer(home=meshrender_home(args.home), party=args.party, secret=secret, listen=args.listen,
+                bootstrap=args.bootstrap, on_event=show)  # fmt: skip
+
+    async def main():
+        async with trio.open_nursery() as n:
+            n.start_soon(_with_signals, n.cancel_scope)
+            await peer.run()
+
+    trio.run(main)
+    return 0
+
+
+def cmd_store_fetch(args: argparse.Namespace) -> int:
+    import trio
+
+    from .home import meshrender_home
+    from .node import Peer, PeerError, read_secret
+
+    secret = read_secret(args.secret, args.secret_file)
+    if not args.bootstrap:
+        raise MeshrenderError("store fetch needs --bootstrap MULTIADDR of a party member")
+    peer = Peer(home=meshrender_home(args.home), party=args.party, secret=secret, listen=args.listen,
+                bootstrap=args.bootstrap)  # fmt: skip
+    out: dict = {}
+
+    async def main():
+        async with trio.open_nursery() as n:
+            await n.start(peer.run)
+            with trio.move_on_after(JOIN_TIMEOUT_S):
+                await trio.sleep(0.1)
+                while not peer.members:
+                    refused = any(e["event"] == "refused" for e in peer.events)
+                    if refused and not peer._dialing:  # every bootstrap peer answered, and said no
+                        break
+                    await trio.sleep(0.05)
+            if not peer.members:
+                raise PeerError(f"no bootstrap peer let us into party {args.party!r}")
+            with trio.move_on_after(MESH_SETTLE_S):
+                await trio.sleep(0.2)
+                while peer._dialing:
+                    await trio.sleep(0.05)
+            out.update(await peer.fetch_scene(args.scene_id))
+            out["penalties"] = peer.penalties
+            n.cancel_scope.cancel()
+
+    trio.run(main)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(
+            f"scene {out['scene_id']}: {out['fetched_bytes']:,} bytes in {out['fetched_chunks']} chunks from "
+            f"{len(out['bytes_by_provider'])} peer(s) in {out['seconds']:.2f} s"
+        )
+    return 0
 
 
 def open_store(home: str | None):
@@ -236,6 +340,17 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _first_user_error(exc: BaseException) -> MeshrenderError | None:
+    if isinstance(exc, MeshrenderError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_user_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -245,7 +360,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="meshrender: %(message)s", stream=sys.stderr)
     logging.getLogger("taichi").setLevel(logging.WARNING)
     try:
-        return cmd_store(args) if args.command == "store" else cmd_render(args)
+        if args.command == "peer":
+            return cmd_peer(args)
+        if args.command == "store":
+            return cmd_store_fetch(args) if args.store_command == "fetch" else cmd_store(args)
+        return cmd_render(args)
+    except BaseExceptionGroup as group:  # errors raised inside trio nurseries arrive grouped
+        exc = _first_user_error(group)
+        if exc is None:
+            raise
+        if getattr(args, "json", False):
+            print(json.dumps({"error": str(exc), "kind": type(exc).__name__}))
+        print(f"meshrender: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except MeshrenderError as exc:
         if getattr(args, "json", False):
             print(json.dumps({"error": str(exc), "kind": type(exc).__name__}))

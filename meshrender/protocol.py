@@ -74,6 +74,24 @@ class Refused(Msg, tag="refused"):
     reason: Reason
 
 
+PEERS_MAX = 256  # members listed in one Peers message: a LAN party is far smaller
+ADDRS_PER_PEER_MAX = 8
+TEXT_CHARS_MAX = 256
+
+
+class PeerAddr(msgspec.Struct, frozen=True, array_like=True):
+    peer_id: Annotated[str, Meta(max_length=TEXT_CHARS_MAX)]
+    addrs: Annotated[
+        list[Annotated[str, Meta(max_length=TEXT_CHARS_MAX)]], Meta(max_length=ADDRS_PER_PEER_MAX)
+    ]
+
+
+class Peers(Msg, tag="peers"):
+    """After a handshake: the sender itself first, then the members it knows."""
+
+    peers: Annotated[list[PeerAddr], Meta(max_length=PEERS_MAX)]
+
+
 class Want(Msg, tag="want"):
     hashes: Annotated[list[Hash], Meta(min_length=1, max_length=WANT_HASHES_MAX)]
 
@@ -101,7 +119,19 @@ class Error(Msg, tag="error"):
     reason: Reason
 
 
-AnyMsg = Hello | HelloReply | HelloFinish | Refused | Want | Chunk | NotFound | HaveQuery | HaveReply | Error
+AnyMsg = (
+    Hello
+    | HelloReply
+    | HelloFinish
+    | Refused
+    | Peers
+    | Want
+    | Chunk
+    | NotFound
+    | HaveQuery
+    | HaveReply
+    | Error
+)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyMsg)

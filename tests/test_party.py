@@ -1,0 +1,148 @@
+"""A party of subprocess peers on 127.0.0.1: membership, swarm fetch, liars and garbage."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+from conftest import SCENES
+from party import PARTY, SECRET, PeerProc, cli
+
+pytestmark = pytest.mark.slow
+
+HELMET = str(SCENES / "flight_helmet_gltf" / "glTF" / "FlightHelmet.gltf")
+
+LIAR = """
+import sys, trio
+from meshrender.cli import main
+from meshrender.node import Peer
+from meshrender.protocol import Chunk
+real = Peer._serve
+def lying(self, h, remote):
+    msg = real(self, h, remote)
+    if isinstance(msg, Chunk):  # same size, one byte changed before compression
+        raw = bytearray(self._zd.decompress(msg.data)); raw[len(raw) // 2] ^= 0xFF
+        return Chunk(hash=h, raw_size=len(raw), zstd=True, data=self._zc.compress(bytes(raw)))
+    return msg
+Peer._serve = lying
+sys.exit(main(["peer", "--headless", "--json", *sys.argv[1:]]))
+"""
+
+
+@pytest.fixture
+def peers():
+    started: list[PeerProc] = []
+
+    def start(*args, **kw) -> PeerProc:
+        p = PeerProc(*args, **kw)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+def add(home, scene) -> str:
+    p = cli("store", "add", scene, "--json", home=home)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)["scene_id"]
+
+
+def fetch(home, scene_id, *bootstrap, secret=SECRET):
+    args = ["store", "fetch", scene_id, "--party", PARTY, "--secret", secret, "--json"]
+    for b in bootstrap:
+        args += ["--bootstrap", b]
+    return cli(*args, home=home)
+
+
+def test_swarm_four_peers(tmp_path, peers):
+    scene = add(tmp_path / "a", HELMET)
+    a = peers(tmp_path / "a")
+    for name in ("b", "c"):
+        p = fetch(tmp_path / name, scene, a.addr)
+        assert p.returncode == 0, p.stderr
+        rec = json.loads(p.stdout)
+        assert rec["fetched_chunks"] > 50 and rec["providers"]
+    b = peers(tmp_path / "b", "--bootstrap", a.addr)
+    c = peers(tmp_path / "c", "--bootstrap", a.addr)
+    for p in (b, c):
+        a.wait_for("peer-joined", peer=p.peer_id)
+    p = fetch(tmp_path / "d", scene, a.addr)
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(p.stdout)
+    served = {k: v for k, v in rec["bytes_by_provider"].items() if v > 0}
+    assert len(served) >= 2, rec  # the source was not the only uplink
+    assert set(rec["providers"]) == {a.peer_id, b.peer_id, c.peer_id}
+    assert cli("store", "verify", home=tmp_path / "d").returncode == 0
+    stats = json.loads(cli("store", "stats", "--json", home=tmp_path / "d").stdout)
+    assert stats["complete_scenes"] == 1
+
+
+def test_a_lying_peer_is_caught_and_nothing_it_sent_is_stored(tmp_path, peers):
+    scene = add(tmp_path / "a", HELMET)
+    add(tmp_path / "liar", HELMET)
+    a = peers(tmp_path / "a")
+    liar = peers(tmp_path / "liar", "--bootstrap", a.addr, script=LIAR)
+    a.wait_for("peer-joined", peer=liar.peer_id)
+    p = fetch(tmp_path / "d", scene, a.addr)
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(p.stdout)
+    assert liar.peer_id in rec["penalties"], rec
+    assert rec["bytes_by_provider"].get(liar.peer_id, 0) == 0  # nothing it sent was kept
+    assert cli("store", "verify", home=tmp_path / "d").returncode == 0  # and every stored chunk is right
+
+
+def test_a_wrong_secret_gets_nothing(tmp_path, peers):
+    scene = add(tmp_path / "a", "cornell")
+    a = peers(tmp_path / "a")
+    p = fetch(tmp_path / "x", scene, a.addr, secret="guess")
+    assert p.returncode == 2 and "let us into party" in p.stderr
+    ev = a.wait_for("refused")
+    assert "handshake failed" in ev["reason"]
+    assert not (tmp_path / "x" / "store" / "blobs").exists() or not any(
+        (tmp_path / "x" / "store" / "blobs").rglob("*.zst")
+    )
+    outsider = peers(tmp_path / "o", "--bootstrap", a.addr, secret="guess")
+    outsider.wait_for("refused")
+    assert outsider.peer_id not in {e.get("peer") for e in a.events if e["event"] == "peer-joined"}
+
+
+def test_garbage_at_the_port_leaves_the_peer_running(tmp_path, peers):
+    scene = add(tmp_path / "a", "cornell")
+    a = peers(tmp_path / "a")
+    host, port = a.addr.split("/")[2], int(a.addr.split("/")[4])
+    payloads = [os.urandom(64), b"\x13/multistream/1.0.0\n" + os.urandom(200), b"\xff" * 4096, b""]
+    for data in payloads:
+        with socket.create_connection((host, port), timeout=5) as s:
+            s.sendall(data)
+    assert a.alive()
+    p = fetch(tmp_path / "d", scene, a.addr)
+    assert p.returncode == 0, p.stderr
+    assert a.alive()
+
+
+def test_killed_and_frozen_members_are_noticed(tmp_path, peers):
+    import signal
+    import time
+
+    a = peers(tmp_path / "a")
+    b = peers(tmp_path / "b", "--bootstrap", a.addr)
+    c = peers(tmp_path / "c", "--bootstrap", a.addr)
+    for p in (b, c):
+        a.wait_for("peer-joined", peer=p.peer_id)
+    time.sleep(1.0)  # pings are flowing
+    killed_at = time.time()
+    b.proc.send_signal(signal.SIGKILL)
+    lost = a.wait_for("peer-lost", timeout=10, peer=b.peer_id)
+    assert lost["t"] - killed_at <= 1.0, lost
+    frozen_at = time.time()
+    c.proc.send_signal(signal.SIGSTOP)
+    try:
+        lost = a.wait_for("peer-lost", timeout=10, peer=c.peer_id)
+        assert lost["t"] - frozen_at <= 3.0, lost
+    finally:
+        c.proc.send_signal(signal.SIGCONT)
+    assert a.alive()
