@@ -159,7 +159,6 @@ class Peer:
         self._nursery: trio.Nursery | None = None
         self._dialing: set[str] = set()
         self._links: dict[str, _Link] = {}
-        self._member_changed = trio.Event()
         self._zc = zstandard.ZstdCompressor(level=WIRE_ZSTD_LEVEL, write_content_size=True)
         self._zd = zstandard.ZstdDecompressor()
         self.transfers = {"bytes_in": 0, "bytes_out": 0, "chunks_in": 0, "chunks_out": 0}
@@ -254,8 +253,6 @@ class Peer:
         self._links.pop(peer, None)
         if self.members.pop(peer, None) is not None:
             self._event("peer-lost", peer=peer, reason=why)
-            self._member_changed.set()
-            self._member_changed = trio.Event()
 
     def _joined(self, peer: str, addrs: list[str]) -> None:
         fresh = peer not in self.members
@@ -264,8 +261,6 @@ class Peer:
             self._event("peer-joined", peer=peer, addrs=addrs)
             if self._nursery is not None:
                 self._nursery.start_soon(self._watch, peer)
-            self._member_changed.set()
-            self._member_changed = trio.Event()
 
     def _peers_msg(self) -> Peers:
         own = PeerAddr(self.peer_id, self.addrs[:ADDRS_PER_PEER_MAX])
