@@ -166,6 +166,12 @@ class _Peer:
     refusals: int = 0
     bytes_received: int = 0
     chunks_received: int = 0
+    chunks_max: int = 0  # its own cap on requests out (0: the fetch's inflight_chunks_max)
+
+
+def _check_count(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise LocalProtocolError(f"{name} must be a positive integer, not {value!r}")
 
 
 def _check_peer(peer: object) -> str:
@@ -196,8 +202,7 @@ class ChunkFetch:
             "strikes_max": strikes_max,
         }
         for name, value in counts.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise LocalProtocolError(f"{name} must be a positive integer, not {value!r}")
+            _check_count(name, value)
         for name, value in (("request_timeout_s", request_timeout_s), ("min_rate_bytes_s", min_rate_bytes_s)):
             if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
                 raise LocalProtocolError(f"{name} must be a positive number, not {value!r}")
@@ -306,13 +311,19 @@ class ChunkFetch:
 
     # ---- events --------------------------------------------------------------------------------
 
-    def add_provider(self, peer: str, hashes: Iterable[str] | None, now: float) -> bool:
+    def add_provider(
+        self, peer: str, hashes: Iterable[str] | None, now: float, *, inflight_chunks_max: int | None = None
+    ) -> bool:
         """`peer` has every chunk (`hashes=None`) or these ones (added to what it had announced;
         hashes not on the want-list are ignored). Brings back a gone or dropped peer (a dropped one
-        with its strikes cleared). Returns False, changing nothing, for a banned peer or when the
-        fetch already has PEERS_MAX peer records or PROVIDERS_MAX usable providers."""
+        with its strikes cleared). `inflight_chunks_max` gives this peer a cap of its own on requests
+        out (lower than the fetch's, say, for a source that many fetchers share; requests already
+        out stay). Returns False, changing nothing, for a banned peer or when the fetch already has
+        PEERS_MAX peer records or PROVIDERS_MAX usable providers."""
         self._check_time(now)
         _check_peer(peer)
+        if inflight_chunks_max is not None:
+            _check_count("inflight_chunks_max", inflight_chunks_max)
         if isinstance(hashes, str):
             raise LocalProtocolError("hashes must be a collection of hashes, not one string")
         wanted: list[str] | None = None
@@ -330,6 +341,9 @@ class ChunkFetch:
             p = self._peers[peer] = _Peer(peer)
         if p.status is _Status.BANNED:
             return False
+        if inflight_chunks_max is not None:
+            p.chunks_max = inflight_chunks_max
+            self._track_open(p)
         if p.status is _Status.USABLE:
             if p.all:
                 return True
@@ -600,11 +614,13 @@ class ChunkFetch:
     def _open(self, p: _Peer) -> bool:
         """Whether `p` has room for another request at all."""
         n = len(p.pending)
-        return n < self.inflight_chunks_max and (n == 0 or p.inflight_bytes < self.inflight_bytes_max)
+        return n < (p.chunks_max or self.inflight_chunks_max) and (
+            n == 0 or p.inflight_bytes < self.inflight_bytes_max
+        )
 
     def _fits(self, p: _Peer, size: int) -> bool:
         n = len(p.pending)
-        if n >= self.inflight_chunks_max:
+        if n >= (p.chunks_max or self.inflight_chunks_max):
             return False
         # a peer with nothing out may take one chunk bigger than the byte limit, or it never moves
         return n == 0 or p.inflight_bytes + size <= self.inflight_bytes_max

@@ -8,12 +8,18 @@ How it works
     a non-member is reset and logged, and a failed handshake hangs up the connection.
   * After a handshake both sides send `Peers` (themselves and the members they know) and dial any
     member they have not met, so one bootstrap address meshes the whole party.
-  * `/meshrender/chunks/1` carries `Want` -> `Chunk`/`NotFound` and `HaveQuery` -> `HaveReply`.
-    Chunks are read from the store (hash-checked) and zstd-compressed for the wire.
-  * Fetching a scene (`fetch_scene`) asks members which of them hold it whole, takes the manifest
-    from one, then lets the sans-IO scheduler (meshrender.exchange) spread the chunks over every
-    provider; each chunk is verified by the store before it is kept, and a peer that sent wrong
-    bytes is banned and penalised, its chunks re-requested elsewhere.
+  * `/meshrender/chunks/1` carries `Want` -> `Chunk`/`NotFound` and `ChunkMapQuery` -> `ChunkMap`.
+    Chunks go on the wire as the store keeps them, zstd frames (checked against their hash first),
+    and a received frame is kept as the blob: neither end compresses again. Each provider
+    gets two streams: a bulk one for chunks and a control one for chunk maps, so a map is never
+    queued behind megabytes of chunks.
+  * Fetching a scene (`fetch_scene`) is a swarm. It asks every member for its chunk map of the
+    scene (whole, part, or nothing), takes the manifest from one that has it, then lets the sans-IO
+    scheduler (meshrender.exchange) spread the chunks, in an order of its own, over every member
+    holding them. While it fetches it serves what it has to other fetchers and asks the members
+    for fresh maps every MAP_POLL_S, so fetchers that start together ask the source for different
+    chunks and trade the rest among themselves. Each chunk is verified by the store before it is
+    kept; a peer that sent wrong bytes is banned and penalised, its chunks re-requested elsewhere.
   * Every stream handler is wrapped: nothing a peer sends can raise out of it (py-libp2p ends the
     process on an exception escaping a handler). Every read has a deadline.
   * One status source: `snapshot()` and the event stream (`events`, and the `on_event` callback
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import secrets
 import time
 from collections import deque
@@ -40,7 +47,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from . import __version__
 from .errors import MeshrenderError
-from .exchange import Cancel, ChunkFetch, Penalize, Request
+from .exchange import INFLIGHT_CHUNKS_MAX, Cancel, ChunkFetch, Penalize, Request
 from .home import store_dir, store_quota_bytes
 from .net.host import build_host, load_or_create_identity, open_stream, parse_multiaddr
 from .net.streams import read_exact, read_msg, write_msg
@@ -49,9 +56,9 @@ from .protocol import (
     PEERS_MAX,
     WANT_HASHES_MAX,
     Chunk,
+    ChunkMap,
+    ChunkMapQuery,
     Handshake,
-    HaveQuery,
-    HaveReply,
     Hello,
     HelloFinish,
     NotFound,
@@ -75,8 +82,11 @@ PING_BYTES = 8
 HANDSHAKE_TIMEOUT_S = 5.0  # a member answers in milliseconds; an outsider must not hold a slot
 IDLE_STREAM_TIMEOUT_S = 120.0  # a chunk stream with no request for this long is closed
 EVENTS_KEPT = 1000  # recent events kept for a late reader (the TUI's log)
-WIRE_ZSTD_LEVEL = 1  # fast: the wire is the bottleneck only on slow links
 DIAL_RETRY_S = 2.0
+CONTROL_TIMEOUT_S = 5.0  # a chunk-map answer is a few bytes from memory
+MAP_POLL_S = 0.25  # while fetching, members are asked for their chunk maps this often
+SOURCE_REQUESTS_MIN = 2  # requests a fetcher keeps out at a whole holder, however many fetchers share it
+STUCK_GRACE_S = 15.0  # chunks no reachable member holds fail a fetch after this long without one
 
 
 class PeerError(MeshrenderError):
@@ -92,12 +102,32 @@ class Member:
     bytes_received: int = 0
 
 
+class _Partial:
+    """What this peer holds of a scene it is fetching, served to other fetchers as a ChunkMap."""
+
+    def __init__(self, order: list[str]):
+        self.order = order
+        self._index = {h: i for i, h in enumerate(order)}
+        self.bits = bytearray((len(order) + 7) // 8)
+
+    def mark(self, i: int) -> None:
+        self.bits[i >> 3] |= 1 << (i & 7)
+
+    def mark_hash(self, h: str) -> None:
+        i = self._index.get(h)
+        if i is not None:
+            self.mark(i)
+
+
 @dataclass
 class _Link:
-    """One open chunk stream to a provider, used by one fetch at a time."""
+    """One open chunk stream to a member: a control stream is used by one request at a time
+    (`lock`); a bulk stream is pipelined: `lock` guards writing Wants, and one reader task hands
+    each answer to the handler queued for it in `pending` (a provider answers in order)."""
 
     stream: object
     lock: trio.Lock = field(default_factory=trio.Lock)
+    pending: deque = field(default_factory=deque)  # (hash, handler) per chunk asked, oldest first
 
 
 class _Notifee(INotifee):
@@ -158,8 +188,10 @@ class Peer:
         self.addrs: list[str] = []
         self._nursery: trio.Nursery | None = None
         self._dialing: set[str] = set()
-        self._links: dict[str, _Link] = {}
-        self._zc = zstandard.ZstdCompressor(level=WIRE_ZSTD_LEVEL, write_content_size=True)
+        self._links: dict[str, _Link] = {}  # bulk chunk streams, one per provider
+        self._ctl_links: dict[str, _Link] = {}  # control streams: chunk maps, never behind bulk data
+        self._partial: dict[str, _Partial] = {}  # scenes being fetched: what we hold of them so far
+        self._fetching: dict[str, trio.Event] = {}
         self._zd = zstandard.ZstdDecompressor()
         self.transfers = {"bytes_in": 0, "bytes_out": 0, "chunks_in": 0, "chunks_out": 0}
         self.started = time.time()
@@ -221,7 +253,7 @@ class Peer:
             self._nursery = None
             if own_store and self.store is not None:
                 self.store.close()
-            self._event("stopped")
+            self._event("stopped", transfers=dict(self.transfers))
 
     def _guard(self, handler):
         """Wrap a stream handler so nothing a peer sends can raise out of it."""
@@ -251,6 +283,7 @@ class Peer:
 
     def _lost(self, peer: str, why: str) -> None:
         self._links.pop(peer, None)
+        self._ctl_links.pop(peer, None)
         if self.members.pop(peer, None) is not None:
             self._event("peer-lost", peer=peer, reason=why)
 
@@ -423,133 +456,275 @@ class Peer:
             if isinstance(msg, Want):
                 for h in msg.hashes:
                     await write_msg(stream, self._serve(h, remote))
-            elif isinstance(msg, HaveQuery):
-                held = [s for s in msg.scene_ids if self.store.has_scene(s)]
-                await write_msg(stream, HaveReply(scene_ids=held))
+            elif isinstance(msg, ChunkMapQuery):
+                await write_msg(stream, self._chunk_map(msg.scene_id))
             else:
                 raise RemoteProtocolError(f"{type(msg).__name__} on a chunk stream")
 
     def _serve(self, h: str, remote: str) -> Chunk | NotFound:
         try:
-            data = self.store.get(h)
+            wire, raw_size = self.store.get_frame(h)  # checked, and already compressed: sent as stored
         except (MissingChunkError, CorruptChunkError):
             return NotFound(hash=h)
-        wire = self._zc.compress(data)
         self.transfers["bytes_out"] += len(wire)
         self.transfers["chunks_out"] += 1
         m = self.members.get(remote)
         if m is not None:
             m.bytes_served += len(wire)
-        return Chunk(hash=h, raw_size=len(data), zstd=True, data=wire)
+        return Chunk(hash=h, raw_size=raw_size, zstd=True, data=wire)
 
     # ------------------------------------------------------------------ fetching
-    async def _link(self, peer: str) -> _Link:
-        link = self._links.get(peer)
+    async def _link(self, peer: str, links: dict[str, _Link]) -> _Link:
+        link = links.get(peer)
         if link is None:
             stream = await open_stream(self.host, self._nursery, ID.from_base58(peer), PROTO_CHUNKS)
-            link = self._links[peer] = _Link(stream)
+            link = links.setdefault(peer, _Link(stream))
+            if link.stream is not stream:  # another task opened one meanwhile
+                await _reset(stream)
+            elif links is self._links:
+                self._nursery.start_soon(self._read_chunks, peer, link)
         return link
 
-    async def _ask(self, peer: str, msg):
-        link = await self._link(peer)
+    async def _want(self, peer: str, hashes: tuple[str, ...], handler: Callable) -> None:
+        """Ask `peer` for chunks on its bulk stream without waiting for them: each answer goes to
+        `handler(peer, hash, msg, None)`, or `handler(peer, hash, None, exc)` if the stream fails
+        first. The pipe stays full: the next Want goes out while earlier chunks still arrive."""
+        link = await self._link(peer, self._links)
         async with link.lock:
-            await write_msg(link.stream, msg)
-            reply = await read_msg(link.stream)
+            link.pending.extend((h, handler) for h in hashes)
+            for i in range(0, len(hashes), WANT_HASHES_MAX):
+                await write_msg(link.stream, Want(hashes=list(hashes[i : i + WANT_HASHES_MAX])))
+
+    async def _read_chunks(self, peer: str, link: _Link) -> None:
+        """The bulk stream's reader: answers in order of asking, each to its handler."""
+        failure: Exception | None = None
+        try:
+            while True:
+                reply = await read_msg(link.stream, IDLE_STREAM_TIMEOUT_S)
+                if reply is None:
+                    raise RemoteProtocolError("the provider closed the chunk stream")
+                if not isinstance(reply, Chunk | NotFound):
+                    raise RemoteProtocolError(f"{type(reply).__name__} in answer to Want")
+                if not link.pending:
+                    raise RemoteProtocolError("sent a chunk that was not asked for")
+                h, handler = link.pending.popleft()
+                if reply.hash != h:
+                    raise RemoteProtocolError("answered Wants out of order")
+                if handler(peer, h, reply, None) is False:  # it sent wrong bytes: hear no more
+                    raise RemoteProtocolError(f"sent bytes that do not match chunk {h}")
+        except trio.Cancelled:
+            raise
+        except Exception as exc:  # reset, EOF, garbage: whatever was asked goes elsewhere
+            failure = exc
+        finally:
+            if self._links.get(peer) is link:
+                del self._links[peer]
+            pending, link.pending = list(link.pending), deque()
+            if failure is not None:
+                for h, handler in pending:
+                    handler(peer, h, None, failure)
+            await _reset(link.stream)
+
+    async def _ask(self, peer: str, msg):
+        """One request and its answer on the control stream (never queued behind bulk chunks)."""
+        link = await self._link(peer, self._ctl_links)
+        async with link.lock:
+            with trio.fail_after(CONTROL_TIMEOUT_S):
+                await write_msg(link.stream, msg)
+                reply = await read_msg(link.stream)
             if reply is None:
-                raise RemoteProtocolError("the provider closed the chunk stream")
+                raise RemoteProtocolError("the member closed its chunk stream")
             return reply
 
-    async def providers_of(self, scene_id: str) -> list[str]:
-        """Members that say they hold the scene whole (asked in parallel)."""
-        found: list[str] = []
+    async def chunk_maps(self, scene_id: str) -> dict[str, ChunkMap]:
+        """Every member's answer to "which chunks of scene_id do you hold?" (asked in parallel);
+        members that hold nothing of it, or cannot answer, are left out."""
+        maps: dict[str, ChunkMap] = {}
 
         async def ask(peer: str):
             try:
-                reply = await self._ask(peer, HaveQuery(scene_ids=[scene_id]))
-            except Exception as exc:  # a member that cannot answer is no provider
-                log.info("have-query to %s failed: %s", peer, exc)
-                self._links.pop(peer, None)
+                reply = await self._ask(peer, ChunkMapQuery(scene_id=scene_id))
+            except trio.Cancelled:
+                raise
+            except Exception as exc:  # a member that cannot answer is no provider this round
+                log.info("chunk-map query to %s failed: %s: %s", peer, type(exc).__name__, exc)
+                self._ctl_links.pop(peer, None)
                 return
-            if isinstance(reply, HaveReply) and scene_id in reply.scene_ids:
-                found.append(peer)
+            if not isinstance(reply, ChunkMap) or reply.scene_id != scene_id:
+                self._penalize(peer, f"answered a chunk-map query with {type(reply).__name__}", ban=False)
+            elif reply.whole or reply.count:
+                maps[peer] = reply
 
         async with trio.open_nursery() as n:
             for peer in list(self.members):
                 if peer not in self.banned:
                     n.start_soon(ask, peer)
-        return sorted(found)
+        return maps
+
+    def _chunk_map(self, scene_id: str) -> ChunkMap:
+        part = self._partial.get(scene_id)
+        if part is not None:
+            return ChunkMap(scene_id=scene_id, count=len(part.order), whole=False, bits=bytes(part.bits))
+        whole = self.store.has_scene(scene_id)
+        return ChunkMap(scene_id=scene_id, count=0, whole=whole, bits=b"")
 
     async def fetch_scene(self, scene_id: str, *, timeout_s: float = 600.0) -> dict:
-        """Fetch every chunk of scene_id the store lacks, from every member that has it."""
+        """Fetch every chunk of scene_id this store lacks from the party: from members that hold it
+        whole and from members still fetching it (a swarm), serving what we have meanwhile."""
+        while scene_id in self._fetching:  # one fetch per scene; a second caller shares it
+            await self._fetching[scene_id].wait()
+        done = self._fetching[scene_id] = trio.Event()
+        try:
+            return await self._fetch_scene(scene_id, timeout_s)
+        finally:
+            del self._fetching[scene_id]
+            done.set()
+
+    async def _fetch_scene(self, scene_id: str, timeout_s: float) -> dict:
         t0 = time.perf_counter()
+        stats: dict = {}
+        wanted: list[tuple[str, int]] = []
         with trio.fail_after(timeout_s):
-            providers = await self.providers_of(scene_id)
-            if not self.store.has(scene_id):
-                if not providers:
-                    raise PeerError(f"no member of party {self.party!r} holds scene {scene_id[:16]}")
-                await self._fetch_chunks([(scene_id, 0)], providers)
-            try:
-                manifest = decode_manifest(self.store.get(scene_id), scene_id)
-            except ManifestError as exc:
-                raise PeerError(f"scene {scene_id[:16]}: {exc}") from None
-            refs = manifest.chunk_refs()
-            missing = set(self.store.missing([r.hash for r in refs]))
-            wanted = [(r.hash, r.size) for r in refs if r.hash in missing]
-            wanted = list({h: (h, s) for h, s in wanted}.values())
-            stats = await self._fetch_chunks(wanted, providers) if wanted else {}
-            total = sum(r.size for r in refs)
-            self.store.add_scene(scene_id, [scene_id, *[r.hash for r in refs]], total_bytes=total)
+            if self.store.has_scene(scene_id):
+                maps: dict[str, ChunkMap] = {}
+                refs = decode_manifest(self.store.get(scene_id), scene_id).unique_chunks()
+            else:
+                maps = await self.chunk_maps(scene_id)
+                if not self.store.has(scene_id):
+                    if not maps:
+                        raise PeerError(f"no member of party {self.party!r} holds scene {scene_id[:16]}")
+                    await self._swarm(None, [(scene_id, 0)], maps)  # whoever has a map has the manifest
+                try:
+                    manifest = decode_manifest(self.store.get(scene_id), scene_id)
+                except ManifestError as exc:
+                    raise PeerError(f"scene {scene_id[:16]}: {exc}") from None
+                refs = manifest.unique_chunks()
+                missing = set(self.store.missing([r.hash for r in refs]))
+                part = _Partial([r.hash for r in refs])
+                for i, r in enumerate(refs):
+                    if r.hash not in missing:
+                        part.mark(i)
+                wanted = [(r.hash, r.size) for r in refs if r.hash in missing]
+                # each fetcher takes the chunks in its own random order, so fetchers starting at once
+                # ask the source for different chunks and then trade them among themselves
+                random.shuffle(wanted)
+                self._partial[scene_id] = part
+                try:
+                    if wanted:
+                        stats = await self._swarm(scene_id, wanted, maps)
+                    total = sum(r.size for r in manifest.chunk_refs())
+                    self.store.add_scene(scene_id, [scene_id, *[r.hash for r in refs]], total_bytes=total)
+                finally:
+                    del self._partial[scene_id]
         report = {
             "scene_id": scene_id,
             "chunks": len(refs) + 1,
             "fetched_chunks": len(wanted),
             "fetched_bytes": sum(s for _, s in wanted),
-            "providers": providers,
+            "providers": sorted(maps),
             "bytes_by_provider": stats.get("bytes_by_provider", {}),
             "seconds": time.perf_counter() - t0,
         }
         self._event("fetched", **report)
         return report
 
-    async def _fetch_chunks(self, wanted: list[tuple[str, int]], providers: list[str]) -> dict:
+    async def _swarm(self, scene_id: str | None, wanted: list[tuple[str, int]], maps: dict[str, ChunkMap]):
+        """Pull `wanted` from the members in `maps`, asking every member again for its chunk map
+        every MAP_POLL_S (fetchers gain chunks as they go) when scene_id is given."""
         plan = ChunkFetch(wanted, trio.current_time())
-        for p in providers:
-            plan.add_provider(p, None, trio.current_time())
+        part = self._partial.get(scene_id) if scene_id is not None else None
+        known: dict[str, set[str] | None] = {}  # per provider: hashes offered to the plan (None: all)
         wake = trio.Event()
         by_provider: dict[str, int] = {}
+        in_flight = 0
+
+        def offer(peer: str, m: ChunkMap) -> None:
+            if peer in self.banned or known.get(peer, ()) is None:
+                return
+            if m.whole or part is None:
+                plan.add_provider(peer, None, trio.current_time())
+                known[peer] = None
+                return
+            try:
+                held = m.held(part.order)
+            except RemoteProtocolError as exc:
+                self._penalize(peer, str(exc), ban=False)
+                return
+            seen = known.setdefault(peer, set())
+            new = [h for h in held if h not in seen]
+            if new or not seen:
+                seen.update(new)
+                plan.add_provider(peer, new, trio.current_time())
+
+        def share_sources() -> None:
+            """Members holding the scene whole are what every fetcher leans on: the more fetchers
+            there are to trade with, the fewer requests each keeps out at a whole holder, so the
+            source's upload goes to chunks the swarm lacks rather than to copies it will have."""
+            fetchers = sum(1 for v in known.values() if v is not None)
+            if part is None or not fetchers:
+                return
+            cap = max(SOURCE_REQUESTS_MIN, INFLIGHT_CHUNKS_MAX // (1 + fetchers))
+            for peer, v in known.items():
+                if v is None:
+                    plan.add_provider(peer, None, trio.current_time(), inflight_chunks_max=cap)
+
+        def poke() -> None:
+            nonlocal wake
+            wake.set()
+            wake = trio.Event()
+
+        async def refresh() -> None:
+            while True:
+                await trio.sleep(MAP_POLL_S)
+                for peer, m in (await self.chunk_maps(scene_id)).items():
+                    offer(peer, m)
+                share_sources()
+                poke()
+
+        def answer(peer: str, h: str, reply: Chunk | NotFound | None, exc: Exception | None) -> bool:
+            nonlocal in_flight
+            in_flight -= 1
+            poke()
+            now = trio.current_time()
+            if reply is None:  # the stream failed: its chunks go elsewhere, the peer may come back
+                if known.pop(peer, 0) != 0:  # asked again for its map next round, if still a member
+                    self._event("provider-failed", peer=peer, reason=f"{type(exc).__name__}: {exc}")
+                plan.remove_provider(peer, now)
+                return True
+            if h not in plan:
+                return True
+            if isinstance(reply, NotFound):
+                plan.on_not_found(peer, h, now)
+                return True
+            ok = self._accept(reply, peer)
+            if ok:
+                by_provider[peer] = by_provider.get(peer, 0) + reply.raw_size
+                if part is not None:
+                    part.mark_hash(h)
+            plan.on_chunk(peer, h, ok, now)
+            return ok
 
         async def request(peer: str, hashes: tuple[str, ...]):
-            nonlocal wake
+            nonlocal in_flight
+            in_flight += len(hashes)
             try:
-                link = await self._link(peer)
-                async with link.lock:
-                    for i in range(0, len(hashes), WANT_HASHES_MAX):
-                        await write_msg(link.stream, Want(hashes=list(hashes[i : i + WANT_HASHES_MAX])))
-                    for _ in hashes:
-                        reply = await read_msg(link.stream)
-                        now = trio.current_time()
-                        if isinstance(reply, Chunk):
-                            ok = self._accept(reply, peer)
-                            if ok:
-                                by_provider[peer] = by_provider.get(peer, 0) + reply.raw_size
-                            plan.on_chunk(peer, reply.hash, ok, now)
-                            if not ok:
-                                break
-                        elif isinstance(reply, NotFound):
-                            plan.on_not_found(peer, reply.hash, now)
-                        else:
-                            raise RemoteProtocolError(f"{type(reply).__name__} in answer to Want")
+                await self._want(peer, hashes, answer)
             except trio.Cancelled:
                 raise
-            except Exception as exc:  # a provider that fails mid-transfer: its chunks go elsewhere
-                self._links.pop(peer, None)
+            except Exception as exc:  # no stream to the provider: its chunks go elsewhere
+                in_flight -= len(hashes)
+                known.pop(peer, None)
                 self._event("provider-failed", peer=peer, reason=f"{type(exc).__name__}: {exc}")
                 plan.remove_provider(peer, trio.current_time())
-            finally:
-                wake.set()
-                wake = trio.Event()
+                poke()
 
+        for peer, m in maps.items():
+            offer(peer, m)
+        share_sources()
+        stuck_since = None
         async with trio.open_nursery() as n:
+            if part is not None:
+                n.start_soon(refresh)
             while not plan.done:
                 now = trio.current_time()
                 for action in plan.poll(now):
@@ -559,8 +734,12 @@ class Peer:
                         self._penalize(action.peer, action.reason, ban=True)
                     elif isinstance(action, Cancel):
                         pass  # a late reply is still verified; the plan keeps the first good copy
-                if plan.stuck and not n.child_tasks:  # nothing in flight can still bring them
-                    raise PeerError(f"{len(plan.stuck)} chunk(s) no reachable member can provide")
+                if plan.stuck and not in_flight:  # nothing in flight can still bring them
+                    stuck_since = now if stuck_since is None else stuck_since
+                    if part is None or now - stuck_since > STUCK_GRACE_S:
+                        raise PeerError(f"{len(plan.stuck)} chunk(s) no reachable member can provide")
+                else:
+                    stuck_since = None
                 deadline = plan.next_deadline()
                 until = now + 1.0 if deadline is None else min(deadline, now + 1.0)
                 with trio.move_on_at(until):
@@ -571,10 +750,18 @@ class Peer:
     def _accept(self, msg: Chunk, peer: str) -> bool:
         """Verify and store a chunk; False (and nothing stored) when its bytes are not its name."""
         try:
-            data = self._zd.decompress(msg.data, max_output_size=msg.raw_size) if msg.zstd else msg.data
+            if msg.zstd:
+                # a frame that records a size is decompressed to exactly that size, whatever the limit
+                # says: it must be checked first, or a small frame could claim gigabytes
+                claimed = zstandard.frame_content_size(msg.data)
+                if claimed > msg.raw_size:
+                    raise ValueError(f"zstd frame claims {claimed} bytes, announced {msg.raw_size}")
+                data = self._zd.decompress(msg.data, max_output_size=msg.raw_size)
+            else:
+                data = msg.data
             if len(data) != msg.raw_size:
                 raise ValueError("size differs from the announced one")
-            self.store.put(data, expect_hash=msg.hash)
+            self.store.put(data, expect_hash=msg.hash, frame=msg.data if msg.zstd else None)
         except CorruptChunkError:
             self._event("bad-chunk", peer=peer, hash=msg.hash)
             return False

@@ -32,7 +32,7 @@ FRAME_HEADER = struct.Struct(">I")
 CHUNK_WIRE_BYTES_MAX = 16 << 20  # one stored chunk (the store's CHUNK_BYTES_MAX), compressed or not
 FRAME_BYTES_MAX = CHUNK_WIRE_BYTES_MAX + (64 << 10)  # a chunk plus its envelope
 WANT_HASHES_MAX = 64  # hashes in one request: bounds the work one message can ask for
-SCENES_PER_MSG_MAX = 256  # scene ids in one have-query or reply
+CHUNKS_PER_SCENE_MAX = 1 << 20  # a manifest lists no more chunks (the exchange's CHUNKS_MAX)
 NONCE_BYTES = 32
 MAC_BYTES = 32
 REASON_CHARS_MAX = 400
@@ -107,12 +107,43 @@ class NotFound(Msg, tag="not-found"):
     hash: Hash
 
 
-class HaveQuery(Msg, tag="have?"):
-    scene_ids: Annotated[list[Hash], Meta(max_length=SCENES_PER_MSG_MAX)]
+class ChunkMapQuery(Msg, tag="map?"):
+    """Which chunks of this scene do you hold?"""
+
+    scene_id: Hash
 
 
-class HaveReply(Msg, tag="have"):
-    scene_ids: Annotated[list[Hash], Meta(max_length=SCENES_PER_MSG_MAX)]  # those held whole
+class ChunkMap(Msg, tag="map"):
+    """The answer: bit i (LSB first) of `bits` says chunk i of the scene's chunk order is held.
+
+    The order is the manifest's distinct chunks in order of first reference
+    (`Manifest.unique_chunks`). `whole` means the sender holds the scene whole (then `count` is 0
+    and there are no bits); otherwise `count` 0 means it does not even hold the manifest."""
+
+    scene_id: Hash
+    count: Annotated[int, Meta(ge=0, le=CHUNKS_PER_SCENE_MAX)]
+    whole: bool
+    bits: Annotated[bytes, Meta(max_length=CHUNKS_PER_SCENE_MAX // 8)]
+
+    def held(self, order: list[str]) -> list[str] | None:
+        """The hashes this map says are held (None: all of them), checked against our own order."""
+        if self.whole:
+            return None
+        if self.count != len(order) or len(self.bits) != (self.count + 7) // 8:
+            raise RemoteProtocolError(
+                f"chunk map of {self.count} chunks in {len(self.bits)} bytes for a scene of {len(order)}"
+            )
+        bits = self.bits
+        return [h for i, h in enumerate(order) if bits[i >> 3] >> (i & 7) & 1]
+
+
+def chunk_bits(flags: list[bool]) -> bytes:
+    """Pack held-flags LSB first, as ChunkMap.bits carries them."""
+    out = bytearray((len(flags) + 7) // 8)
+    for i, f in enumerate(flags):
+        if f:
+            out[i >> 3] |= 1 << (i & 7)
+    return bytes(out)
 
 
 class Error(Msg, tag="error"):
@@ -128,8 +159,8 @@ AnyMsg = (
     | Want
     | Chunk
     | NotFound
-    | HaveQuery
-    | HaveReply
+    | ChunkMapQuery
+    | ChunkMap
     | Error
 )
 

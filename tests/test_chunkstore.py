@@ -126,6 +126,24 @@ def test_put_many_dedupes_and_keeps_order(store):
     assert len(blob_files(store.root)) == 3
 
 
+def test_frames_travel_as_stored(store, tmp_path):
+    data = b"meshrender " * 5000 + rand(3000, 9)
+    h, _ = store.put(data)
+    frame, raw = store.get_frame(h)
+    assert raw == len(data) and frame == store.blob_path(h).read_bytes()
+    with ChunkStore(tmp_path / "other") as other:  # a peer keeps the frame it got as its blob
+        assert other.put(data, expect_hash=h, frame=frame) == (h, True)
+        assert other.blob_path(h).read_bytes() == frame and other.get(h) == data
+        # a frame that does not record the data's size is not kept: the store compresses anew
+        bare = zstandard.ZstdCompressor(write_content_size=False).compress(b"xyz" * 100)
+        hx, _ = other.put(b"xyz" * 100, frame=bare)
+        assert zstandard.frame_content_size(other.blob_path(hx).read_bytes()) == 300
+        assert other.put(b"q" * 10, frame=b"not zstd")[1] and other.get(chunk_hash(b"q" * 10)) == b"q" * 10
+    store.blob_path(h).write_bytes(zstandard.ZstdCompressor().compress(b"x" * len(data)))
+    with pytest.raises(CorruptChunkError):  # checked before it is sent anywhere
+        store.get_frame(h)
+
+
 def test_expect_hash_mismatch_stores_nothing(store):
     data, other = rand(5000, 5), rand(5000, 6)
     with pytest.raises(CorruptChunkError) as ei:

@@ -156,6 +156,22 @@ def test_equal_providers_share_the_want_list_within_limits(limit):
     assert f.statistics().retries == 0
 
 
+def test_a_provider_of_its_own_cap_gets_no_more_requests_than_it():
+    f = ChunkFetch(want(20), 0.0, inflight_chunks_max=8)
+    f.add_provider("source", None, 0.0, inflight_chunks_max=2)
+    f.add_provider("peer", None, 0.0)
+    out = {r.peer: r.hashes for r in requests(f.poll(0.0))}
+    assert {p: len(hs) for p, hs in out.items()} == {"source": 2, "peer": 8}
+    # lowering the cap leaves requests already out alone and holds new ones back until below it
+    f.add_provider("source", None, 0.0, inflight_chunks_max=1)
+    assert f.on_chunk("source", out["source"][0], True, 1.0)
+    assert requests(f.poll(1.0)) == []  # one still out at the source: at its cap
+    assert f.on_chunk("source", out["source"][1], True, 2.0)
+    assert [(r.peer, len(r.hashes)) for r in requests(f.poll(2.0))] == [("source", 1)]
+    with pytest.raises(LocalProtocolError, match="inflight_chunks_max must be a positive integer"):
+        f.add_provider("source", None, 2.0, inflight_chunks_max=0)
+
+
 def test_ties_go_to_fewest_bytes_received_then_peer_id():
     f = ChunkFetch(want(3), 0.0, inflight_chunks_max=1)
     f.add_provider("b", None, 0.0)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 HELMET = str(SCENES / "flight_helmet_gltf" / "glTF" / "FlightHelmet.gltf")
 
 LIAR = """
-import sys, trio
+import sys, trio, zstandard
 from meshrender.cli import main
 from meshrender.node import Peer
 from meshrender.protocol import Chunk
@@ -24,7 +24,8 @@ def lying(self, h, remote):
     msg = real(self, h, remote)
     if isinstance(msg, Chunk):  # same size, one byte changed before compression
         raw = bytearray(self._zd.decompress(msg.data)); raw[len(raw) // 2] ^= 0xFF
-        return Chunk(hash=h, raw_size=len(raw), zstd=True, data=self._zc.compress(bytes(raw)))
+        wire = zstandard.ZstdCompressor().compress(bytes(raw))
+        return Chunk(hash=h, raw_size=len(raw), zstd=True, data=wire)
     return msg
 Peer._serve = lying
 sys.exit(main(["peer", "--headless", "--json", *sys.argv[1:]]))
@@ -146,3 +147,34 @@ def test_killed_and_frozen_members_are_noticed(tmp_path, peers):
     finally:
         c.proc.send_signal(signal.SIGCONT)
     assert a.alive()
+
+
+def test_concurrent_fetchers_trade_among_themselves(tmp_path, peers):
+    """Three fetchers start together from one source: they serve each other what they already
+    hold, so the source uploads less than three copies and each fetcher got bytes from a peer."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    scene = add(tmp_path / "a", HELMET)
+    a = peers(tmp_path / "a")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "meshrender", "store", "fetch", scene, "--party", PARTY, "--secret",
+             SECRET, "--bootstrap", a.addr, "--json", "--home", str(tmp_path / f"f{i}")],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for i in range(3)
+    ]
+    reports = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        reports.append(json.loads(out))
+    from_source = sum(r["bytes_by_provider"].get(a.peer_id, 0) for r in reports)
+    total = sum(r["fetched_bytes"] for r in reports)
+    assert from_source < total, reports  # some bytes came from fellow fetchers
+    assert any(len([v for v in r["bytes_by_provider"].values() if v]) >= 2 for r in reports), reports
+    for i in range(3):
+        assert cli("store", "verify", home=tmp_path / f"f{i}").returncode == 0

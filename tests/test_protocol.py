@@ -20,6 +20,7 @@ from meshrender.protocol import (
     NotFound,
     RemoteProtocolError,
     Want,
+    decode_body,
     encode_frame,
     party_tag,
 )
@@ -116,3 +117,20 @@ def test_out_of_turn_and_misuse():
     with pytest.raises(RemoteProtocolError, match="version"):
         pair()[1].receive(Hello(version=99, party_tag=party_tag("lan"), nonce=b"n" * 32))
     assert party_tag("lan") != party_tag("lan2") and len(party_tag("lan")) == 64
+
+
+def test_chunk_map_bits_round_trip_and_are_checked():
+    from meshrender.protocol import ChunkMap, chunk_bits
+
+    order = [f"{i:064x}" for i in range(11)]
+    flags = [i % 3 == 0 for i in range(11)]
+    m = ChunkMap(scene_id="a" * 64, count=11, whole=False, bits=chunk_bits(flags))
+    assert len(m.bits) == 2
+    assert m.held(order) == [h for h, f in zip(order, flags, strict=True) if f]
+    assert ChunkMap(scene_id="a" * 64, count=0, whole=True, bits=b"").held(order) is None
+    with pytest.raises(RemoteProtocolError, match="chunk map of 10 chunks"):
+        ChunkMap(scene_id="a" * 64, count=10, whole=False, bits=chunk_bits(flags[:10])).held(order)
+    with pytest.raises(RemoteProtocolError, match="in 3 bytes"):
+        ChunkMap(scene_id="a" * 64, count=11, whole=False, bits=b"\0\0\0").held(order)
+    back = decode_body(encode_frame(m)[4:])
+    assert back == m

@@ -194,6 +194,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _frame_size(frame: bytes) -> int:
+    """The content size a zstd frame records; -1 when it records none or is no frame."""
+    try:
+        return zstandard.frame_content_size(frame)
+    except zstandard.ZstdError:
+        return -1
+
+
 def _as_bytes_view(data: bytes | bytearray | memoryview) -> memoryview:
     view = memoryview(data)
     if not view.c_contiguous:
@@ -494,14 +502,20 @@ class ChunkStore:
     # ---------------------------------------------------------------- writing
 
     def put(
-        self, data: bytes | bytearray | memoryview, *, expect_hash: str | None = None
+        self,
+        data: bytes | bytearray | memoryview,
+        *,
+        expect_hash: str | None = None,
+        frame: bytes | None = None,
     ) -> tuple[str, bool]:
         """Store one chunk; returns (hash, newly stored).
 
         With `expect_hash`, bytes that hash to anything else raise `CorruptChunkError` and nothing
-        is stored. A chunk already held is not rewritten (its last access is touched).
+        is stored. A chunk already held is not rewritten (its last access is touched). `frame` is a
+        zstd frame the caller decompressed `data` from (a peer's `get_frame`): kept as the blob when
+        it records `data`'s size, which spares compressing again; ignored otherwise.
         """
-        return self._put_batch([(data, expect_hash)])[0]
+        return self._put_batch([(data, expect_hash, frame)])[0]
 
     def put_many(
         self, chunks: Iterable[bytes | bytearray | memoryview | tuple[bytes | bytearray | memoryview, str]]
@@ -511,16 +525,17 @@ class ChunkStore:
         All or nothing: a bad hash, an oversized chunk or a full disk anywhere in the batch stores
         none of it (chunks held before stay held). At most `PUT_MANY_CHUNKS_MAX` items.
         """
-        return self._put_batch((c if isinstance(c, tuple) else (c, None)) for c in chunks)
+        return self._put_batch((*c, None) if isinstance(c, tuple) else (c, None, None) for c in chunks)
 
-    def _put_batch(self, items: Iterable[tuple[Any, str | None]]) -> list[tuple[str, bool]]:
+    def _put_batch(self, items: Iterable[tuple[Any, str | None, bytes | None]]) -> list[tuple[str, bool]]:
         hashes: list[str] = []
         first: list[bool] = []
         pending: dict[str, tuple[Path, int, int]] = {}  # hash -> (temp file, raw bytes, stored bytes)
         todo: list[tuple[str, memoryview]] = []  # new chunks, compressed together below
+        framed: list[tuple[str, memoryview, bytes]] = []  # new chunks that came with a usable frame
         seen: set[str] = set()
         try:
-            for n, (data, expect) in enumerate(items):
+            for n, (data, expect, frame) in enumerate(items):
                 if n >= PUT_MANY_CHUNKS_MAX:
                     raise StoreError(
                         f"{self.root}: put_many given over {PUT_MANY_CHUNKS_MAX} chunks; split the batch"
@@ -543,7 +558,12 @@ class ChunkStore:
                 if self._present(h):
                     self._touch(h)
                     continue
-                todo.append((h, view))
+                if frame is not None and _frame_size(frame) == view.nbytes and len(frame) <= STORED_BYTES_MAX:
+                    framed.append((h, view, frame))
+                else:
+                    todo.append((h, view))
+            for h, view, blob in framed:
+                pending[h] = self._write_tmp(h, view, blob)
             for (h, view), blob in zip(todo, self._compress_all([v for _, v in todo]), strict=True):
                 pending[h] = self._write_tmp(h, view, blob)
             newly = self._commit(pending)
@@ -632,6 +652,15 @@ class ChunkStore:
 
     def get(self, h: str) -> bytes:
         """The bytes of chunk `h`, re-hashed; `MissingChunkError` or `CorruptChunkError` otherwise."""
+        return self._get(h)[0]
+
+    def get_frame(self, h: str) -> tuple[bytes, int]:
+        """Chunk `h` as its stored zstd frame (checked like `get`: it decompresses to bytes with the
+        right hash) and its raw size: what goes on the wire, with no compressing again."""
+        data, blob = self._get(h)
+        return blob, len(data)
+
+    def _get(self, h: str) -> tuple[bytes, bytes]:
         _check_hash(h)
         for _attempt in range(3):  # retried only when another process replaced the blob mid-read
             row = self._conn.execute(
@@ -651,9 +680,9 @@ class ChunkStore:
                 raise self._os_error(e, f"reading chunk {h}") from e
             data, problem = self._decode(h, blob, raw)
             if problem is None:
-                assert data is not None
+                assert data is not None and blob is not None
                 self._touch(h)
-                return data
+                return data, blob
             qpath = self._quarantine_blob(h, path, st, problem)
             if qpath is not None:
                 raise CorruptChunkError(h, qpath, problem)

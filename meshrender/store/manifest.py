@@ -85,6 +85,10 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
                 refs.extend(seg.chunks)
         return refs
 
+    def unique_chunks(self) -> list[ChunkRef]:
+        """Each distinct chunk once, in order of first reference: the order peers' chunk maps use."""
+        return list({r.hash: r for r in self.chunk_refs()}.values())
+
 
 class ManifestError(MeshrenderError):
     """A manifest that is malformed, from a newer format, or claims absurd sizes."""
