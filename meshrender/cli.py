@@ -83,11 +83,27 @@ def build_parser() -> argparse.ArgumentParser:
     _party_args(peer)
     peer.add_argument("--home", help="peer state folder (default $MESHRENDER_HOME)")
     peer.add_argument("--json", action="store_true", help="one JSON line per event on stdout")
+    peer.add_argument("--backend", choices=("auto", "cpu", "gpu"), default="auto", help="what renders here")
+    peer.add_argument("--threads", type=_positive_int, help="CPU threads to render with (default: all cores)")
+    peer.add_argument(
+        "--mdns", action=argparse.BooleanOptionalAction, default=False,
+        help="find party members on the LAN by mDNS, on the interfaces of --listen (off by default)",
+    )  # fmt: skip
 
     for sp in ss.choices.values():
         sp.add_argument("--home", help="peer state folder (default $MESHRENDER_HOME)")
         sp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return n
 
 
 def _party_args(p: argparse.ArgumentParser) -> None:
@@ -129,7 +145,8 @@ def cmd_peer(args: argparse.Namespace) -> int:
             print(f"{ev['event']}: {rest}", flush=True)
 
     peer = Peer(home=meshrender_home(args.home), party=args.party, secret=secret, listen=args.listen,
-                bootstrap=args.bootstrap, on_event=show)  # fmt: skip
+                bootstrap=args.bootstrap, on_event=show, backend=args.backend, threads=args.threads,
+                mdns=args.mdns)  # fmt: skip
 
     async def main():
         async with trio.open_nursery() as n:

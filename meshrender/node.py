@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import trio
 import zstandard
 from libp2p.abc import INotifee
@@ -49,16 +50,21 @@ from . import __version__
 from .errors import MeshrenderError
 from .exchange import INFLIGHT_CHUNKS_MAX, Cancel, ChunkFetch, Penalize, Request
 from .home import store_dir, store_quota_bytes
+from .net.gossip import Gossip
 from .net.host import build_host, load_or_create_identity, open_stream, parse_multiaddr
+from .net.mdns import ADDRS_MAX as MDNS_ADDRS_MAX
+from .net.mdns import MdnsDiscovery, MdnsError, mdns_interfaces
 from .net.streams import read_exact, read_msg, write_msg
 from .protocol import (
     ADDRS_PER_PEER_MAX,
+    HAVE_SCENES_MAX,
     PEERS_MAX,
     WANT_HASHES_MAX,
     Chunk,
     ChunkMap,
     ChunkMapQuery,
     Handshake,
+    Have,
     Hello,
     HelloFinish,
     NotFound,
@@ -66,7 +72,10 @@ from .protocol import (
     Peers,
     Refused,
     RemoteProtocolError,
+    Status,
     Want,
+    gossip_topic,
+    party_tag,
 )
 from .store.chunkstore import ChunkStore, CorruptChunkError, MissingChunkError, StoreError
 from .store.manifest import ManifestError, decode_manifest
@@ -86,6 +95,8 @@ DIAL_RETRY_S = 2.0
 CONTROL_TIMEOUT_S = 5.0  # a chunk-map answer is a few bytes from memory
 MAP_POLL_S = 0.25  # while fetching, members are asked for their chunk maps this often
 SOURCE_REQUESTS_MIN = 2  # requests a fetcher keeps out at a whole holder, however many fetchers share it
+STATUS_INTERVAL_S = 2.0  # a status gossip this often (and at once after a change)
+HAVE_REPEAT_S = 10.0  # the have-list is re-announced at least this often
 STUCK_GRACE_S = 15.0  # chunks no reachable member holds fail a fetch after this long without one
 
 
@@ -167,6 +178,9 @@ class Peer:
         bootstrap: list[str] | None = None,
         on_event: Callable[[dict], None] | None = None,
         store: ChunkStore | None = None,
+        backend: str = "auto",
+        threads: int | None = None,
+        mdns: bool = False,
     ):
         if not party:
             raise PeerError("a party needs a name")
@@ -187,14 +201,25 @@ class Peer:
         self.peer_id = ""
         self.addrs: list[str] = []
         self._nursery: trio.Nursery | None = None
+        self._zd = zstandard.ZstdDecompressor()
         self._dialing: set[str] = set()
         self._links: dict[str, _Link] = {}  # bulk chunk streams, one per provider
         self._ctl_links: dict[str, _Link] = {}  # control streams: chunk maps, never behind bulk data
         self._partial: dict[str, _Partial] = {}  # scenes being fetched: what we hold of them so far
         self._fetching: dict[str, trio.Event] = {}
-        self._zd = zstandard.ZstdDecompressor()
         self.transfers = {"bytes_in": 0, "bytes_out": 0, "chunks_in": 0, "chunks_out": 0}
         self.started = time.time()
+        self.backend = backend  # what was asked for; the renderer reports what it got
+        self.fell_back: bool | None = None
+        self.speed: float | None = None  # measured Msamples/s, once the renderer has run
+        self.threads = threads or os.cpu_count() or 1
+        self.busy = False  # rendering (set by the render loop)
+        self.statuses: dict[str, dict] = {}  # member -> its latest gossiped Status, with arrival time
+        self.have_of: dict[str, set[str]] = {}  # member -> scenes it announced it holds whole
+        self.gossip: Gossip | None = None
+        self.mdns = mdns
+        self._announce_now = trio.Event()
+        self._held: list[str] | None = None  # scenes held whole, newest last (None: to be counted)
 
     # ------------------------------------------------------------------ status
     def _event(self, kind: str, **fields) -> None:
@@ -218,6 +243,8 @@ class Peer:
                     "since": m.since,
                     "bytes_served": m.bytes_served,
                     "bytes_received": m.bytes_received,
+                    "status": self.statuses.get(p),
+                    "have": sorted(self.have_of.get(p, ())),
                 }
                 for p, m in self.members.items()
             },
@@ -225,7 +252,118 @@ class Peer:
             "banned": sorted(self.banned),
             "transfers": dict(self.transfers),
             "scenes": self.store.scene_ids() if self.store is not None else [],
+            "status": msgspec.structs.asdict(self.status()) if self.store is not None else None,
+            "gossip": {"received": self.gossip.received, "rejected": self.gossip.rejected}
+            if self.gossip is not None
+            else None,
         }
+
+    def status(self) -> Status:
+        return Status(
+            version=__version__,
+            state="busy" if self.busy or self._fetching else "idle",
+            backend=self.backend,
+            fell_back=self.fell_back,
+            speed=self.speed,
+            threads=self.threads,
+            free_mem=free_memory(),
+            load=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else 0.0,
+            scenes=len(self.held_scenes()),
+        )
+
+    def held_scenes(self) -> list[str]:
+        """Scenes this store holds whole, newest last (recounted after a fetch, or when asked to)."""
+        if self._held is None:
+            self._held = [s for s in self.store.scene_ids() if self.store.has_scene(s)]
+        return self._held
+
+    def scene_changed(self) -> None:
+        """The store gained or lost a scene: recount and announce it soon."""
+        self._held = None
+        self._announce_now.set()
+
+    # ------------------------------------------------------------------ discovery
+    async def _discover(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """mDNS on the interfaces we listen on: every party peer found is dialed (and must still
+        pass the handshake: an announcement is only a hint). If mDNS cannot run, the peer goes on
+        without it (bootstrap addresses still work) and says so."""
+        try:
+            interfaces = mdns_interfaces(self.listen)
+            own: list[str] = []
+            for a in self.addrs:
+                if not a.startswith("/ip4/"):
+                    continue
+                ip = a.split("/")[2]
+                for concrete in interfaces if ip == "0.0.0.0" else [ip]:  # announce where we are reachable
+                    own.append(a.replace(f"/ip4/{ip}/", f"/ip4/{concrete}/", 1).split("/p2p/")[0])
+            own = [f"{a}/p2p/{self.peer_id}" for a in dict.fromkeys(own)][:MDNS_ADDRS_MAX]
+            disc = MdnsDiscovery(peer_id=self.peer_id, addrs=own, party_tag=party_tag(self.party),
+                                 interfaces=interfaces)  # fmt: skip
+        except ValueError as exc:
+            raise PeerError(f"mDNS: {exc}") from None
+
+        def found(peer: str, addrs: list[str]) -> None:
+            self._event("discovered", peer=peer, addrs=addrs, by="mdns")
+            if peer not in self.members and self._nursery is not None:
+                self._nursery.start_soon(self.dial, addrs[0], False)
+
+        running = False
+
+        class Started:
+            def started(self, value=None) -> None:
+                nonlocal running
+                running = True
+                task_status.started(value)
+
+        try:
+            await disc.run(found, task_status=Started())
+        except MdnsError as exc:
+            log.warning("mDNS discovery stopped: %s", exc)
+            self._event("mdns-failed", reason=str(exc))
+            if not running:
+                task_status.started()
+
+    # ------------------------------------------------------------------ gossip
+    async def _announce(self) -> None:
+        """Status every STATUS_INTERVAL_S; the scenes held whole when they change, when a member
+        joins (gossip keeps no history for newcomers), and every HAVE_REPEAT_S regardless."""
+        last_have: list[str] | None = None
+        last_have_t = 0.0
+        members_seen = 0
+        while True:
+            with trio.move_on_after(STATUS_INTERVAL_S):
+                await self._announce_now.wait()
+            self._announce_now = trio.Event()
+            now = time.monotonic()
+            if now - last_have_t >= HAVE_REPEAT_S:
+                self._held = None  # a `store add` by another process shows up within HAVE_REPEAT_S
+            try:
+                await self.gossip.publish(self.status())
+                held = self.held_scenes()[-HAVE_SCENES_MAX:]
+                joined = len(self.members) > members_seen
+                if held != last_have or joined or now - last_have_t >= HAVE_REPEAT_S:
+                    await self.gossip.publish(Have(scene_ids=held))
+                    last_have, last_have_t = held, now
+                members_seen = len(self.members)
+            except trio.Cancelled:
+                raise
+            except Exception as exc:  # a pubsub hiccup must not end the peer
+                log.info("gossip publish failed: %s: %s", type(exc).__name__, exc)
+
+    def _on_gossip(self, author: str, msg: Status | Have) -> None:
+        if author not in self.members:
+            return
+        if isinstance(msg, Status):
+            status = msgspec.structs.asdict(msg)
+            before = self.statuses.get(author)
+            self.statuses[author] = {**status, "t": round(time.time(), 3)}
+            if before is None or any(before[k] != status[k] for k in ("state", "backend", "fell_back")):
+                self._event("peer-status", peer=author, **status)
+        else:
+            new = set(msg.scene_ids) - self.have_of.get(author, set())
+            self.have_of[author] = set(msg.scene_ids)
+            if new:
+                self._event("have", peer=author, scene_ids=sorted(new))
 
     # ------------------------------------------------------------------ life
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -239,12 +377,23 @@ class Peer:
         self.host.set_stream_handler(TProtocol(PROTO_CHUNKS), self._guard(self._on_chunks))
         self.host.set_stream_handler(TProtocol(PROTO_PING), self._guard(self._on_ping))
         self.host.get_network().register_notifee(_Notifee(self))
+        self.gossip = Gossip(
+            self.host,
+            gossip_topic(self.party, self._secret),
+            is_member=lambda p: p in self.members or p == self.peer_id,
+            on_message=self._on_gossip,
+            guard=self._guard,
+        )
         try:
             async with self.host.run(listen_addrs=[parse_multiaddr(a) for a in self.listen]):
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     self.addrs = [str(a) for a in self.host.get_addrs()]
                     self._event("listening", peer_id=self.peer_id, addrs=self.addrs, party=self.party)
+                    await nursery.start(self.gossip.run)
+                    if self.mdns:
+                        await nursery.start(self._discover)
+                    nursery.start_soon(self._announce)
                     task_status.started(self)
                     for addr in self.bootstrap:
                         nursery.start_soon(self.dial, addr, True)
@@ -284,6 +433,8 @@ class Peer:
     def _lost(self, peer: str, why: str) -> None:
         self._links.pop(peer, None)
         self._ctl_links.pop(peer, None)
+        self.statuses.pop(peer, None)
+        self.have_of.pop(peer, None)
         if self.members.pop(peer, None) is not None:
             self._event("peer-lost", peer=peer, reason=why)
 
@@ -292,6 +443,7 @@ class Peer:
         self.members[peer] = Member(peer, addrs[:ADDRS_PER_PEER_MAX], time.time())
         if fresh:
             self._event("peer-joined", peer=peer, addrs=addrs)
+            self._announce_now.set()  # gossip keeps no history: tell the newcomer who we are
             if self._nursery is not None:
                 self._nursery.start_soon(self._watch, peer)
 
@@ -525,6 +677,11 @@ class Peer:
                     handler(peer, h, None, failure)
             await _reset(link.stream)
 
+    async def _drop_link(self, peer: str) -> None:
+        link = self._links.pop(peer, None)
+        if link is not None:
+            await _reset(link.stream)  # its reader fails what is still pending there
+
     async def _ask(self, peer: str, msg):
         """One request and its answer on the control stream (never queued behind bulk chunks)."""
         link = await self._link(peer, self._ctl_links)
@@ -614,6 +771,7 @@ class Peer:
                         stats = await self._swarm(scene_id, wanted, maps)
                     total = sum(r.size for r in manifest.chunk_refs())
                     self.store.add_scene(scene_id, [scene_id, *[r.hash for r in refs]], total_bytes=total)
+                    self.scene_changed()
                 finally:
                     del self._partial[scene_id]
         report = {
@@ -793,6 +951,21 @@ async def _reset(stream) -> None:
         await stream.reset()
     except Exception:  # already gone
         pass
+
+
+def free_memory() -> int:
+    """Bytes of memory available to new work (Linux: MemAvailable; elsewhere free pages)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def read_secret(secret: str | None, secret_file: str | None) -> bytes:

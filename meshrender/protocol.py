@@ -164,8 +164,60 @@ AnyMsg = (
     | Error
 )
 
+# ---------------------------------------------------------------------------- gossip
+
+GOSSIP_BYTES_MAX = 8 << 10  # one gossip message; gossipsub itself drops anything over 1 MiB silently
+HAVE_SCENES_MAX = 100  # scene ids in one have-announcement (a peer holding more sends its newest)
+Label = Annotated[str, Meta(max_length=32)]
+
+
+class Status(Msg, tag="status"):
+    """What a peer tells the party about itself, every few seconds."""
+
+    version: Label
+    state: Literal["idle", "busy"]
+    backend: Label  # what renders here: "auto" until the renderer has started, then its arch
+    fell_back: bool | None  # asked for a GPU and got the CPU; None: not known yet
+    speed: Annotated[float, Meta(ge=0)] | None  # measured Msamples/s; None: not measured yet
+    threads: Annotated[int, Meta(ge=1, le=1 << 16)]
+    free_mem: Annotated[int, Meta(ge=0)]  # bytes available
+    load: Annotated[float, Meta(ge=0)]  # 1-minute load average
+    scenes: Annotated[int, Meta(ge=0)]  # held whole
+
+
+class Have(Msg, tag="have"):
+    """Scenes the sender holds whole (its newest, when it holds more than HAVE_SCENES_MAX)."""
+
+    scene_ids: Annotated[list[Hash], Meta(max_length=HAVE_SCENES_MAX)]
+
+
+GossipMsg = Status | Have
+
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyMsg)
+_gossip_decoder = msgspec.msgpack.Decoder(GossipMsg)
+
+
+def encode_gossip(msg: Status | Have) -> bytes:
+    body = _encoder.encode(msg)
+    if len(body) > GOSSIP_BYTES_MAX:
+        raise LocalProtocolError(f"{type(msg).__name__} of {len(body)} bytes exceeds {GOSSIP_BYTES_MAX}")
+    return body
+
+
+def decode_gossip(body: bytes) -> Status | Have:
+    if len(body) > GOSSIP_BYTES_MAX:
+        raise RemoteProtocolError(f"gossip message of {len(body)} bytes, limit {GOSSIP_BYTES_MAX}")
+    try:
+        return _gossip_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise RemoteProtocolError(f"malformed gossip: {exc}") from None
+
+
+def gossip_topic(name: str, secret: bytes) -> str:
+    """The party's gossip topic: derived from its key, so only members can name it."""
+    key = party_key(name, secret)
+    return blake3.blake3(key, derive_key_context="meshrender gossip topic v1").hexdigest()[:32]
 
 
 def encode_frame(msg: Msg) -> bytes:

@@ -27,11 +27,14 @@ def cli(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedPro
 class PeerProc:
     """A peer process; `events` collects its JSON event lines."""
 
-    def __init__(self, home: Path, *extra: str, script: str | None = None, secret: str = SECRET):
+    def __init__(
+        self, home: Path, *extra: str, script: str | None = None, secret: str = SECRET, prefix: list[str] = ()
+    ):
+        """`prefix` runs the peer through another command (`ip netns exec NS`, say)."""
         if script is None:
-            cmd = [sys.executable, "-m", "meshrender", "peer", "--headless", "--json"]
+            cmd = [*prefix, sys.executable, "-m", "meshrender", "peer", "--headless", "--json"]
         else:
-            cmd = [sys.executable, "-c", script]
+            cmd = [*prefix, sys.executable, "-c", script]
         cmd += ["--party", PARTY, "--secret", secret, "--home", str(home), *extra]
         self.proc = subprocess.Popen(
             cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

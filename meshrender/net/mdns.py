@@ -7,10 +7,11 @@ record carries the format version, the full party tag (public: a hash of the par
 id and up to ADDRS_MAX multiaddrs `/ip4/A/tcp/P/p2p/<peer id>`. SRV and A records are there because
 DNS-SD needs them; nobody dials them.
 
-Timing. zeroconf's ServiceBrowser asks at start (about 0.1, 1, 4 and 9 s) and again before records
-expire; a registration probes (about 1.2 s) and then announces three times. A late joiner hears
-the earlier peers answer its first query, and they hear its announcement: both sides know within
-about two seconds. Records live ANNOUNCE_TTL_S, so a peer that dies without a goodbye drops out.
+Timing. zeroconf's ServiceBrowser asks at start (about 0.1, 1, 5 and 14 s) and again before records
+expire; a registration probes (about 1.2 s), then announces three times. A late joiner hears the
+earlier peers answer its first query (measured: 0.1 s), and they hear its announcement (1.1 s);
+peers started together know each other once they have announced (1.2 s). Records live
+ANNOUNCE_TTL_S, so a peer that dies without a goodbye drops out of the others' caches.
 
 Trust. Anyone on the LAN can announce anything. Every TXT record goes through `parse_txt`, which
 bounds and checks each field (the addresses must carry the announced peer id, the label must be
@@ -25,7 +26,9 @@ block, so they run in trio worker threads. `PeerBook` (no IO) decides what is ne
 `on_found` is always called in the trio thread.
 
 Interfaces. zeroconf is bound to the IPv4 addresses `mdns_interfaces` takes from the listen
-addresses: a peer listening on one address multicasts on that interface only.
+addresses, so a peer listening on one address multicasts on that interface only; when they are all
+on one device its sockets are also bound to that device, so it hears only that device
+(`_bind_to_device` says why zeroconf alone does not do that).
 """
 
 from __future__ import annotations
@@ -76,7 +79,6 @@ _IP4_HEAD = re.compile(r"^/ip4/([^/]*)(?:/|$)")
 # multihash code -> digest sizes of libp2p peer ids: identity (keys of at most 42 bytes, inlined)
 # and sha2-256 (bigger keys: RSA, ECDSA)
 _PEER_ID_DIGEST_BYTES = {0x00: range(1, 43), 0x12: range(32, 33)}
-IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)  # Linux <linux/in.h>; Python 3.11 lacks it
 
 
 class BadAnnouncement(ValueError):
@@ -270,6 +272,7 @@ class MdnsDiscovery:
             if ip.is_unspecified or ip.is_multicast:
                 raise ValueError(f"{a} is not an interface address (see mdns_interfaces)")
         self.book = PeerBook(peer_id=peer_id, party_tag=party_tag)
+        self._running = False
         self._zc: Zeroconf | None = None
         self._nursery: trio.Nursery | None = None
         self._on_found: Callable[[str, list[str]], None] | None = None
@@ -291,10 +294,18 @@ class MdnsDiscovery:
     ) -> None:
         """Register, browse, and call on_found(peer_id, multiaddrs) in this trio thread for each
         other peer of the party (again when its addresses change, or when it left and came back).
-        Started once the service is registered; until cancelled, then says goodbye and closes.
-        Raises MdnsError when no interface can multicast or another process announces our name."""
-        if self._zc is not None:
+        on_found must not block (hand the peer to a channel). Started once the service is
+        registered; runs until cancelled, then says goodbye and closes. Raises MdnsError when no
+        interface can multicast or another process announces our name."""
+        if self._running:
             raise RuntimeError("MdnsDiscovery.run is already running")
+        self._running = True
+        try:
+            await self._run(on_found, task_status)
+        finally:
+            self._running = False
+
+    async def _run(self, on_found: Callable[[str, list[str]], None], task_status) -> None:
         token = trio.lowlevel.current_trio_token()
         zc = await trio.to_thread.run_sync(self._open)
         self._zc, self._on_found = zc, on_found
@@ -335,8 +346,10 @@ class MdnsDiscovery:
         if not zc.engine.senders:  # zeroconf logs and skips an address it cannot bind
             zc.close()
             raise MdnsError(f"mDNS cannot multicast on any of {', '.join(self.interfaces)}")
-        for reader in zc.engine.readers:
-            _hear_own_groups_only(reader.sock)
+        device = _one_device(self.interfaces)
+        if device is not None:
+            for reader in zc.engine.readers:
+                _bind_to_device(reader.sock, device)
         return zc
 
     def _register(self, zc: Zeroconf) -> None:  # worker thread
@@ -364,6 +377,7 @@ class MdnsDiscovery:
 
     async def _resolve(self, name: str) -> None:
         zc = self._zc
+        assert zc is not None, "resolving outside run"
         try:
             while True:
                 self._resolving[name] = "once"
@@ -399,13 +413,28 @@ class MdnsDiscovery:
             self._on_found(ann.peer_id, list(ann.addrs))
 
 
-def _hear_own_groups_only(sock: socket.socket) -> None:
-    """zeroconf's listen socket is bound to 0.0.0.0:5353 and joins the group on our interfaces
-    only, but Linux by default hands it the group's packets from every interface where any socket
-    of the namespace joined (IP_MULTICAST_ALL): another mDNS user on eth0 would let a loopback-only
-    peer hear the LAN. Off, it hears only the interfaces it joined (measured in tests/test_mdns.py)."""
-    if sys.platform.startswith("linux"):
-        sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
+def _one_device(addresses: list[str]) -> str | None:
+    """The network device holding all these addresses, or None when they are on several."""
+    names = {a.name for a in ifaddr.get_adapters() for ip in a.ips if ip.is_IPv4 and ip.ip in addresses}
+    return names.pop() if len(names) == 1 else None
+
+
+def _bind_to_device(sock: socket.socket, device: str) -> None:
+    """Make zeroconf's sockets hear one device only. Its listen socket is bound to 0.0.0.0:5353 and
+    joins the group on our interfaces only, yet Linux hands it the group's packets from every
+    device where any socket of the machine joined (a loopback-only peer would hear, and answer,
+    the LAN whenever avahi runs). IP_MULTICAST_ALL=0 is the documented cure but, measured on Linux
+    6.18, a packet that then matches exactly one socket of an SO_REUSEPORT group goes to an
+    arbitrary member of the group, so two stacks in one namespace steal each other's packets.
+    SO_BINDTODEVICE filters without that (tests/test_mdns.py checks both effects). It is set once
+    zeroconf has started, so for those first milliseconds other devices can still be heard. Several
+    devices (the 0.0.0.0 case) keep zeroconf's behaviour: every device is meant then."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
+    except OSError as exc:  # before Linux 5.7 it needs CAP_NET_RAW; discovery still works
+        log.debug("mDNS: cannot bind to %s (%s); other devices' mDNS traffic may be heard", device, exc)
 
 
 def _close(zc: Zeroconf, browser: ServiceBrowser | None) -> None:  # worker thread

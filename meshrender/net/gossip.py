@@ -1,0 +1,114 @@
+"""The party's gossip: small signed messages over gossipsub, among members only.
+
+py-libp2p 0.8.1's gossipsub, as it comes, heartbeats every 120 s, drops a sender's messages past
+10 a second, queues 32 per subscription and loses messages over 1 MiB without a word; and an
+exception in its stream handler (one malformed frame) ends the process. So here:
+  * the router heartbeats every second (a joining member is grafted into the mesh at once) and
+    takes up to RATE_MAX messages a second from a sender; our own messages stay under
+    GOSSIP_BYTES_MAX and the inbound RPC limit is set near it;
+  * the topic is derived from the party's key (`gossip_topic`), so an outsider cannot name it;
+  * every message is signed by its author (strict signing) and a validator accepts it only
+    from a member of the party and only if it decodes as one of our gossip messages;
+  * the pubsub stream handler is wrapped: a stream from a peer that has not become a member
+    within a few seconds is reset, and nothing raised inside it escapes;
+  * one task drains the subscription as messages come, so the 32-message queue never fills.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+from libp2p.peer.id import ID
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.tools.anyio_service import background_trio_service
+
+from ..protocol import GOSSIP_BYTES_MAX, Have, RemoteProtocolError, Status, decode_gossip, encode_gossip
+
+log = logging.getLogger("meshrender.gossip")
+
+HEARTBEAT_S = 1  # gossipsub's default is 120 s: a new member would wait minutes to hear anything
+RATE_MAX = 50.0  # messages a second from one sender (status every 2 s, have on change: far below)
+RPC_BYTES_MAX = 4 * GOSSIP_BYTES_MAX  # one inbound pubsub RPC: a few of our messages, batched
+MEMBER_WAIT_S = 6.0  # a pubsub stream may open before the party handshake ends; wait this long
+
+
+class Gossip:
+    """Gossip for one party on one host. `is_member(peer_id)` says who may speak; each valid
+    message reaches `on_message(author, msg)` in the trio thread."""
+
+    def __init__(
+        self,
+        host,
+        topic: str,
+        *,
+        is_member: Callable[[str], bool],
+        on_message: Callable[[str, Status | Have], None],
+        guard: Callable[[Callable[..., Awaitable[None]]], Callable[..., Awaitable[None]]],
+    ):
+        self.topic = topic
+        self.is_member = is_member
+        self.on_message = on_message
+        self.router = GossipSub(
+            protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11],
+            degree=6,
+            degree_low=4,
+            degree_high=12,
+            heartbeat_initial_delay=0.1,
+            heartbeat_interval=HEARTBEAT_S,
+            max_messages_per_topic_per_second=RATE_MAX,
+        )
+        self.pubsub = Pubsub(host, self.router, strict_signing=True, max_inbound_rpc_size=RPC_BYTES_MAX)
+        handler = self.pubsub.stream_handler
+
+        async def members_only(stream, remote: str) -> None:
+            with trio.move_on_after(MEMBER_WAIT_S):
+                while not self.is_member(remote):
+                    await trio.sleep(0.05)
+            if not self.is_member(remote):
+                raise RemoteProtocolError("a gossip stream from a peer that did not join the party")
+            await handler(stream)
+
+        for proto in self.router.get_protocols():  # replaces the handlers Pubsub set, unwrapped
+            host.set_stream_handler(proto, guard(members_only))
+        self.pubsub.set_topic_validator(topic, self._valid, False)
+        self.received = 0
+        self.rejected = 0
+
+    def _valid(self, forwarder: ID, msg) -> bool:
+        try:
+            author = str(ID(msg.from_id))
+            if not self.is_member(author):
+                raise RemoteProtocolError(f"gossip from {author}, not a member")
+            decode_gossip(msg.data)
+        except Exception as exc:  # the validator runs inside pubsub: nothing may escape it
+            self.rejected += 1
+            log.info("gossip from %s rejected: %s", forwarder, exc)
+            return False
+        return True
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with background_trio_service(self.pubsub), background_trio_service(self.router):
+            await self.pubsub.wait_until_ready()
+            sub = await self.pubsub.subscribe(self.topic)
+            task_status.started()
+            while True:
+                msg = await sub.get()
+                try:
+                    author = str(ID(msg.from_id))
+                    decoded = decode_gossip(msg.data)
+                except Exception as exc:  # validated already; a race with a departure at most
+                    log.info("undecodable gossip dropped: %s", exc)
+                    continue
+                if author == str(self.pubsub.my_id):
+                    continue
+                self.received += 1
+                try:
+                    self.on_message(author, decoded)
+                except Exception:  # a bug in bookkeeping must not stop the gossip
+                    log.exception("gossip handler failed")
+
+    async def publish(self, msg: Status | Have) -> None:
+        await self.pubsub.publish(self.topic, encode_gossip(msg))
