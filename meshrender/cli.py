@@ -376,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="meshrender: %(message)s", stream=sys.stderr)
     logging.getLogger("taichi").setLevel(logging.WARNING)
+    # py-libp2p logs every failed dial and stream at WARNING/ERROR, several lines each; the peer's
+    # own events say what matters (dial-failed, peer-lost, provider-failed)
+    logging.getLogger("libp2p").setLevel(logging.CRITICAL)
     try:
         if args.command == "peer":
             return cmd_peer(args)

@@ -92,12 +92,14 @@ HANDSHAKE_TIMEOUT_S = 5.0  # a member answers in milliseconds; an outsider must 
 IDLE_STREAM_TIMEOUT_S = 120.0  # a chunk stream with no request for this long is closed
 EVENTS_KEPT = 1000  # recent events kept for a late reader (the TUI's log)
 DIAL_RETRY_S = 2.0
+REDIAL_FOR_S = 30.0  # a lost member is dialed again this long (it may only have stalled)
 CONTROL_TIMEOUT_S = 5.0  # a chunk-map answer is a few bytes from memory
 MAP_POLL_S = 0.25  # while fetching, members are asked for their chunk maps this often
 SOURCE_REQUESTS_MIN = 2  # requests a fetcher keeps out at a whole holder, however many fetchers share it
 STATUS_INTERVAL_S = 2.0  # a status gossip this often (and at once after a change)
 HAVE_REPEAT_S = 10.0  # the have-list is re-announced at least this often
 STUCK_GRACE_S = 15.0  # chunks no reachable member holds fail a fetch after this long without one
+FIND_TIMEOUT_S = 10.0  # a fetch asks the members this long for the scene before saying nobody has it
 
 
 class PeerError(MeshrenderError):
@@ -418,7 +420,7 @@ class Peer:
                 self._penalize(remote, f"{type(exc).__name__}: {exc}", ban=False)
                 await _reset(stream)
             except Exception as exc:  # libp2p stream errors and anything unforeseen
-                log.info("stream from %s ended: %s: %s", remote, type(exc).__name__, exc)
+                log.debug("stream from %s ended: %s: %s", remote, type(exc).__name__, exc)
                 await _reset(stream)
 
         return guarded
@@ -435,8 +437,26 @@ class Peer:
         self._ctl_links.pop(peer, None)
         self.statuses.pop(peer, None)
         self.have_of.pop(peer, None)
-        if self.members.pop(peer, None) is not None:
+        member = self.members.pop(peer, None)
+        if member is not None:
             self._event("peer-lost", peer=peer, reason=why)
+            if member.addrs and peer not in self.banned and self._nursery is not None:
+                self._nursery.start_soon(self._redial, peer, member.addrs[0])
+
+    async def _redial(self, peer: str, addr: str) -> None:
+        """A member lost to a missed ping may only have been starved of CPU for a moment: dial it
+        again for a while. A dead one refuses at once; a frozen one times out each try."""
+        addr = addr if "/p2p/" in addr else f"{addr}/p2p/{peer}"
+        deadline = trio.current_time() + REDIAL_FOR_S
+        while trio.current_time() < deadline and peer not in self.members and peer not in self.banned:
+            await trio.sleep(DIAL_RETRY_S)
+            if peer in self.members or peer in self.banned:
+                return
+            try:
+                if await self.dial(addr, quiet=True) is not None:
+                    return
+            except PeerError:  # a malformed address: nothing to retry
+                return
 
     def _joined(self, peer: str, addrs: list[str]) -> None:
         fresh = peer not in self.members
@@ -466,7 +486,7 @@ class Peer:
         return own
 
     # ------------------------------------------------------------------ joining
-    async def dial(self, addr: str, retry: bool = False) -> str | None:
+    async def dial(self, addr: str, retry: bool = False, quiet: bool = False) -> str | None:
         """Connect to addr and prove membership both ways; returns the member's peer id."""
         ma = parse_multiaddr(addr)
         try:
@@ -488,7 +508,9 @@ class Peer:
                     await self._hang_up(info.peer_id)
                     return None
                 except Exception as exc:  # unreachable, reset, timed out
-                    self._event("dial-failed", peer=remote, addr=addr, reason=f"{type(exc).__name__}: {exc}")
+                    if not quiet:
+                        reason = f"{type(exc).__name__}: {exc}"
+                        self._event("dial-failed", peer=remote, addr=addr, reason=reason)
                     if not retry:
                         return None
                 await trio.sleep(DIAL_RETRY_S)
@@ -704,7 +726,7 @@ class Peer:
             except trio.Cancelled:
                 raise
             except Exception as exc:  # a member that cannot answer is no provider this round
-                log.info("chunk-map query to %s failed: %s: %s", peer, type(exc).__name__, exc)
+                log.debug("chunk-map query to %s failed: %s: %s", peer, type(exc).__name__, exc)
                 self._ctl_links.pop(peer, None)
                 return
             if not isinstance(reply, ChunkMap) or reply.scene_id != scene_id:
@@ -746,7 +768,10 @@ class Peer:
                 maps: dict[str, ChunkMap] = {}
                 refs = decode_manifest(self.store.get(scene_id), scene_id).unique_chunks()
             else:
-                maps = await self.chunk_maps(scene_id)
+                # a loaded member can miss one query: ask again for a while before giving up
+                with trio.move_on_after(FIND_TIMEOUT_S):
+                    while not (maps := await self.chunk_maps(scene_id)):
+                        await trio.sleep(MAP_POLL_S * 2)
                 if not self.store.has(scene_id):
                     if not maps:
                         raise PeerError(f"no member of party {self.party!r} holds scene {scene_id[:16]}")
@@ -797,9 +822,11 @@ class Peer:
         in_flight = 0
 
         def offer(peer: str, m: ChunkMap) -> None:
-            if peer in self.banned or known.get(peer, ()) is None:
+            if peer in self.banned:
                 return
             if m.whole or part is None:
+                # again every round: a holder the plan dropped (timeouts under load) or lost comes
+                # back while it still answers; one frozen for good answers nothing and stays out
                 plan.add_provider(peer, None, trio.current_time())
                 known[peer] = None
                 return
