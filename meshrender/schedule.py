@@ -12,15 +12,17 @@ real peer and the simulator drive the same objects, and one seed replays a whole
 
   * A unit is *queued* (no accepted result and no live lease owes it), *out* (live leases owe it)
     or *accepted* (the first result's digest is kept, with the peer it came from). The queue is a
-    heap of unit indices, so leases take the head in queue order; units taken back go to the
-    front of what is left.
-  * Leases. A worker holds up to `leases_per_worker` leases at once, so it never idles during a
-    round trip. Until its speed is measured a lease is `first_lease_units` units with
-    `first_lease_s` to finish (it may still fetch the scene and compile kernels); afterwards a lease
-    is the next queued units, in queue order, worth about `lease_target_s` at its speed (a unit is
-    added while that brings the total closer to the target; at least one, at most
-    `lease_units_max`), due `lease_slack` x the estimated time of everything it owes plus this
-    lease, plus `lease_grace_s`.
+    heap of unit indices: leases take its head, and a unit taken back returns to its place in
+    queue order, ahead of everything not leased yet.
+  * Leases. Until its speed is measured a worker holds one lease of `first_lease_units` units with
+    `first_lease_s` to finish (it may still fetch the scene and compile kernels; a second lease
+    would queue behind that and could not keep the same allowance). Once measured it holds up to
+    `leases_per_worker` leases at once, so it never idles during a round trip, each worth about
+    `lease_target_s` at its speed (a unit is added while that brings the total closer to the
+    target; at least one, at most `lease_units_max`), due `lease_slack` x the estimated time of
+    everything it owes plus this lease, plus `lease_grace_s`. A lease takes, in this order:
+    disputed units it can arbitrate, spot checks it can make, queued units in queue order, and
+    (queue empty) endgame duplicates.
   * Speed: cost units per second on this job, the ratio of two sums over its results, cost and
     busy time, each decayed by 1 - 1/`speed_window_results` per result (so it follows a worker that
     slows down). A result's busy time runs from the latest of its previous result, the lease given
@@ -431,9 +433,6 @@ class Coordinator:
         except TypeError:
             return False
 
-    def __len__(self) -> int:
-        return len(self._units)
-
     @property
     def done(self) -> bool:
         """Every unit has an accepted result, no dispute is open and no spot check is still owed."""
@@ -528,14 +527,16 @@ class Coordinator:
         self._settle()
 
     def on_heartbeat(
-        self, peer: str, lease_id: int | Iterable[int], now: float, *, samples_done: int, rendering: bool
+        self, peer: str, lease_id: int | tuple[int, ...], now: float, *, samples_done: int, rendering: bool
     ) -> None:
         """`peer` is alive. `lease_id`: the lease it names, or the tuple of a `Heartbeat` (liveness
         is per worker; the ids are only checked for type). `samples_done`: a progress counter that
         changes while it renders; `rendering` False means it is fetching the scene or compiling."""
         self._time(now)
         _check_peer(peer)
-        for lid in (lease_id,) if isinstance(lease_id, int) else tuple(lease_id):
+        if not isinstance(lease_id, int | tuple | list):
+            raise LocalProtocolError(f"lease_id must be an id or a tuple of ids, not {lease_id!r}")
+        for lid in (lease_id,) if isinstance(lease_id, int) else lease_id:
             _check_lease_id(lid)
         if not isinstance(samples_done, int) or isinstance(samples_done, bool) or samples_done < 0:
             raise LocalProtocolError(f"samples_done must be a non-negative integer, not {samples_done!r}")
@@ -597,6 +598,7 @@ class Coordinator:
             elif not L.needed:
                 self._unneeded[L.id] = None
         self._settle()
+        self._track_open(w)  # measured now: it may hold more leases
         self._arm(w)
         self._check_done()
         return verdict
@@ -684,8 +686,12 @@ class Coordinator:
             and not self._cancelled
         )
 
+    def _slots(self, w: _Worker) -> int:
+        """Leases `w` may hold: one calibration lease until its speed is measured."""
+        return self.config.leases_per_worker if w.speed is not None else 1
+
     def _track_open(self, w: _Worker) -> None:
-        if self._eligible(w) and len(w.leases) < self.config.leases_per_worker:
+        if self._eligible(w) and len(w.leases) < self._slots(w):
             self._open[w.id] = None
         else:
             self._open.pop(w.id, None)
@@ -978,10 +984,9 @@ class Coordinator:
             return
         order = [(-(w.speed or 0.0), w.seq, w.id) for w in (self._workers[p] for p in self._open)]
         heapq.heapify(order)
-        per = self.config.leases_per_worker
         while order and self._work_exists():
             w = self._workers[heapq.heappop(order)[2]]
-            while w.id in self._open and len(w.leases) < per:
+            while w.id in self._open:
                 units = self._take(w)
                 if not units:
                     break
@@ -1118,7 +1123,6 @@ WORKER_LEASE_IDS_MAX = 4096  # lease ids a worker remembers to refuse a repeat; 
 @dataclass(slots=True)
 class _Held:
     units: tuple[Hashable, ...]
-    deadline: float
     next: int = 0  # units handed out so far
 
 
@@ -1155,9 +1159,11 @@ class WorkerJob:
         return not self._held and self._handed is None and self._current is None
 
     def on_lease(self, lease_id: int, units: Iterable[Hashable], deadline: float, now: float) -> bool:
-        """A lease arrived. Returns False, ignoring it, for a lease id seen before or no units."""
+        """A lease arrived. Returns False, ignoring it, for a lease id seen before or no units.
+        `deadline` is on the coordinator's clock: the coordinator enforces it, not this side."""
         self._clock.advance(now)
         _check_lease_id(lease_id)
+        _check_number("deadline", deadline, positive=False)
         if isinstance(units, str | bytes):
             raise LocalProtocolError("units must be a collection of unit keys, not one string")
         units = tuple(units)
@@ -1168,7 +1174,7 @@ class WorkerJob:
             del self._seen[next(iter(self._seen))]
         if not self._held:
             self._heartbeat_at = now  # say at once that it arrived, then every heartbeat_s
-        self._held[lease_id] = _Held(units, deadline)
+        self._held[lease_id] = _Held(units)
         return True
 
     def on_revoke(self, lease_id: int, now: float) -> bool:

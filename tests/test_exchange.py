@@ -4,7 +4,6 @@ chunks are named and un-stick, and a seeded swarm of hostile peers replays exact
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import heapq
 import os
@@ -15,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import layering
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -97,18 +97,7 @@ class Outstanding:
 
 
 def forbidden_imports(source: str) -> list[str]:
-    """Every import in `source` that is not in ALLOWED_IMPORTS (relative ones included)."""
-    bad = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            bad += [a.name for a in node.names if a.name not in ALLOWED_IMPORTS]
-        elif isinstance(node, ast.ImportFrom):
-            name = "." * node.level + (node.module or "")
-            if node.level or name not in ALLOWED_IMPORTS:
-                bad.append(name)
-        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "__import__":
-            bad.append("__import__()")
-    return bad
+    return layering.forbidden_imports(source, ALLOWED_IMPORTS)
 
 
 def test_checker_catches_forbidden_imports():
