@@ -40,7 +40,6 @@ from pathlib import Path
 
 import msgspec
 import trio
-import zstandard
 from libp2p.abc import INotifee
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
@@ -79,6 +78,7 @@ from .protocol import (
 )
 from .store.chunkstore import ChunkStore, CorruptChunkError, MissingChunkError, StoreError
 from .store.manifest import ManifestError, decode_manifest
+from .store.writer import ChunkWriter
 
 log = logging.getLogger("meshrender.node")
 
@@ -86,7 +86,7 @@ PROTO_PARTY = "/meshrender/party/1"
 PROTO_CHUNKS = "/meshrender/chunks/1"
 PROTO_PING = "/meshrender/ping/1"
 PING_INTERVAL_S = 0.5  # a ping every half second: a frozen member is found within LIVENESS_TIMEOUT_S
-LIVENESS_TIMEOUT_S = 2.0  # no echo within this: the member is lost (SIGSTOP must show within 3 s)
+LIVENESS_TIMEOUT_S = 2.0  # nothing from a member for this long: it is lost (SIGSTOP must show within 3 s)
 PING_BYTES = 8
 HANDSHAKE_TIMEOUT_S = 5.0  # a member answers in milliseconds; an outsider must not hold a slot
 IDLE_STREAM_TIMEOUT_S = 120.0  # a chunk stream with no request for this long is closed
@@ -203,8 +203,8 @@ class Peer:
         self.peer_id = ""
         self.addrs: list[str] = []
         self._nursery: trio.Nursery | None = None
-        self._zd = zstandard.ZstdDecompressor()
         self._dialing: set[str] = set()
+        self._alive_at: dict[str, float] = {}  # member -> last time anything came from it (trio clock)
         self._links: dict[str, _Link] = {}  # bulk chunk streams, one per provider
         self._ctl_links: dict[str, _Link] = {}  # control streams: chunk maps, never behind bulk data
         self._partial: dict[str, _Partial] = {}  # scenes being fetched: what we hold of them so far
@@ -219,6 +219,7 @@ class Peer:
         self.statuses: dict[str, dict] = {}  # member -> its latest gossiped Status, with arrival time
         self.have_of: dict[str, set[str]] = {}  # member -> scenes it announced it holds whole
         self.gossip: Gossip | None = None
+        self.writer: ChunkWriter | None = None
         self.mdns = mdns
         self._announce_now = trio.Event()
         self._held: list[str] | None = None  # scenes held whole, newest last (None: to be counted)
@@ -392,6 +393,8 @@ class Peer:
                     self._nursery = nursery
                     self.addrs = [str(a) for a in self.host.get_addrs()]
                     self._event("listening", peer_id=self.peer_id, addrs=self.addrs, party=self.party)
+                    self.writer = ChunkWriter(self.store.root, quota_bytes=self.store.quota_bytes)
+                    await nursery.start(self.writer.run)
                     await nursery.start(self.gossip.run)
                     if self.mdns:
                         await nursery.start(self._discover)
@@ -437,6 +440,7 @@ class Peer:
         self._ctl_links.pop(peer, None)
         self.statuses.pop(peer, None)
         self.have_of.pop(peer, None)
+        self._alive_at.pop(peer, None)
         member = self.members.pop(peer, None)
         if member is not None:
             self._event("peer-lost", peer=peer, reason=why)
@@ -566,28 +570,37 @@ class Peer:
 
     # ------------------------------------------------------------------ liveness
     async def _watch(self, peer: str) -> None:
-        """Ping a member until it goes; no echo within LIVENESS_TIMEOUT_S and it is lost."""
+        """Ping a member until it goes. It is lost when nothing at all has come from it for
+        LIVENESS_TIMEOUT_S: no echo, no chunk, no request. A ping can wait behind megabytes of
+        chunks on the one connection to a busy peer, so any traffic counts as a sign of life; a
+        frozen peer sends nothing and a dead one closes its connection."""
         member = self.members.get(peer)
         stream = None
         reason = "left"
+        self._alive(peer)
         try:
             stream = await open_stream(
                 self.host, self._nursery, ID.from_base58(peer), PROTO_PING, LIVENESS_TIMEOUT_S
             )
-            while self.members.get(peer) is member:
-                payload = secrets.token_bytes(PING_BYTES)
-                echo = None
-                with trio.move_on_after(LIVENESS_TIMEOUT_S):
-                    await stream.write(payload)
-                    echo = await read_exact(stream, PING_BYTES)
-                if echo != payload:
-                    reason = (
-                        f"no answer to a ping within {LIVENESS_TIMEOUT_S} s"
-                        if echo is None
-                        else "bad ping echo"
-                    )
-                    break
-                await trio.sleep(PING_INTERVAL_S)
+            async with trio.open_nursery() as n:
+
+                async def echoes() -> None:
+                    while await read_exact(stream, PING_BYTES) is not None:
+                        self._alive(peer)
+                    raise RemoteProtocolError("the member closed its ping stream")
+
+                n.start_soon(echoes)
+                tick = trio.current_time()
+                while self.members.get(peer) is member:
+                    with trio.move_on_after(PING_INTERVAL_S / 2):  # a write stuck on a full window is no news
+                        await stream.write(secrets.token_bytes(PING_BYTES))
+                    tick += PING_INTERVAL_S
+                    await trio.sleep_until(tick)
+                    silent = trio.current_time() - self._alive_at.get(peer, 0.0)
+                    if silent > LIVENESS_TIMEOUT_S:
+                        reason = f"nothing from it for {silent:.1f} s (no answer to pings)"
+                        break
+                n.cancel_scope.cancel()
         except trio.Cancelled:
             raise
         except Exception as exc:  # reset, EOF: the member died or hung up
@@ -597,6 +610,9 @@ class Peer:
             self._nursery.start_soon(self._hang_up, ID.from_base58(peer))
         if stream is not None:
             await _reset(stream)
+
+    def _alive(self, peer: str) -> None:
+        self._alive_at[peer] = trio.current_time()
 
     async def _on_ping(self, stream, remote: str) -> None:
         if remote not in self.members:
@@ -627,9 +643,11 @@ class Peer:
             if msg is None:
                 await _close(stream)
                 return
+            self._alive(remote)
             if isinstance(msg, Want):
                 for h in msg.hashes:
                     await write_msg(stream, self._serve(h, remote))
+                    self._alive(remote)  # it took the bytes: its window opened again
             elif isinstance(msg, ChunkMapQuery):
                 await write_msg(stream, self._chunk_map(msg.scene_id))
             else:
@@ -661,7 +679,7 @@ class Peer:
 
     async def _want(self, peer: str, hashes: tuple[str, ...], handler: Callable) -> None:
         """Ask `peer` for chunks on its bulk stream without waiting for them: each answer goes to
-        `handler(peer, hash, msg, None)`, or `handler(peer, hash, None, exc)` if the stream fails
+        `await handler(peer, hash, msg, None)`, or `(peer, hash, None, exc)` if the stream fails
         first. The pipe stays full: the next Want goes out while earlier chunks still arrive."""
         link = await self._link(peer, self._links)
         async with link.lock:
@@ -677,6 +695,7 @@ class Peer:
                 reply = await read_msg(link.stream, IDLE_STREAM_TIMEOUT_S)
                 if reply is None:
                     raise RemoteProtocolError("the provider closed the chunk stream")
+                self._alive(peer)
                 if not isinstance(reply, Chunk | NotFound):
                     raise RemoteProtocolError(f"{type(reply).__name__} in answer to Want")
                 if not link.pending:
@@ -684,8 +703,7 @@ class Peer:
                 h, handler = link.pending.popleft()
                 if reply.hash != h:
                     raise RemoteProtocolError("answered Wants out of order")
-                if handler(peer, h, reply, None) is False:  # it sent wrong bytes: hear no more
-                    raise RemoteProtocolError(f"sent bytes that do not match chunk {h}")
+                self._nursery.start_soon(handler, peer, h, reply, None)  # checked and stored meanwhile
         except trio.Cancelled:
             raise
         except Exception as exc:  # reset, EOF, garbage: whatever was asked goes elsewhere
@@ -696,8 +714,13 @@ class Peer:
             pending, link.pending = list(link.pending), deque()
             if failure is not None:
                 for h, handler in pending:
-                    handler(peer, h, None, failure)
+                    self._nursery.start_soon(handler, peer, h, None, failure)
             await _reset(link.stream)
+
+    async def _drop_link(self, peer: str) -> None:
+        link = self._links.pop(peer, None)
+        if link is not None:
+            await _reset(link.stream)  # its reader fails what is still pending there
 
     async def _drop_link(self, peer: str) -> None:
         link = self._links.pop(peer, None)
@@ -820,6 +843,7 @@ class Peer:
         wake = trio.Event()
         by_provider: dict[str, int] = {}
         in_flight = 0
+        store_error: StoreError | None = None
 
         def offer(peer: str, m: ChunkMap) -> None:
             if peer in self.banned:
@@ -866,28 +890,31 @@ class Peer:
                 share_sources()
                 poke()
 
-        def answer(peer: str, h: str, reply: Chunk | NotFound | None, exc: Exception | None) -> bool:
-            nonlocal in_flight
-            in_flight -= 1
-            poke()
-            now = trio.current_time()
-            if reply is None:  # the stream failed: its chunks go elsewhere, the peer may come back
-                if known.pop(peer, 0) != 0:  # asked again for its map next round, if still a member
-                    self._event("provider-failed", peer=peer, reason=f"{type(exc).__name__}: {exc}")
-                plan.remove_provider(peer, now)
-                return True
-            if h not in plan:
-                return True
-            if isinstance(reply, NotFound):
-                plan.on_not_found(peer, h, now)
-                return True
-            ok = self._accept(reply, peer)
-            if ok:
-                by_provider[peer] = by_provider.get(peer, 0) + reply.raw_size
-                if part is not None:
-                    part.mark_hash(h)
-            plan.on_chunk(peer, h, ok, now)
-            return ok
+        async def answer(peer: str, h: str, reply: Chunk | NotFound | None, exc: Exception | None) -> None:
+            nonlocal in_flight, store_error
+            try:
+                if reply is None:  # the stream failed: its chunks go elsewhere, the peer may come back
+                    if known.pop(peer, 0) != 0:  # asked again for its map next round, if still a member
+                        self._event("provider-failed", peer=peer, reason=f"{type(exc).__name__}: {exc}")
+                    plan.remove_provider(peer, trio.current_time())
+                elif h not in plan:
+                    pass
+                elif isinstance(reply, NotFound):
+                    plan.on_not_found(peer, h, trio.current_time())
+                else:
+                    ok = await self._accept(reply, peer)
+                    if ok:
+                        by_provider[peer] = by_provider.get(peer, 0) + reply.raw_size
+                        if part is not None:
+                            part.mark_hash(h)
+                    else:
+                        await self._drop_link(peer)  # it sent wrong bytes: hear no more from it
+                    plan.on_chunk(peer, h, ok, trio.current_time())
+            except StoreError as e:  # our disk, not the peer: the fetch stops with this
+                store_error = store_error or e
+            finally:
+                in_flight -= 1
+                poke()
 
         async def request(peer: str, hashes: tuple[str, ...]):
             nonlocal in_flight
@@ -911,6 +938,8 @@ class Peer:
             if part is not None:
                 n.start_soon(refresh)
             while not plan.done:
+                if store_error is not None:
+                    raise store_error
                 now = trio.current_time()
                 for action in plan.poll(now):
                     if isinstance(action, Request):
@@ -932,32 +961,13 @@ class Peer:
             n.cancel_scope.cancel()
         return {"bytes_by_provider": by_provider}
 
-    def _accept(self, msg: Chunk, peer: str) -> bool:
-        """Verify and store a chunk; False (and nothing stored) when its bytes are not its name."""
-        try:
-            if msg.zstd:
-                # a frame that records a size is decompressed to exactly that size, whatever the limit
-                # says: it must be checked first, or a small frame could claim gigabytes
-                claimed = zstandard.frame_content_size(msg.data)
-                if claimed > msg.raw_size:
-                    raise ValueError(f"zstd frame claims {claimed} bytes, announced {msg.raw_size}")
-                data = self._zd.decompress(msg.data, max_output_size=msg.raw_size)
-            else:
-                data = msg.data
-            if len(data) != msg.raw_size:
-                raise ValueError("size differs from the announced one")
-            self.store.put(data, expect_hash=msg.hash, frame=msg.data if msg.zstd else None)
-        except CorruptChunkError:
+    async def _accept(self, msg: Chunk, peer: str) -> bool:
+        """Verify and store a chunk on the writer's thread (never the event loop: an fsync can take
+        seconds when peers write at once); False, nothing stored, when its bytes are not its name.
+        StoreError (a full disk) goes to the caller."""
+        if not await self.writer.put(msg.hash, msg.data, msg.raw_size, msg.zstd):
             self._event("bad-chunk", peer=peer, hash=msg.hash)
             return False
-        except zstandard.ZstdError as exc:
-            self._event("bad-chunk", peer=peer, hash=msg.hash, reason=str(exc))
-            return False
-        except ValueError as exc:
-            self._event("bad-chunk", peer=peer, hash=msg.hash, reason=str(exc))
-            return False
-        except StoreError:
-            raise
         self.transfers["bytes_in"] += len(msg.data)
         self.transfers["chunks_in"] += 1
         m = self.members.get(peer)

@@ -520,12 +520,14 @@ class ChunkStore:
     def put_many(
         self, chunks: Iterable[bytes | bytearray | memoryview | tuple[bytes | bytearray | memoryview, str]]
     ) -> list[tuple[str, bool]]:
-        """Store many chunks in one index transaction; each item is data or (data, expect_hash).
+        """Store many chunks in one index transaction; each item is data, (data, expect_hash) or
+        (data, expect_hash, frame) with `frame` as for `put`.
 
         All or nothing: a bad hash, an oversized chunk or a full disk anywhere in the batch stores
         none of it (chunks held before stay held). At most `PUT_MANY_CHUNKS_MAX` items.
         """
-        return self._put_batch((*c, None) if isinstance(c, tuple) else (c, None, None) for c in chunks)
+        items = ((c + (None, None))[:3] if isinstance(c, tuple) else (c, None, None) for c in chunks)
+        return self._put_batch(items)
 
     def _put_batch(self, items: Iterable[tuple[Any, str | None, bytes | None]]) -> list[tuple[str, bool]]:
         hashes: list[str] = []
