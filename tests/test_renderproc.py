@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import trio
 
-from meshrender.render import Renderer
 from meshrender.renderproc import RenderError, RenderProcess
 from meshrender.settings import RenderSettings
 from meshrender.store.chunkstore import ChunkStore
@@ -29,10 +28,11 @@ def stored(tmp_path, cornell):
     return tmp_path / "store", scene_id
 
 
-def test_child_renders_the_same_bits_and_reports_its_backend(stored, cornell):
+def test_child_renders_the_same_bits_and_reports_its_backend(stored, cornell, renderer_for):
     root, scene_id = stored
     u = WorkUnit(x0=8, y0=4, width=16, height=12, pass_index=0, pass_count=2)
-    local = Renderer(cornell, backend="cpu", threads=1).render_unit(u, SETTINGS)
+    # the session's renderer: a Renderer of other threads here would restart Taichi under it
+    local = renderer_for(cornell).render_unit(u, SETTINGS)
 
     async def main():
         proc = RenderProcess(root, backend="cpu", threads=1)
