@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import layering
 import pytest
+import sansio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -97,7 +97,7 @@ class Outstanding:
 
 
 def forbidden_imports(source: str) -> list[str]:
-    return layering.forbidden_imports(source, ALLOWED_IMPORTS)
+    return sansio.forbidden_imports(source, ALLOWED_IMPORTS)
 
 
 def test_checker_catches_forbidden_imports():
@@ -529,18 +529,6 @@ def test_chunk_and_provider_counts_are_bounded(monkeypatch):
     assert not f.add_provider("p0", None, 0.0)  # full again
 
 
-class CountingHeapq:
-    def __init__(self):
-        self.pops = 0
-
-    def __getattr__(self, name):
-        return getattr(heapq, name)
-
-    def heappop(self, heap):
-        self.pops += 1
-        return heapq.heappop(heap)
-
-
 def test_idle_partial_providers_find_work_without_walking_the_queue(monkeypatch):
     """Rare chunks held only by busy full providers sit at the head of the queue; a partial
     provider that frees a slot must not step over all of them at every poll (quadratic: minutes)."""
@@ -551,7 +539,7 @@ def test_idle_partial_providers_find_work_without_walking_the_queue(monkeypatch)
         f.add_provider(f"p{i}", None if i % 2 == 0 else [H(j) for j in range(n) if rng.random() < 0.3], 0.0)
     out: list[tuple[str, str]] = []
     t, started = 0.0, time.perf_counter()
-    counting = CountingHeapq()
+    counting = sansio.CountingHeapq()
     monkeypatch.setattr(exchange, "heapq", counting)
     while not f.done:
         out += [(r.peer, h) for r in requests(f.poll(t)) for h in r.hashes]

@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import layering
 import pytest
+import sansio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -95,7 +95,7 @@ def finish(c: Coordinator, lease: Lease, t: float, digest=good) -> list[Verdict]
 
 
 def forbidden_imports(source: str) -> list[str]:
-    return layering.forbidden_imports(source, ALLOWED_IMPORTS)
+    return sansio.forbidden_imports(source, ALLOWED_IMPORTS)
 
 
 def test_checker_catches_forbidden_imports():
@@ -831,18 +831,6 @@ def test_worker_misuse_raises():
 # ---- scale --------------------------------------------------------------------------------------
 
 
-class CountingHeapq:
-    def __init__(self):
-        self.pops = 0
-
-    def __getattr__(self, name):
-        return getattr(heapq, name)
-
-    def heappop(self, heap):
-        self.pops += 1
-        return heapq.heappop(heap)
-
-
 def test_thousands_of_workers_finish_a_big_job_without_quadratic_work(monkeypatch):
     """2000 virtual workers, 20 000 units, results in a random order: each poll does work in
     proportion to what changed, not to units x workers."""
@@ -850,7 +838,7 @@ def test_thousands_of_workers_finish_a_big_job_without_quadratic_work(monkeypatc
     rng = random.Random(3)
     cfg = ScheduleConfig(heartbeat_timeout_s=1e9)  # this driver sends no heartbeats
     c = Coordinator(job(n_units), 0.0, config=cfg)
-    counting = CountingHeapq()
+    counting = sansio.CountingHeapq()
     monkeypatch.setattr(schedule, "heapq", counting)
     speed = {f"w{i}": rng.uniform(50, 500) for i in range(n_workers)}
     events: list = []

@@ -1,8 +1,10 @@
-"""What a sans-IO module may import: the check the exchange and schedule tests share."""
+"""Helpers the tests of the sans-IO cores (exchange, schedule) share: the import check, and a
+heapq that counts pops (to show a poll does work in proportion to what changed)."""
 
 from __future__ import annotations
 
 import ast
+import heapq
 from collections.abc import Collection
 
 
@@ -19,3 +21,17 @@ def forbidden_imports(source: str, allowed: Collection[str]) -> list[str]:
         elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "__import__":
             found.append("__import__()")
     return found
+
+
+class CountingHeapq:
+    """Stands in for the heapq module inside a core under test; counts heappop calls."""
+
+    def __init__(self):
+        self.pops = 0
+
+    def __getattr__(self, name):
+        return getattr(heapq, name)
+
+    def heappop(self, heap):
+        self.pops += 1
+        return heapq.heappop(heap)
