@@ -73,6 +73,7 @@ from .protocol import (
     RemoteProtocolError,
     Status,
     Want,
+    chunk_bits,
     gossip_topic,
     party_tag,
 )
@@ -118,18 +119,15 @@ class Member:
 class _Partial:
     """What this peer holds of a scene it is fetching, served to other fetchers as a ChunkMap."""
 
-    def __init__(self, order: list[str]):
+    def __init__(self, order: list[str], held: list[bool]):
         self.order = order
         self._index = {h: i for i, h in enumerate(order)}
-        self.bits = bytearray((len(order) + 7) // 8)
-
-    def mark(self, i: int) -> None:
-        self.bits[i >> 3] |= 1 << (i & 7)
+        self.bits = bytearray(chunk_bits(held))
 
     def mark_hash(self, h: str) -> None:
         i = self._index.get(h)
         if i is not None:
-            self.mark(i)
+            self.bits[i >> 3] |= 1 << (i & 7)
 
 
 @dataclass
@@ -286,7 +284,7 @@ class Peer:
         self._announce_now.set()
 
     # ------------------------------------------------------------------ discovery
-    async def _discover(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def _discover(self) -> None:
         """mDNS on the interfaces we listen on: every party peer found is dialed (and must still
         pass the handshake: an announcement is only a hint). If mDNS cannot run, the peer goes on
         without it (bootstrap addresses still work) and says so."""
@@ -310,21 +308,11 @@ class Peer:
             if peer not in self.members and self._nursery is not None:
                 self._nursery.start_soon(self.dial, addrs[0], False)
 
-        running = False
-
-        class Started:
-            def started(self, value=None) -> None:
-                nonlocal running
-                running = True
-                task_status.started(value)
-
         try:
-            await disc.run(found, task_status=Started())
+            await disc.run(found)
         except MdnsError as exc:
             log.warning("mDNS discovery stopped: %s", exc)
             self._event("mdns-failed", reason=str(exc))
-            if not running:
-                task_status.started()
 
     # ------------------------------------------------------------------ gossip
     async def _announce(self) -> None:
@@ -397,7 +385,7 @@ class Peer:
                     await nursery.start(self.writer.run)
                     await nursery.start(self.gossip.run)
                     if self.mdns:
-                        await nursery.start(self._discover)
+                        nursery.start_soon(self._discover)  # a hint service: nobody waits for it
                     nursery.start_soon(self._announce)
                     task_status.started(self)
                     for addr in self.bootstrap:
@@ -805,10 +793,7 @@ class Peer:
                     raise PeerError(f"scene {scene_id[:16]}: {exc}") from None
                 refs = manifest.unique_chunks()
                 missing = set(self.store.missing([r.hash for r in refs]))
-                part = _Partial([r.hash for r in refs])
-                for i, r in enumerate(refs):
-                    if r.hash not in missing:
-                        part.mark(i)
+                part = _Partial([r.hash for r in refs], [r.hash not in missing for r in refs])
                 wanted = [(r.hash, r.size) for r in refs if r.hash in missing]
                 # each fetcher takes the chunks in its own random order, so fetchers starting at once
                 # ask the source for different chunks and then trade them among themselves

@@ -52,7 +52,6 @@ class ChunkWriter:
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._token: trio.lowlevel.TrioToken | None = None
         self._thread: threading.Thread | None = None
-        self.batches = 0
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Start the writer thread; until cancelled, then finish what was queued and stop."""
@@ -138,7 +137,6 @@ class ChunkWriter:
             return
         try:
             store.put_many([(data, job.hash, job.frame if job.zstd else None) for job, data in good])
-            self.batches += 1
         except BaseException as exc:  # a full disk: every waiter hears it; nothing of the batch is kept
             for job, _ in good:
                 self._finish(job, exc)
