@@ -404,6 +404,8 @@ class Peer:
             remote = "?"
             try:
                 remote = str(stream.muxed_conn.peer_id)
+                if remote in self.members:
+                    self._alive(remote)  # a stream it opened came through: it is running
                 await handler(stream, remote)
             except trio.Cancelled:
                 raise
@@ -559,9 +561,10 @@ class Peer:
     # ------------------------------------------------------------------ liveness
     async def _watch(self, peer: str) -> None:
         """Ping a member until it goes. It is lost when nothing at all has come from it for
-        LIVENESS_TIMEOUT_S: no echo, no chunk, no request. A ping can wait behind megabytes of
-        chunks on the one connection to a busy peer, so any traffic counts as a sign of life; a
-        frozen peer sends nothing and a dead one closes its connection."""
+        LIVENESS_TIMEOUT_S: no echo, no ping of its own, no stream it opened, no chunk. A ping can
+        wait behind megabytes of chunks on the one connection to a busy peer, and when many peers
+        join at once on a loaded machine a new stream takes a second to negotiate, so any traffic
+        counts as a sign of life; a frozen peer sends nothing and a dead one closes its connection."""
         member = self.members.get(peer)
         stream = None
         reason = "left"
@@ -570,6 +573,7 @@ class Peer:
             stream = await open_stream(
                 self.host, self._nursery, ID.from_base58(peer), PROTO_PING, LIVENESS_TIMEOUT_S
             )
+            self._alive(peer)  # it answered the protocol negotiation (slow when many join at once)
             async with trio.open_nursery() as n:
 
                 async def echoes() -> None:
@@ -611,6 +615,7 @@ class Peer:
                 data = await read_exact(stream, PING_BYTES)
             if data is None:
                 return
+            self._alive(remote)  # its pings are news from it as much as its echoes
             await stream.write(data)
 
     async def _hang_up(self, peer: ID) -> None:
