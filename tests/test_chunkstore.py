@@ -653,3 +653,22 @@ def test_disk_full_at_rename_rolls_back(store, monkeypatch):
     assert store.missing([chunk_hash(b"one"), chunk_hash(b"two")]) == [chunk_hash(b"one"), chunk_hash(b"two")]
     assert tmp_part_files(store.root) == [] and len(blob_files(store.root)) == 1
     assert store.get(kept) == b"kept" and store.put(b"one")[1]
+
+
+def test_kept_chunks_survive_gc_and_quota_until_released(tmp_path):
+    clock = Clock()
+    with ChunkStore(tmp_path / "s", quota_bytes=20_000, clock=clock) as store:
+        result = store.put(rand(8000, 120))[0]  # a unit result: no scene lists it
+        store.keep("job:1", [result])
+        clock.t += 10_000
+        assert store.gc()["unreferenced_chunks_removed"] == 0 and store.has(result)
+        for i in range(4):  # well over the quota: LRU evicts everything else first
+            store.put(rand(8000, 121 + i))
+        assert store.has(result)
+        store.release("job:2")  # another reason: no effect
+        assert store.gc(grace_s=0)["unreferenced_chunks_removed"] >= 1 and store.has(result)
+        store.release("job:1")
+        store.gc(grace_s=0)
+        assert not store.has(result)
+        with pytest.raises(ValueError):
+            store.keep("", [result])

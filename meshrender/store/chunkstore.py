@@ -132,11 +132,20 @@ CREATE TABLE IF NOT EXISTS pins (
     since_s  REAL NOT NULL,
     PRIMARY KEY (scene_id, reason)
 ) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS kept_chunks (
+    reason TEXT NOT NULL,
+    hash   TEXT NOT NULL,
+    PRIMARY KEY (reason, hash)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS kept_chunks_by_hash ON kept_chunks (hash);
 """
 
-# a chunk is protected from eviction while any scene that holds it is pinned
+# a chunk is protected from eviction while any scene that holds it is pinned, or while it is kept
+# for a reason of its own (a job's unit results belong to no scene)
 _PINNED = (
-    "EXISTS (SELECT 1 FROM scene_chunks sc JOIN pins p ON p.scene_id = sc.scene_id WHERE sc.hash = c.hash)"
+    "(EXISTS (SELECT 1 FROM scene_chunks sc JOIN pins p ON p.scene_id = sc.scene_id WHERE sc.hash = c.hash)"
+    " OR EXISTS (SELECT 1 FROM kept_chunks k WHERE k.hash = c.hash))"
 )
 _SCENE_COMPLETE = """NOT EXISTS (SELECT 1 FROM scene_chunks sc WHERE sc.scene_id = s.scene_id
                      AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.hash = sc.hash))"""
@@ -936,6 +945,25 @@ class ChunkStore:
         with self._write():
             self._conn.execute("DELETE FROM pins WHERE scene_id = ? AND reason = ?", (scene_id, reason))
 
+    def keep(self, reason: str, hashes: Iterable[str]) -> None:
+        """Keep these chunks (held or not yet) from eviction and gc until `release(reason)`: for
+        chunks no scene lists, such as a job's unit results ("job:<id>")."""
+        if not isinstance(reason, str) or not reason or len(reason) > REASON_CHARS_MAX:
+            raise ValueError(f"keep reason must be a non-empty string of at most {REASON_CHARS_MAX} chars")
+        rows = [(reason, _check_hash(h)) for h in hashes]
+        with self._write():
+            self._conn.executemany("INSERT OR IGNORE INTO kept_chunks (reason, hash) VALUES (?, ?)", rows)
+
+    def release(self, reason: str, hashes: Iterable[str] | None = None) -> None:
+        """Stop keeping the chunks kept for `reason` (only `hashes` of them, when given)."""
+        with self._write():
+            if hashes is None:
+                self._conn.execute("DELETE FROM kept_chunks WHERE reason = ?", (reason,))
+            else:
+                self._conn.executemany(
+                    "DELETE FROM kept_chunks WHERE reason = ? AND hash = ?", [(reason, h) for h in hashes]
+                )
+
     # ---------------------------------------------------------------- eviction and upkeep
 
     def enforce_quota(self) -> int:
@@ -994,6 +1022,7 @@ class ChunkStore:
                     """SELECT c.hash, c.stored_bytes FROM chunks c
                        WHERE c.access_s <= ?
                          AND NOT EXISTS (SELECT 1 FROM scene_chunks sc WHERE sc.hash = c.hash)
+                         AND NOT EXISTS (SELECT 1 FROM kept_chunks k WHERE k.hash = c.hash)
                        LIMIT ?""",
                     (cutoff, EVICT_BATCH_CHUNKS),
                 ).fetchall()
