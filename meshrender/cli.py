@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import msgspec
 
@@ -61,7 +62,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
     r.add_argument("--tile", type=_positive, metavar="PX", help="bucket size in pixels")
     r.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    r.add_argument("--home", help="peer state folder (default $MESHRENDER_HOME), when SCENE is a scene id")
+    r.add_argument("--home", help="peer state folder (default $MESHRENDER_HOME): store, queue, results")
+    r.add_argument("--party", help="render across this party's peers (this machine renders too)")
+    r.add_argument("--secret", help="party secret (or --secret-file, or $MESHRENDER_SECRET)")
+    r.add_argument("--secret-file", help="file holding the party secret")
+    r.add_argument("--listen", action="append", metavar="MULTIADDR", help="default /ip4/127.0.0.1/tcp/0")
+    r.add_argument("--bootstrap", action="append", default=[], metavar="MULTIADDR", help=".../p2p/<peer id>")
+    r.add_argument(
+        "--mdns", action=argparse.BooleanOptionalAction, default=False, help="find members by mDNS"
+    )
+
+    d = sub.add_parser("demo", help="start a render party on loopback, render the built-in scene across it")
+    d.add_argument("--peers", type=_positive, default=3, help="headless peers to start (default 3)")
+    d.add_argument("-o", "--output", default="demo.png", help="OUT.png or OUT.exr (default demo.png)")
+    d.add_argument("--scene", default="cornell", help="scene to render (default: the built-in cornell)")
+    d.add_argument("--spp", type=_positive, default=32, help="samples per pixel (default 32)")
+    d.add_argument("--res", type=_resolution, metavar="WxH", default=(256, 256), help="default 256x256")
+    d.add_argument("--tile", type=_positive, metavar="PX", default=32, help="bucket size (default 32)")
+    d.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     st = sub.add_parser("store", help="this peer's content-addressed scene store")
     ss = st.add_subparsers(dest="store_command", metavar="ACTION", required=True)
@@ -167,7 +185,7 @@ def cmd_store_fetch(args: argparse.Namespace) -> int:
     if not args.bootstrap:
         raise MeshrenderError("store fetch needs --bootstrap MULTIADDR of a party member")
     peer = Peer(home=meshrender_home(args.home), party=args.party, secret=secret, listen=args.listen,
-                bootstrap=args.bootstrap)  # fmt: skip
+                bootstrap=args.bootstrap, render=False)  # fmt: skip
     out: dict = {}
 
     async def main():
@@ -265,6 +283,124 @@ class Progress:
         sys.stderr.flush()
 
 
+def _settings(args: argparse.Namespace, s):
+    """The scene's settings with the command line's overrides, checked."""
+    overrides = {}
+    for arg, field in (("spp", "spp"), ("max_depth", "max_depth"), ("seed", "seed"), ("pass_spp", "pass_spp"),
+                       ("exposure", "exposure"), ("tile", "bucket_px")):  # fmt: skip
+        if getattr(args, arg, None) is not None:
+            overrides[field] = getattr(args, arg)
+    if getattr(args, "res", None) is not None:
+        overrides["width"], overrides["height"] = args.res
+    try:
+        return msgspec.convert(msgspec.to_builtins(msgspec.structs.replace(s, **overrides)), type=type(s))
+    except msgspec.ValidationError as exc:
+        raise MeshrenderError(f"render settings: {exc}") from None
+
+
+def _share_text(out: dict) -> str:
+    total = sum(out.get("units_by_peer", {}).values()) or 1
+    return "\n".join(
+        f"  {peer[-12:]}: {n} units ({100 * n / total:.0f}%)"
+        for peer, n in sorted(out.get("units_by_peer", {}).items(), key=lambda kv: -kv[1])
+    )
+
+
+def _party_output(args, out: dict, settings, record_extra: dict) -> dict:
+    """Copy the job's first frame to -o OUT (with its sibling and a JSON record), if asked."""
+    from .output import read_exr, write_outputs
+
+    if args.output and out.get("outputs"):
+        exr = next(p for p in out["outputs"] if p.endswith(".exr"))
+        record = {
+            "meshrender": __version__,
+            **record_extra,
+            **{k: v for k, v in out.items() if k != "outputs"},
+        }
+        out["written"] = write_outputs(args.output, read_exr(exr), record, settings.exposure)
+    return out
+
+
+def cmd_party_render(args: argparse.Namespace, scene, settings) -> int:
+    import trio
+
+    from .distributed import jobs_db_path, render_on_party
+    from .home import meshrender_home
+    from .jobs import JobDB, JobSpec
+    from .node import Peer, read_secret
+    from .store.scenes import import_scene
+
+    secret = read_secret(args.secret, args.secret_file)
+    if not args.bootstrap and not args.mdns:
+        raise MeshrenderError("render --party needs --bootstrap MULTIADDR of a party member (or --mdns)")
+    home = meshrender_home(args.home)
+    with open_store(args.home) as store:
+        scene_id = import_scene(store, scene).scene_id
+    backend = {"auto": "any"}.get(args.backend, args.backend)
+    spec = JobSpec(scene_id=scene_id, settings=settings, backend=backend)
+    peer = Peer(home=home, party=args.party, secret=secret, listen=args.listen, bootstrap=args.bootstrap,
+                backend=args.backend, threads=args.threads or None, mdns=args.mdns)  # fmt: skip
+    with JobDB(jobs_db_path(home)) as db:
+        out = trio.run(lambda: render_on_party(peer, db, spec, bootstrap=args.bootstrap))
+    out = _party_output(args, out, settings, {"settings": msgspec.to_builtins(settings)})
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"job {out['job_id'][:16]}: {', '.join(out.get('written') or out['outputs'])}")
+        print(_share_text(out))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import trio
+
+    from .distributed import (
+        DEMO_PARTY,
+        demo_threads,
+        jobs_db_path,
+        render_on_party,
+        start_demo_peers,
+        stop_demo_peers,
+    )
+    from .jobs import JobDB, JobSpec
+    from .node import Peer
+    from .scene.compile import compile_scene
+    from .scene.load import load_scene
+    from .store.chunkstore import ChunkStore
+    from .store.scenes import import_scene
+
+    scene = compile_scene(load_scene(args.scene))
+    settings = _settings(args, scene.settings)
+    root = Path(tempfile.mkdtemp(prefix="meshrender-demo-"))
+    home = root / "coordinator"
+    with ChunkStore(home / "store") as store:
+        scene_id = import_scene(store, scene).scene_id
+    t0 = time.perf_counter()
+    log.info("starting %d peers on loopback (logs in %s)", args.peers, root)
+    procs, addrs = start_demo_peers(args.peers, root, threads=demo_threads(args.peers))
+    try:
+        peer = Peer(home=home, party=DEMO_PARTY, secret=b"demo-secret", bootstrap=addrs, render=False)
+        spec = JobSpec(scene_id=scene_id, settings=settings, backend="cpu")
+        log.info("rendering %s at %dx%d, %d spp across them", args.scene, settings.width, settings.height,
+                 settings.spp)  # fmt: skip
+        with JobDB(jobs_db_path(home)) as db:
+            out = trio.run(lambda: render_on_party(peer, db, spec, bootstrap=addrs, wait_members=args.peers))
+    finally:
+        stop_demo_peers(procs)
+    out["wall_s"] = round(time.perf_counter() - t0, 2)
+    out["peers"] = args.peers
+    out = _party_output(args, out, settings, {"scene": args.scene, "settings": msgspec.to_builtins(settings)})
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{', '.join(out['written'])}: {settings.width}x{settings.height} {settings.spp} spp on "
+              f"{args.peers} peers in {out['wall_s']:.1f} s")  # fmt: skip
+        print(_share_text(out))
+    return 0
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from .output import write_outputs
     from .render import Renderer, render_frame
@@ -288,25 +424,9 @@ def cmd_render(args: argparse.Namespace) -> int:
         t_compiled = time.perf_counter()
         source = loaded.source
     s = scene.settings
-    overrides = {}
-    if args.spp is not None:
-        overrides["spp"] = args.spp
-    if args.res is not None:
-        overrides["width"], overrides["height"] = args.res
-    if args.max_depth is not None:
-        overrides["max_depth"] = args.max_depth
-    if args.seed is not None:
-        overrides["seed"] = args.seed
-    if args.pass_spp is not None:
-        overrides["pass_spp"] = args.pass_spp
-    if args.exposure is not None:
-        overrides["exposure"] = args.exposure
-    if args.tile is not None:
-        overrides["bucket_px"] = args.tile
-    try:
-        settings = msgspec.convert(msgspec.to_builtins(msgspec.structs.replace(s, **overrides)), type=type(s))
-    except msgspec.ValidationError as exc:
-        raise MeshrenderError(f"render settings: {exc}") from None
+    settings = _settings(args, s)
+    if args.party:
+        return cmd_party_render(args, scene, settings)
 
     renderer = Renderer(scene, backend=args.backend, threads=args.threads)
     log.info("preparing the kernel (compiled on first use, then loaded from the disk cache)")
@@ -384,6 +504,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_peer(args)
         if args.command == "store":
             return cmd_store_fetch(args) if args.store_command == "fetch" else cmd_store(args)
+        if args.command == "demo":
+            return cmd_demo(args)
         return cmd_render(args)
     except BaseExceptionGroup as group:  # errors raised inside trio nurseries arrive grouped
         exc = _first_user_error(group)

@@ -53,7 +53,7 @@ from .net.gossip import Gossip
 from .net.host import build_host, load_or_create_identity, open_stream, parse_multiaddr
 from .net.mdns import ADDRS_MAX as MDNS_ADDRS_MAX
 from .net.mdns import MdnsDiscovery, MdnsError, mdns_interfaces
-from .net.streams import read_exact, read_msg, write_msg
+from .net.streams import MsgLink, read_exact, read_msg, write_msg
 from .protocol import (
     ADDRS_PER_PEER_MAX,
     HAVE_SCENES_MAX,
@@ -77,15 +77,19 @@ from .protocol import (
     gossip_topic,
     party_tag,
 )
+from .renderproc import RenderError, RenderProcess
 from .store.chunkstore import ChunkStore, CorruptChunkError, MissingChunkError, StoreError
 from .store.manifest import ManifestError, decode_manifest
 from .store.writer import ChunkWriter
+from .work import serve_job
 
 log = logging.getLogger("meshrender.node")
 
 PROTO_PARTY = "/meshrender/party/1"
 PROTO_CHUNKS = "/meshrender/chunks/1"
 PROTO_PING = "/meshrender/ping/1"
+PROTO_JOBS = "/meshrender/jobs/1"
+JOB_LINK_IDLE_S = 3600.0  # a worker may wait this long between leases; its coordinator's loss ends it sooner
 PING_INTERVAL_S = 0.5  # a ping every half second: a frozen member is found within LIVENESS_TIMEOUT_S
 LIVENESS_TIMEOUT_S = 2.0  # nothing from a member for this long: it is lost (SIGSTOP must show within 3 s)
 PING_BYTES = 8
@@ -181,6 +185,7 @@ class Peer:
         backend: str = "auto",
         threads: int | None = None,
         mdns: bool = False,
+        render: bool = True,
     ):
         if not party:
             raise PeerError("a party needs a name")
@@ -221,6 +226,10 @@ class Peer:
         self.mdns = mdns
         self._announce_now = trio.Event()
         self._held: list[str] | None = None  # scenes held whole, newest last (None: to be counted)
+        self.render = render  # takes leases: runs a render process and answers job links
+        self.renderer: RenderProcess | None = None
+        self.gpu: bool | None = None
+        self.render_error: str | None = None
 
     # ------------------------------------------------------------------ status
     def _event(self, kind: str, **fields) -> None:
@@ -270,6 +279,8 @@ class Peer:
             free_mem=free_memory(),
             load=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else 0.0,
             scenes=len(self.held_scenes()),
+            gpu=self.gpu,
+            renders=self.render,
         )
 
     def held_scenes(self) -> list[str]:
@@ -367,6 +378,9 @@ class Peer:
         self.host.set_stream_handler(TProtocol(PROTO_PARTY), self._guard(self._on_party))
         self.host.set_stream_handler(TProtocol(PROTO_CHUNKS), self._guard(self._on_chunks))
         self.host.set_stream_handler(TProtocol(PROTO_PING), self._guard(self._on_ping))
+        if self.render:
+            self.renderer = RenderProcess(self.store.root, backend=self.backend, threads=self.threads)
+            self.host.set_stream_handler(TProtocol(PROTO_JOBS), self._guard(self._on_job))
         self.host.get_network().register_notifee(_Notifee(self))
         self.gossip = Gossip(
             self.host,
@@ -387,12 +401,17 @@ class Peer:
                     if self.mdns:
                         nursery.start_soon(self._discover)  # a hint service: nobody waits for it
                     nursery.start_soon(self._announce)
+                    if self.renderer is not None:
+                        nursery.start_soon(self._warm_renderer)
                     task_status.started(self)
                     for addr in self.bootstrap:
                         nursery.start_soon(self.dial, addr, True)
                     await trio.sleep_forever()
         finally:
             self._nursery = None
+            if self.renderer is not None:
+                with trio.CancelScope(shield=True):
+                    await self.renderer.stop()
             if own_store and self.store is not None:
                 self.store.close()
             self._event("stopped", transfers=dict(self.transfers))
@@ -558,6 +577,51 @@ class Peer:
         self._joined(remote, self._learn(theirs, remote))
         await _close(stream)
 
+    # ------------------------------------------------------------------ rendering
+    async def _warm_renderer(self) -> None:
+        """Start the render process at once: the first lease should not wait for Taichi to load."""
+        try:
+            await self.render_backend()
+        except RenderError as exc:
+            log.warning("the renderer did not start: %s", exc)
+
+    async def render_backend(self) -> tuple[str, str]:
+        """("cpu" or "gpu", the backend's name), starting the render process if needed."""
+        if self.renderer is None:
+            raise PeerError("this peer does not render")
+        try:
+            ready = await self.renderer.start()
+        except RenderError as exc:
+            self.render_error = str(exc)
+            raise
+        changed = (self.gpu, self.fell_back) != (ready.is_gpu, ready.fell_back)
+        self.backend, self.gpu, self.fell_back = ready.backend, ready.is_gpu, ready.fell_back
+        if changed:
+            self._event("renderer", backend=ready.backend, gpu=ready.is_gpu, fell_back=ready.fell_back,
+                        reason=ready.reason, threads=ready.threads)  # fmt: skip
+            self._announce_now.set()
+        return ("gpu" if ready.is_gpu else "cpu"), ready.backend
+
+    def note_render(self, rendered, unit, settings) -> None:
+        """A unit was rendered here: its speed (Msamples/s, units that compiled left out) is gossiped."""
+        if rendered.compile_s == 0 and rendered.seconds > 0:
+            self.speed = round(unit.pixels * unit.samples(settings) / rendered.seconds / 1e6, 3)
+
+    def member_statuses(self) -> dict[str, dict | None]:
+        return {p: self.statuses.get(p) for p in self.members}
+
+    async def open_job_link(self, member: str) -> MsgLink:
+        stream = await open_stream(self.host, self._nursery, ID.from_base58(member), PROTO_JOBS)
+        return MsgLink(stream, IDLE_STREAM_TIMEOUT_S)
+
+    async def _on_job(self, stream, remote: str) -> None:
+        if remote not in self.members or remote in self.banned:
+            await _reset(stream)
+            return
+        link = MsgLink(stream, JOB_LINK_IDLE_S)
+        done = await serve_job(self, link, remote)
+        self._event("job-served", coordinator=remote, units=done["units"], ended=done["ended"])
+
     # ------------------------------------------------------------------ liveness
     async def _watch(self, peer: str) -> None:
         """Ping a member until it goes. It is lost when nothing at all has come from it for
@@ -709,11 +773,6 @@ class Peer:
                 for h, handler in pending:
                     self._nursery.start_soon(handler, peer, h, None, failure)
             await _reset(link.stream)
-
-    async def _drop_link(self, peer: str) -> None:
-        link = self._links.pop(peer, None)
-        if link is not None:
-            await _reset(link.stream)  # its reader fails what is still pending there
 
     async def _drop_link(self, peer: str) -> None:
         link = self._links.pop(peer, None)

@@ -27,6 +27,9 @@ import blake3
 import msgspec
 from msgspec import Meta
 
+from .settings import RenderSettings
+from .units import WorkUnit
+
 PROTOCOL_VERSION = 1
 FRAME_HEADER = struct.Struct(">I")
 CHUNK_WIRE_BYTES_MAX = 16 << 20  # one stored chunk (the store's CHUNK_BYTES_MAX), compressed or not
@@ -150,6 +153,58 @@ class Error(Msg, tag="error"):
     reason: Reason
 
 
+# ---------------------------------------------------------------------------- jobs
+# One stream per (coordinator, worker, job) on /meshrender/jobs/1. The coordinator sends JobOffer
+# first, then leases, revokes and at last JobEnd (finished or cancelled). The worker sends
+# heartbeats while it holds a lease, one UnitDone per unit, LeaseRefused when it cannot render.
+
+LEASE_UNITS_WIRE_MAX = 4096  # schedule.LEASE_UNITS_MAX: one lease is one message
+LEASE_IDS_WIRE_MAX = 1024  # leases a heartbeat names (a worker holds a few)
+
+
+class JobOffer(Msg, tag="job"):
+    job_id: Hash
+    scene_id: Hash
+    settings: RenderSettings
+    backend: Literal["cpu", "gpu"]  # the one backend class this job renders on (bit-identical results)
+
+
+class LeaseGrant(Msg, tag="lease"):
+    lease_id: Annotated[int, Meta(ge=0, le=1 << 62)]
+    units: Annotated[list[WorkUnit], Meta(min_length=1, max_length=LEASE_UNITS_WIRE_MAX)]
+    due_in_s: Annotated[float, Meta(ge=0)]  # the coordinator enforces it on its own clock
+
+
+class LeaseRevoke(Msg, tag="revoke"):
+    lease_id: Annotated[int, Meta(ge=0, le=1 << 62)]
+    reason: Reason
+
+
+class JobEnd(Msg, tag="job-end"):
+    reason: Reason  # "done", "cancelled", ...: stop everything of this job now
+
+
+class Beat(Msg, tag="beat"):
+    lease_ids: Annotated[list[Annotated[int, Meta(ge=0, le=1 << 62)]], Meta(max_length=LEASE_IDS_WIRE_MAX)]
+    samples_done: Annotated[int, Meta(ge=0)]
+    rendering: bool
+    preparing: Reason = ""  # what it does instead of rendering ("fetching the scene", ...)
+
+
+class UnitDone(Msg, tag="unit"):
+    lease_id: Annotated[int, Meta(ge=0, le=1 << 62)]
+    unit: WorkUnit
+    sample_counts: Annotated[list[Annotated[int, Meta(ge=0)]], Meta(max_length=1 << 20)]
+    sums: Annotated[bytes, Meta(max_length=CHUNK_WIRE_BYTES_MAX)]  # float32 (passes, h, w, 3), C order
+    seconds: Annotated[float, Meta(ge=0)]
+    backend: Label
+
+
+class LeaseRefused(Msg, tag="refuse"):
+    lease_id: Annotated[int, Meta(ge=0, le=1 << 62)]
+    reason: Reason
+
+
 AnyMsg = (
     Hello
     | HelloReply
@@ -162,6 +217,13 @@ AnyMsg = (
     | ChunkMapQuery
     | ChunkMap
     | Error
+    | JobOffer
+    | LeaseGrant
+    | LeaseRevoke
+    | JobEnd
+    | Beat
+    | UnitDone
+    | LeaseRefused
 )
 
 # ---------------------------------------------------------------------------- gossip
@@ -183,6 +245,8 @@ class Status(Msg, tag="status"):
     free_mem: Annotated[int, Meta(ge=0)]  # bytes available
     load: Annotated[float, Meta(ge=0)]  # 1-minute load average
     scenes: Annotated[int, Meta(ge=0)]  # held whole
+    gpu: bool | None = None  # renders on a GPU; None: the renderer has not started yet
+    renders: bool = True  # takes leases (a `store fetch` or `submit` client does not)
 
 
 class Have(Msg, tag="have"):

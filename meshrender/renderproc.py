@@ -152,11 +152,17 @@ class RenderProcess:
         self.backend = backend
         self.threads = threads
         self.ready: Ready | None = None
+        self.loaded_scene: str | None = None  # the scene the child has loaded and compiled for
         self._proc: trio.Process | None = None
         self._lock = trio.Lock()
+        self._start_lock = trio.Lock()
         self._buf = bytearray()
 
     async def start(self) -> Ready:
+        async with self._start_lock:  # two callers at once start one child
+            return await self._start()
+
+    async def _start(self) -> Ready:
         if self._proc is not None and self._proc.returncode is None and self.ready is not None:
             return self.ready
         cmd = [sys.executable, "-m", __name__, self.store_root, self.backend, str(self.threads)]
@@ -198,11 +204,12 @@ class RenderProcess:
             if sums.size != int(np.prod(shape)):
                 await self.stop()
                 raise RenderError("the renderer sent sums of the wrong size")
+            self.loaded_scene = scene_id
             return UnitResult(unit=unit, sums=sums.reshape(shape), sample_counts=list(msg.sample_counts)), msg
 
     async def stop(self) -> None:
         """Kill the child now (a unit in its kernel stops too); the next render starts a new one."""
-        proc, self._proc, self.ready = self._proc, None, None
+        proc, self._proc, self.ready, self.loaded_scene = self._proc, None, None, None
         if proc is not None:
             proc.kill()
             with trio.CancelScope(shield=True):

@@ -45,3 +45,27 @@ async def write_msg(stream, msg: Msg, timeout_s: float = READ_TIMEOUT_S) -> None
     with trio.fail_after(timeout_s + len(frame) / (1 << 20)):  # + 1 s per MiB: a slow but live link
         for i in range(0, len(frame), WRITE_PIECE_BYTES):
             await stream.write(frame[i : i + WRITE_PIECE_BYTES])
+
+
+class MsgLink:
+    """Framed messages both ways over one stream (a job link). Writes are serialised; reads wait
+    as long as `idle_s` (a worker may hear nothing from its coordinator for a while)."""
+
+    def __init__(self, stream, idle_s: float):
+        self.stream = stream
+        self.idle_s = idle_s
+        self._lock = trio.Lock()
+
+    async def send(self, msg: Msg) -> None:
+        async with self._lock:
+            await write_msg(self.stream, msg)
+
+    async def receive(self) -> Msg | None:
+        return await read_msg(self.stream, self.idle_s)
+
+    async def close(self) -> None:
+        try:
+            with trio.move_on_after(1.0):
+                await self.stream.close()
+        except Exception:  # already reset: nothing to close
+            pass

@@ -1,0 +1,472 @@
+"""Coordinating one job across the party: the I/O edge around the sans-IO `schedule.Coordinator`.
+
+`JobRun(peer, db, job_id).run()`:
+  * reads the job from the peer's queue (`jobs.JobDB`) and the unit results already accepted
+    (a restarted coordinator re-renders none of them; a result whose chunk is gone is re-rendered);
+  * offers the job to every member that renders, and to this peer's own worker through an
+    in-process link; members that join mid-frame get an offer at once, lost ones lose their units;
+  * carries out what the coordinator decides (leases, revokes, penalties, discards) and feeds it
+    what workers send (heartbeats, results, refusals). Each link has its own sender task, so a
+    slow member never holds up the others;
+  * checks every result before the scheduler sees it (the unit is ours, sizes and sample counts
+    fit, every value is finite and non-negative: a peer sending anything else is dropped from the
+    job and penalised), and digests its exact bytes: duplicates are compared by that digest;
+  * stores each accepted result in the chunk store (named by that digest, kept for the job) and
+    records it in the queue before anything else happens, so nothing returned is lost;
+  * when every unit is in, adds them up in canonical pass order (bit-identical however the frame
+    was split) and writes `results/<job>/frame_NNNN.exr|png` and `job.json` (who rendered what,
+    on which backend, when).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import trio
+
+from .film import Film
+from .jobs import JobDB, JobSpec, UnitRecord
+from .output import write_exr, write_json, write_png
+from .protocol import Beat, JobEnd, JobOffer, LeaseGrant, LeaseRefused, LeaseRevoke, Msg, UnitDone
+from .schedule import Coordinator, Discard, Lease, Penalize, Revoke, ScheduleConfig, Verdict
+from .settings import RenderSettings
+from .store.hashing import chunk_hash
+from .units import UnitResult, WorkUnit, frame_units
+from .work import memory_link_pair, serve_job
+
+log = logging.getLogger("meshrender.coordinate")
+
+OUTBOX_MSGS = 1024  # messages waiting for one slow link; past this the member is dropped from the job
+MEMBER_SCAN_S = 0.25  # how often membership is compared with the job's workers (joins get work)
+SEND_TIMEOUT_S = 10.0  # one message to a member; a member that takes longer is dropped from the job
+
+
+class JobError(Exception):
+    pass
+
+
+class StoredResult(msgspec.Struct, frozen=True, kw_only=True):
+    """A unit result as the store keeps it: its chunk hash is the digest duplicates are compared by."""
+
+    unit: WorkUnit
+    sample_counts: list[int]
+    sums: bytes  # float32 (passes, h, w, 3), C order
+
+
+_result_encoder = msgspec.msgpack.Encoder()
+_result_decoder = msgspec.msgpack.Decoder(StoredResult)
+
+
+def encode_result(unit: WorkUnit, sample_counts: list[int], sums: bytes) -> bytes:
+    return _result_encoder.encode(StoredResult(unit=unit, sample_counts=list(sample_counts), sums=sums))
+
+
+def check_result(
+    unit: WorkUnit, sample_counts: list[int], sums: bytes, settings: RenderSettings
+) -> np.ndarray:
+    """The sums as an array, or ValueError saying what is wrong with them."""
+    shape = (unit.pass_count, unit.height, unit.width, 3)
+    if len(sums) != 4 * int(np.prod(shape)):
+        raise ValueError(f"{len(sums)} bytes of sums for a {shape} unit")
+    want = [settings.pass_range(k)[1] - settings.pass_range(k)[0] for k in unit.passes]
+    if list(sample_counts) != want:
+        raise ValueError(f"sample counts {list(sample_counts)[:8]}, expected {want[:8]}")
+    arr = np.frombuffer(sums, np.float32).reshape(shape)
+    if not np.all(np.isfinite(arr)) or float(arr.min(initial=0.0)) < 0.0:
+        raise ValueError("sums hold NaN, infinite or negative radiance")
+    return arr
+
+
+def decode_result(data: bytes, settings: RenderSettings) -> UnitResult:
+    r = _result_decoder.decode(data)
+    arr = check_result(r.unit, r.sample_counts, r.sums, settings)
+    return UnitResult(unit=r.unit, sums=arr, sample_counts=list(r.sample_counts))
+
+
+def job_units(spec: JobSpec) -> list[WorkUnit]:
+    """Every unit of the job in queue order: frame after frame, each pass-major."""
+    return [
+        u for f in range(spec.first_frame, spec.last_frame + 1) for u in frame_units(spec.settings, frame=f)
+    ]
+
+
+def results_dir(home: Path, job_id: str) -> Path:
+    return Path(home) / "results" / job_id
+
+
+class _Worker:
+    def __init__(self, peer: str, link):
+        self.peer = peer
+        self.link = link
+        self.outbox_send, self.outbox_receive = trio.open_memory_channel[Msg](OUTBOX_MSGS)
+        self.units = 0
+        self.flushed = trio.Event()  # its sender has sent everything queued and closed the link
+
+
+class JobRun:
+    def __init__(
+        self,
+        peer,
+        db: JobDB,
+        job_id: str,
+        *,
+        render_self: bool = True,
+        config: ScheduleConfig | None = None,
+        on_progress=None,
+    ):
+        self.peer = peer
+        self.db = db
+        self.record = db.get(job_id)
+        self.job_id = self.record.id
+        self.spec = self.record.spec
+        self.render_self = render_self
+        self.config = config or ScheduleConfig()
+        self.on_progress = on_progress
+        self.workers: dict[str, _Worker] = {}
+        self.units_by_peer: Counter[str] = Counter()
+        self.verdicts: Counter[str] = Counter()
+        self.rejected: dict[str, str] = {}
+        self.coordinator: Coordinator | None = None
+        self.backend = ""
+        self._events_send, self._events_receive = trio.open_memory_channel(OUTBOX_MSGS)
+        self._cancelled = False
+        self._nursery: trio.Nursery | None = None
+        self.first_result_s: float | None = None
+        self.started_s = 0.0
+
+    # ------------------------------------------------------------------ running
+    async def run(self) -> dict:
+        peer, db, spec = self.peer, self.db, self.spec
+        self.started_s = time.monotonic()
+        settings = spec.settings
+        accepted: dict[WorkUnit, UnitRecord] = {}
+        gone = []
+        for rec in db.results(self.job_id):
+            (accepted.__setitem__(rec.unit, rec) if peer.store.has(rec.chunk) else gone.append(rec.unit))
+        if gone:
+            db.discard_results(self.job_id, gone)
+            log.warning("job %s: %d stored results are gone from the store; rendering them again",
+                        self.job_id[:12], len(gone))  # fmt: skip
+        units = job_units(spec)
+        todo = [u for u in units if u not in accepted]
+        self.resumed = len(accepted)
+        self.backend = await self._backend_class()
+        db.start(self.job_id, now=time.time(), units_total=len(units))
+        peer._event(
+            "job-started", job=self.job_id, units=len(units), resumed=len(accepted), backend=self.backend
+        )
+        if todo:
+            now = trio.current_time()
+            cost = {u: u.pixels * u.samples(settings) for u in todo}
+            self.coordinator = Coordinator([(u, cost[u]) for u in todo], now, config=self.config)
+            async with trio.open_nursery() as n:
+                self._nursery = n
+                if self.render_self:
+                    mine, theirs = memory_link_pair()
+                    n.start_soon(self._serve_self, theirs)
+                    self._add_worker(peer.peer_id, mine)
+                n.start_soon(self._scan_members)
+                await self._drive()
+                for w in list(self.workers.values()):
+                    self._send(w, JobEnd(reason="cancelled" if self._cancelled else "done"))
+                for w in list(self.workers.values()):
+                    w.outbox_send.close()
+                with trio.move_on_after(1.0):  # JobEnd goes out before the links close
+                    for w in list(self.workers.values()):
+                        await w.flushed.wait()
+                n.cancel_scope.cancel()
+            self._nursery = None
+        if self._cancelled:
+            return self.summary(outputs=[])
+        outputs = self._write_outputs()
+        db.finish(self.job_id, now=time.time(), outputs=outputs)
+        peer._event("job-done", job=self.job_id, outputs=outputs, units_by_peer=dict(self.units_by_peer))
+        return self.summary(outputs)
+
+    def cancel(self) -> None:
+        """Stop the job: every worker is told at once (JobEnd) and stops its unit within a second."""
+        self._cancelled = True
+        self._events_send.send_nowait(("cancel", "", None))
+
+    def summary(self, outputs: list[str]) -> dict:
+        stats = self.coordinator.statistics() if self.coordinator else None
+        return {
+            "job_id": self.job_id,
+            "scene_id": self.spec.scene_id,
+            "backend": self.backend,
+            "cancelled": self._cancelled,
+            "outputs": outputs,
+            "units_total": len(job_units(self.spec)),
+            "units_resumed": self.resumed,
+            "units_by_peer": dict(self.units_by_peer),
+            "leases": stats.leases if stats else 0,
+            "revokes": dict(stats.revokes) if stats else {},
+            "duplicates": stats.duplicates if stats else 0,
+            "matches": stats.matches if stats else 0,
+            "mismatches": stats.mismatches if stats else 0,
+            "convictions": dict(stats.convictions) if stats else {},
+            "removed": dict(stats.removed) if stats else {},
+            "refused": dict(stats.refused) if stats else {},
+            "silences": stats.silences if stats else 0,
+            "stalls": stats.stalls if stats else 0,
+            "rejected": dict(self.rejected),
+            "seconds": round(time.monotonic() - self.started_s, 3),
+            "first_result_s": None if self.first_result_s is None else round(self.first_result_s, 3),
+        }
+
+    async def _backend_class(self) -> str:
+        if self.spec.backend in ("cpu", "gpu"):
+            return self.spec.backend
+        mine = (await self.peer.render_backend())[0] if self.render_self else "cpu"
+        if mine == "gpu" or any((s or {}).get("gpu") for s in self.peer.statuses.values()):
+            return "gpu"  # one class per job: results are bit-identical only within one
+        return "cpu"
+
+    async def _serve_self(self, link) -> None:
+        try:
+            await serve_job(self.peer, link, self.peer.peer_id)
+        except Exception as exc:  # our own worker failing must not end the job: others render
+            log.warning("job %s: this peer's own worker stopped: %s", self.job_id[:12], exc)
+            self._events_send.send_nowait(("gone", self.peer.peer_id, f"own worker failed: {exc}"))
+
+    # ------------------------------------------------------------------ workers
+    def _offer(self) -> JobOffer:
+        return JobOffer(job_id=self.job_id, scene_id=self.spec.scene_id, settings=self.spec.settings,
+                        backend=self.backend)  # fmt: skip
+
+    def _add_worker(self, peer_id: str, link) -> None:
+        w = _Worker(peer_id, link)
+        self.workers[peer_id] = w
+        self._send(w, self._offer())
+        self._nursery.start_soon(self._sender, w)
+        self._nursery.start_soon(self._reader, w)
+        self.coordinator.add_worker(peer_id, trio.current_time())
+        self._events_send.send_nowait(("poke", peer_id, None))
+
+    async def _scan_members(self) -> None:
+        opening: set[str] = set()
+
+        async def open_link(member: str) -> None:
+            try:
+                link = await self.peer.open_job_link(member)
+            except Exception as exc:  # not a renderer, or gone: no worker for this job
+                log.debug("job %s: no job link to %s: %s", self.job_id[:12], member, exc)
+                self.rejected[member] = f"{type(exc).__name__}: {exc}"
+            else:
+                if member in self.peer.members and member not in self.workers:
+                    self._add_worker(member, link)
+                else:
+                    await link.close()
+            finally:
+                opening.discard(member)
+
+        while True:
+            for member, status in list(self.peer.member_statuses().items()):
+                if member in self.workers or member in opening or member in self.rejected:
+                    continue
+                if status is not None and not status.get("renders", True):
+                    continue
+                opening.add(member)
+                self._nursery.start_soon(open_link, member)
+            for p in list(self.workers):
+                if p != self.peer.peer_id and p not in self.peer.members:
+                    self._events_send.send_nowait(("gone", p, "left the party"))
+            await trio.sleep(MEMBER_SCAN_S)
+
+    def _send(self, w: _Worker, msg: Msg) -> None:
+        try:
+            w.outbox_send.send_nowait(msg)
+        except trio.WouldBlock:
+            self._events_send.send_nowait(("gone", w.peer, "too far behind on its messages"))
+        except trio.ClosedResourceError:
+            pass
+
+    async def _sender(self, w: _Worker) -> None:
+        try:
+            async for msg in w.outbox_receive:
+                with trio.fail_after(SEND_TIMEOUT_S):
+                    await w.link.send(msg)
+        except Exception as exc:  # reset, timeout: the member is lost to this job
+            self._events_send.send_nowait(("gone", w.peer, f"link failed: {type(exc).__name__}"))
+        finally:
+            with trio.CancelScope(shield=True):
+                await w.link.close()
+            w.flushed.set()
+
+    async def _reader(self, w: _Worker) -> None:
+        try:
+            while True:
+                msg = await w.link.receive()
+                if msg is None:
+                    self._events_send.send_nowait(("gone", w.peer, "closed its job link"))
+                    return
+                self._events_send.send_nowait(("msg", w.peer, msg))
+        except trio.WouldBlock:
+            log.warning("job %s: event queue full", self.job_id[:12])
+        except Exception as exc:
+            self._events_send.send_nowait(("gone", w.peer, f"{type(exc).__name__}: {exc}"))
+
+    # ------------------------------------------------------------------ the loop
+    async def _drive(self) -> None:
+        coord = self.coordinator
+        while not coord.done:
+            deadline = coord.next_deadline()
+            with trio.move_on_at(deadline if deadline is not None else trio.current_time() + 1.0):
+                kind, who, payload = await self._events_receive.receive()
+                self._handle(kind, who, payload)
+                while True:  # everything already queued, then one poll
+                    try:
+                        kind, who, payload = self._events_receive.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    self._handle(kind, who, payload)
+            if self._cancelled:
+                coord.cancel(trio.current_time())
+                return
+            self._act(coord.poll(trio.current_time()))
+
+    def _handle(self, kind: str, who: str, payload) -> None:
+        coord, now = self.coordinator, trio.current_time()
+        if kind == "msg":
+            if who not in self.workers:
+                return
+            if isinstance(payload, Beat):
+                coord.on_heartbeat(
+                    who,
+                    tuple(payload.lease_ids),
+                    now,
+                    samples_done=payload.samples_done,
+                    rendering=payload.rendering,
+                )
+            elif isinstance(payload, UnitDone):
+                self._on_unit(who, payload, now)
+            elif isinstance(payload, LeaseRefused):
+                coord.on_refuse(who, payload.lease_id, payload.reason, now)
+                self.peer._event("lease-refused", job=self.job_id, peer=who, reason=payload.reason)
+            else:
+                self._drop(who, f"sent {type(payload).__name__} on a job link", penalize=True)
+        elif kind == "gone":
+            self._drop(who, payload, penalize=False)
+
+    def _drop(self, who: str, reason: str, *, penalize: bool) -> None:
+        w = self.workers.pop(who, None)
+        if w is None:
+            return
+        self.coordinator.remove_worker(who, trio.current_time(), reason)
+        self.rejected[who] = reason
+        if penalize:
+            self.peer._penalize(who, f"job {self.job_id[:12]}: {reason}", ban=False)
+        self.peer._event("worker-lost", job=self.job_id, peer=who, reason=reason)
+        w.outbox_send.close()
+
+    def _on_unit(self, who: str, msg: UnitDone, now: float) -> None:
+        unit = msg.unit
+        if unit not in self.coordinator:
+            self._drop(who, f"sent a result for a unit not in this job: {unit}", penalize=True)
+            return
+        try:
+            check_result(unit, msg.sample_counts, msg.sums, self.spec.settings)
+        except ValueError as exc:
+            self._drop(who, f"sent a malformed result: {exc}", penalize=True)
+            return
+        chunk = encode_result(unit, msg.sample_counts, msg.sums)
+        digest = chunk_hash(chunk)
+        verdict = self.coordinator.on_result(who, msg.lease_id, unit, bytes.fromhex(digest), now)
+        self.verdicts[verdict.value] += 1
+        if verdict is not Verdict.ACCEPT:
+            return
+        store = self.peer.store
+        store.put(chunk, expect_hash=digest)
+        store.keep(f"job:{self.job_id}", [digest])
+        self.db.record_result(
+            self.job_id,
+            UnitRecord(
+                unit=unit, chunk=digest, peer=who, backend=msg.backend, seconds=msg.seconds, at_s=time.time()
+            ),
+        )
+        self.units_by_peer[who] += 1
+        if self.first_result_s is None:
+            self.first_result_s = time.monotonic() - self.started_s
+        if who in self.workers:
+            self.workers[who].units += 1
+        if self.on_progress is not None:
+            self.on_progress(self)
+
+    def _act(self, actions) -> None:
+        now = trio.current_time()
+        for a in actions:
+            if isinstance(a, Lease):
+                w = self.workers.get(a.peer)
+                if w is not None:
+                    self._send(w, LeaseGrant(lease_id=a.lease_id, units=list(a.units),
+                                             due_in_s=max(0.0, a.deadline - now)))  # fmt: skip
+            elif isinstance(a, Revoke):
+                w = self.workers.get(a.peer)
+                if w is not None:
+                    self._send(w, LeaseRevoke(lease_id=a.lease_id, reason=a.reason))
+            elif isinstance(a, Penalize):
+                self.peer._penalize(a.peer, f"job {self.job_id[:12]}: {a.reason}", ban=False)
+                self.peer._event("penalty", job=self.job_id, peer=a.peer, reason=a.reason)
+                if a.peer in self.coordinator.statistics().convictions:
+                    self._drop(a.peer, f"convicted: {a.reason}", penalize=False)
+            elif isinstance(a, Discard):
+                removed = self.db.discard_results(self.job_id, a.units)
+                self.units_by_peer[a.peer] -= removed
+                self.peer._event("discarded", job=self.job_id, peer=a.peer, units=removed)
+
+    # ------------------------------------------------------------------ results
+    def _write_outputs(self) -> list[str]:
+        spec, store = self.spec, self.peer.store
+        by_frame: dict[int, list[UnitRecord]] = {}
+        for rec in self.db.results(self.job_id):
+            by_frame.setdefault(rec.unit.frame, []).append(rec)
+        out = results_dir(self.peer.home, self.job_id)
+        out.mkdir(parents=True, exist_ok=True)
+        written: list[str] = []
+        for frame in range(spec.first_frame, spec.last_frame + 1):
+            film = Film(spec.settings, frame)
+            film.keep_blocks = False
+            for rec in by_frame.get(frame, []):
+                film.add(decode_result(store.get(rec.chunk), spec.settings))
+            if not film.complete:
+                raise JobError(
+                    f"job {self.job_id[:12]}: frame {frame} is missing units after the schedule ended"
+                )
+            image = film.image()
+            stem = out / f"frame_{frame:04d}"
+            write_exr(stem.with_suffix(".exr"), image)
+            write_png(stem.with_suffix(".png"), image, spec.settings.exposure)
+            written += [str(stem.with_suffix(".exr")), str(stem.with_suffix(".png"))]
+        record = self.db.get(self.job_id)
+        provenance = {
+            "job_id": self.job_id,
+            "scene_id": spec.scene_id,
+            "settings": msgspec.to_builtins(spec.settings),
+            "frames": [spec.first_frame, spec.last_frame],
+            "backend_class": self.backend,
+            "coordinator": self.peer.peer_id,
+            "submitted_s": record.submitted_s,
+            "started_s": record.started_s,
+            "finished_s": time.time(),
+            "units_by_peer": dict(Counter(r.peer for recs in by_frame.values() for r in recs)),
+            "units": [
+                {
+                    **msgspec.to_builtins(r.unit),
+                    "peer": r.peer,
+                    "backend": r.backend,
+                    "seconds": round(r.seconds, 4),
+                    "at_s": round(r.at_s, 3),
+                    "chunk": r.chunk,
+                }  # fmt: skip
+                for recs in by_frame.values()
+                for r in recs
+            ],
+            "outputs": written,
+        }
+        write_json(out / "job.json", provenance)
+        return written + [str(out / "job.json")]
