@@ -30,7 +30,7 @@ import numpy as np
 import trio
 
 from .film import Film
-from .jobs import JobDB, JobSpec, UnitRecord
+from .jobs import JobDB, JobError, JobSpec, UnitRecord
 from .output import write_exr, write_json, write_png
 from .protocol import Beat, JobEnd, JobOffer, LeaseGrant, LeaseRefused, LeaseRevoke, Msg, UnitDone
 from .schedule import Coordinator, Discard, Lease, Penalize, Revoke, ScheduleConfig, Verdict
@@ -44,10 +44,6 @@ log = logging.getLogger("meshrender.coordinate")
 OUTBOX_MSGS = 1024  # messages waiting for one slow link; past this the member is dropped from the job
 MEMBER_SCAN_S = 0.25  # how often membership is compared with the job's workers (joins get work)
 SEND_TIMEOUT_S = 10.0  # one message to a member; a member that takes longer is dropped from the job
-
-
-class JobError(Exception):
-    pass
 
 
 class StoredResult(msgspec.Struct, frozen=True, kw_only=True):
