@@ -132,8 +132,6 @@ def _party_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", action="append", default=[], metavar="MULTIADDR", help=".../p2p/<peer id>")
 
 
-JOIN_TIMEOUT_S = 10.0  # `store fetch` gives up when no bootstrap peer lets it in within this
-MESH_SETTLE_S = 3.0  # and waits this long at most for the members they named
 
 
 async def _with_signals(cancel_scope) -> None:
@@ -178,8 +176,9 @@ def cmd_peer(args: argparse.Namespace) -> int:
 def cmd_store_fetch(args: argparse.Namespace) -> int:
     import trio
 
+    from .distributed import join_party
     from .home import meshrender_home
-    from .node import Peer, PeerError, read_secret
+    from .node import Peer, read_secret
 
     secret = read_secret(args.secret, args.secret_file)
     if not args.bootstrap:
@@ -191,19 +190,7 @@ def cmd_store_fetch(args: argparse.Namespace) -> int:
     async def main():
         async with trio.open_nursery() as n:
             await n.start(peer.run)
-            with trio.move_on_after(JOIN_TIMEOUT_S):
-                await trio.sleep(0.1)
-                while not peer.members:
-                    refused = any(e["event"] == "refused" for e in peer.events)
-                    if refused and not peer._dialing:  # every bootstrap peer answered, and said no
-                        break
-                    await trio.sleep(0.05)
-            if not peer.members:
-                raise PeerError(f"no bootstrap peer let us into party {args.party!r}")
-            with trio.move_on_after(MESH_SETTLE_S):
-                await trio.sleep(0.2)
-                while peer._dialing:
-                    await trio.sleep(0.05)
+            await join_party(peer, bootstrap=args.bootstrap)
             out.update(await peer.fetch_scene(args.scene_id))
             out["penalties"] = peer.penalties
             n.cancel_scope.cancel()

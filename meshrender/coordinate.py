@@ -100,7 +100,6 @@ class _Worker:
         self.peer = peer
         self.link = link
         self.outbox_send, self.outbox_receive = trio.open_memory_channel[Msg](OUTBOX_MSGS)
-        self.units = 0
         self.flushed = trio.Event()  # its sender has sent everything queued and closed the link
 
 
@@ -134,6 +133,8 @@ class JobRun:
         self._nursery: trio.Nursery | None = None
         self.first_result_s: float | None = None
         self.started_s = 0.0
+        self.units_total = 0
+        self.resumed = 0
 
     # ------------------------------------------------------------------ running
     async def run(self) -> dict:
@@ -143,12 +144,16 @@ class JobRun:
         accepted: dict[WorkUnit, UnitRecord] = {}
         gone = []
         for rec in db.results(self.job_id):
-            (accepted.__setitem__(rec.unit, rec) if peer.store.has(rec.chunk) else gone.append(rec.unit))
+            if peer.store.has(rec.chunk):
+                accepted[rec.unit] = rec
+            else:
+                gone.append(rec.unit)
         if gone:
             db.discard_results(self.job_id, gone)
             log.warning("job %s: %d stored results are gone from the store; rendering them again",
                         self.job_id[:12], len(gone))  # fmt: skip
         units = job_units(spec)
+        self.units_total = len(units)
         todo = [u for u in units if u not in accepted]
         self.resumed = len(accepted)
         self.backend = await self._backend_class()
@@ -197,7 +202,7 @@ class JobRun:
             "backend": self.backend,
             "cancelled": self._cancelled,
             "outputs": outputs,
-            "units_total": len(job_units(self.spec)),
+            "units_total": self.units_total,
             "units_resumed": self.resumed,
             "units_by_peer": dict(self.units_by_peer),
             "leases": stats.leases if stats else 0,
@@ -388,8 +393,6 @@ class JobRun:
         self.units_by_peer[who] += 1
         if self.first_result_s is None:
             self.first_result_s = time.monotonic() - self.started_s
-        if who in self.workers:
-            self.workers[who].units += 1
         if self.on_progress is not None:
             self.on_progress(self)
 

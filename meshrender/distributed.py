@@ -67,8 +67,6 @@ async def render_on_party(
         if record.state == "done" and all(Path(p).exists() for p in record.outputs):
             out = {"job_id": record.id, "outputs": record.outputs, "units_by_peer": {}, "reused": True}
         else:
-            if record.state in ("failed", "cancelled"):
-                record, _ = db.submit(spec, now=time.time(), submitter=peer.peer_id)
             run = JobRun(peer, db, record.id, render_self=peer.render)
             out = await run.run()
         n.cancel_scope.cancel()
