@@ -18,9 +18,13 @@ real peer and the simulator drive the same objects, and one seed replays a whole
     `first_lease_s` to finish (it may still fetch the scene and compile kernels; a second lease
     would queue behind that and could not keep the same allowance). Once measured it holds up to
     `leases_per_worker` leases at once, so it never idles during a round trip, each worth about
-    `lease_target_s` at its speed (a unit is added while that brings the total closer to the
-    target; at least one, at most `lease_units_max`), due `lease_slack` x the estimated time of
-    everything it owes plus this lease, plus `lease_grace_s`. A lease takes, in this order:
+    `lease_target_s` at its speed but never more than its share of the queue: the queued cost x
+    its speed over the party's capacity (every worker that may take leases; one not yet measured
+    counts at the measured workers' mean) / `leases_per_worker`. So the first worker measured does
+    not swallow a small frame while the others calibrate, and leases shrink towards the end of the
+    queue (guided self-scheduling). A unit is added while that brings the total closer to the
+    target; at least one, at most `lease_units_max`. A lease is due `lease_slack` x the estimated
+    time of everything the worker owes plus this lease, plus `lease_grace_s`. A lease takes, in this order:
     disputed units it can arbitrate, spot checks it can make, queued units in queue order, and
     (queue empty) endgame duplicates.
   * Speed: cost units per second on this job, the ratio of two sums over its results, cost and
@@ -315,6 +319,7 @@ class _Worker:
     progress_at: float = 0.0
     rendering: bool = False
     timer: int = 0  # version of its liveness timer entry
+    counted: float | None = None  # its part of Coordinator's capacity: speed, 0.0 unmeasured, None out
     accepted: dict[int, None] = field(default_factory=dict)  # units whose accepted result is its own
     confirmed: set[int] = field(default_factory=set)  # units where it is the checker
     against: set[int] = field(default_factory=set)  # open disputes where it is the dissenter
@@ -394,6 +399,9 @@ class Coordinator:
                 _Unit(key, cost, i, spot_checked(key, config.spot_check_fraction, config.seed))
             )
         self._queue: list[int] = list(range(len(self._units)))  # heap of queued unit indices (lazy)
+        self._queued_cost = sum(u.cost for u in self._units)
+        self._speed_sum = 0.0  # capacity: the summed speeds of measured workers that may take leases,
+        self._measured_n = self._unmeasured_n = 0  # how many those are, and how many not yet measured
         self._dups: list[tuple[float, int]] = []  # heap of (out_since, index): duplicate candidates
         self._spots: list[tuple[float, int]] = []  # the same for spot-check candidates
         self._waiting: dict[int, None] = {}  # disputed units that need an arbiter, in dispute order
@@ -691,10 +699,40 @@ class Coordinator:
         return self.config.leases_per_worker if w.speed is not None else 1
 
     def _track_open(self, w: _Worker) -> None:
-        if self._eligible(w) and len(w.leases) < self._slots(w):
+        eligible = self._eligible(w)
+        if eligible and len(w.leases) < self._slots(w):
             self._open[w.id] = None
         else:
             self._open.pop(w.id, None)
+        self._recount(w, eligible)
+
+    def _recount(self, w: _Worker, eligible: bool) -> None:
+        """Keep `w`'s part of the capacity behind lease shares up to date (every change of its
+        speed or eligibility passes through `_track_open`)."""
+        old = w.counted
+        if old is not None:
+            if old > 0.0:
+                self._speed_sum -= old
+                self._measured_n -= 1
+            else:
+                self._unmeasured_n -= 1
+        new = (w.speed or 0.0) if eligible else None
+        if new is not None:
+            if new > 0.0:
+                self._speed_sum += new
+                self._measured_n += 1
+            else:
+                self._unmeasured_n += 1
+        if not self._measured_n:
+            self._speed_sum = 0.0  # no float drift survives an empty sum
+        w.counted = new
+
+    def _share(self, speed: float) -> float:
+        """The most cost one lease to a worker of `speed` may take: its part of the queue."""
+        measured = max(self._speed_sum, speed)
+        mean = measured / max(self._measured_n, 1)
+        capacity = measured + self._unmeasured_n * mean
+        return self._queued_cost * speed / capacity / self.config.leases_per_worker
 
     def _heard(self, w: _Worker, now: float) -> None:
         w.last_heard = now
@@ -729,8 +767,10 @@ class Coordinator:
         n = len(u.holders)
         accepted = u.source is not None
         queued = not accepted and n == 0
-        if queued and not u.queued:
-            heapq.heappush(self._queue, u.index)
+        if queued != u.queued:
+            self._queued_cost += u.cost if queued else -u.cost
+            if queued:
+                heapq.heappush(self._queue, u.index)
         u.queued = queued
         dup_ok = not accepted and 0 < n <= self.config.duplicates_max
         if dup_ok and not u.dup_ok:
@@ -1007,7 +1047,7 @@ class Coordinator:
         cfg = self.config
         speed = w.speed
         count_max = cfg.lease_units_max if speed is not None else cfg.first_lease_units
-        target = speed * cfg.lease_target_s if speed is not None else math.inf
+        target = min(speed * cfg.lease_target_s, self._share(speed)) if speed is not None else math.inf
         took: list[int] = []
         taken: set[int] = set()
         total = 0

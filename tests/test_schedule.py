@@ -179,6 +179,33 @@ def test_lease_size_respects_units_max_and_takes_at_least_one_unit():
     ]
 
 
+def test_the_first_worker_measured_takes_only_its_share_while_another_calibrates():
+    """A small frame: the first measured worker is not handed 3 s of work each lease (the whole
+    frame) while a peer is still on its calibration lease; leases shrink as the queue drains."""
+    c = Coordinator(job(64), 0.0)
+    c.add_worker("a", 0.0)
+    c.add_worker("b", 0.0)
+    a1, b1 = c.poll(0.0)
+    finish(c, a1, 0.1)  # a: 1000/s, so 3 s of work would be 30 units, two leases the whole queue
+    a2, a3 = c.poll(0.1)
+    # the queue (62 units) over a and b (counted at a's speed until measured), over 2 leases each
+    assert len(a2.units) == round(62 / 2 / 2) and len(a3.units) == round((62 - 16) / 2 / 2)
+    assert c.statistics().units_queued == 62 - 16 - 12 > 0  # b's share is left for b
+    finish(c, b1, 0.5)  # b measured too (it started with a's lease time: slower)
+    sizes = []
+    t = 0.5
+    held = leases(c.poll(0.5)) + [a2, a3]
+    while held:
+        lease = held.pop(0)
+        sizes.append((lease.peer, len(lease.units)))
+        t += 0.01 * len(lease.units)
+        finish(c, lease, t)
+        held += leases(c.poll(t))
+    assert c.done
+    assert [n for p, n in sizes if p == "a"][-1] == 1  # the last leases are single units
+    assert {p for p, _ in sizes} == {"a", "b"}
+
+
 def test_a_worker_never_holds_more_than_two_leases_and_never_idles():
     c = Coordinator(job(60), 0.0)
     c.add_worker("a", 0.0)
@@ -364,9 +391,8 @@ def test_a_worker_never_gets_a_duplicate_of_its_own_unit():
     c.add_worker("a", 0.0)
     (a1,) = c.poll(0.0)
     alive(c, "a", 0.0, rendering=False)
-    finish(c, a1, 0.5)  # 200/s: 6 units per lease: all three left in one lease
-    (a2,) = c.poll(0.5)
-    assert a2.units == (U(1), U(2), U(3))
+    finish(c, a1, 0.5)  # 200/s: 6 units per lease, but at most half the queue: both slots fill
+    assert [x.units for x in c.poll(0.5)] == [(U(1), U(2)), (U(3),)]
     alive(c, "a", 1.0)
     assert c.poll(1.0) == []  # a free slot, nothing queued, and every unit out is its own
     c.add_worker("b", 1.0)
@@ -415,13 +441,14 @@ def test_a_lease_is_not_revoked_while_it_still_owes_an_unaccepted_unit():
 
 def lying_party():
     """The liar's lies for u0..u2 are accepted; honest `a` duplicates its next lease, u3..u5."""
-    cfg = ScheduleConfig(first_lease_units=3)
+    cfg = ScheduleConfig(first_lease_units=3, leases_per_worker=1)
     c = Coordinator(job(6), 0.0, config=cfg)
     c.add_worker("liar", 0.0)
     (l1,) = c.poll(0.0)
     assert finish(c, l1, 1.0, lambda k: bad(k, "liar")) == [Verdict.ACCEPT] * 3
+    (l2,) = c.poll(1.0)  # alone, one lease at a time: the rest of the queue
     c.add_worker("a", 1.0)
-    l2, dup = c.poll(1.0)  # nothing queued after the liar's lease: a duplicates it
+    (dup,) = c.poll(1.0)  # nothing queued after the liar's lease: a duplicates it
     assert (l2.peer, l2.units) == ("liar", (U(3), U(4), U(5)))
     assert (dup.peer, dup.units) == ("a", (U(3), U(4), U(5)))
     return c, l2, dup
@@ -1228,13 +1255,21 @@ def overfills_workers(monkeypatch):
 
 @pytest.mark.parametrize("breakage", [accepts_duplicates, misses_silence, overfills_workers])
 def test_party_checks_can_fail(monkeypatch, breakage):
-    """The party's checks catch a broken core."""
-    Sim(*SCENARIO).run().statistics()
+    """The party's checks catch a broken core (whether one seed's party meets the fault, a freeze
+    while holding a lease for instance, depends on the schedule: a few seeds are tried)."""
+    seeds = range(SCENARIO[0], SCENARIO[0] + 6)
+    for seed in seeds:
+        Sim(seed, *SCENARIO[1:]).run()
     breakage(monkeypatch)
-    with pytest.raises(AssertionError):
-        sim = Sim(*SCENARIO)
-        sim.run()
-        sim.check_end()
+    caught = []
+    for seed in seeds:
+        try:
+            sim = Sim(seed, *SCENARIO[1:])
+            sim.run()
+            sim.check_end()
+        except AssertionError:
+            caught.append(seed)
+    assert caught, f"{breakage.__name__} went unnoticed in seeds {list(seeds)}"
 
 
 TRACE_SCRIPT = """
