@@ -504,25 +504,33 @@ class JobDB:
     def record_result(self, job_id: str, rec: UnitRecord) -> bool:
         """Store one accepted unit result, durably, before returning; False (and nothing stored) if
         that unit already has one. A job in any state takes results: a late one is never lost."""
-        if not isinstance(rec.chunk, str) or not _HASH_RE.fullmatch(rec.chunk):
-            raise JobError(f"unit result chunk {rec.chunk!r:.80}: not a chunk hash (64 lowercase hex)")
-        u = rec.unit
-        with self._write() as db:
-            jid = self._find(db, job_id)[0]
-            cur = db.execute(
-                f"""INSERT OR IGNORE INTO results (job_id, {_UNIT_COLS}, chunk, peer, backend, seconds, at_s)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        return self.record_results(job_id, [rec]) == 1
+
+    def record_results(self, job_id: str, recs: Iterable[UnitRecord]) -> int:
+        """`record_result` for many at once, in one transaction (one fsync); returns how many were
+        new. A bad record stores none of them."""
+        rows = []
+        for rec in recs:
+            if not isinstance(rec.chunk, str) or not _HASH_RE.fullmatch(rec.chunk):
+                raise JobError(f"unit result chunk {rec.chunk!r:.80}: not a chunk hash (64 lowercase hex)")
+            rows.append(
                 (
-                    jid,
-                    *_unit_key(u),
+                    *_unit_key(rec.unit),
                     rec.chunk,
                     _clip(str(rec.peer), LABEL_CHARS_MAX),
                     _clip(str(rec.backend), LABEL_CHARS_MAX),
                     float(rec.seconds),
                     float(rec.at_s),
-                ),
+                )
             )
-            return cur.rowcount == 1
+        with self._write() as db:
+            jid = self._find(db, job_id)[0]
+            cur = db.executemany(
+                f"""INSERT OR IGNORE INTO results (job_id, {_UNIT_COLS}, chunk, peer, backend, seconds,
+                    at_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [(jid, *row) for row in rows],
+            )
+            return max(cur.rowcount, 0)
 
     def results(self, job_id: str) -> list[UnitRecord]:
         """The job's unit results in canonical order: frame, pass, then row and column of the bucket."""

@@ -602,3 +602,22 @@ def test_a_schema_1_queue_opens_with_its_jobs_and_results(tmp_path):
     con = sqlite3.connect(path)
     assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     con.close()
+
+
+def test_record_results_stores_a_batch_in_one_go_and_counts_the_new_ones(db):
+    jid = db.submit(spec(), now=1.0)[0].id
+    units = frame_units(spec().settings)
+    assert db.record_results(jid, [result(u, n) for n, u in enumerate(units[:3])]) == 3
+    # one already there, two new: the first result of a unit stands
+    assert (
+        db.record_results(jid, [result(units[2], 50, peer="late"), result(units[3], 3), result(units[4], 4)])
+        == 2
+    )
+    got = {r.unit: r for r in db.results(jid)}
+    assert len(got) == 5 and got[units[2]].peer == "peer-a"
+    assert db.get(jid).units_done == 5
+    # a bad record anywhere stores none of the batch
+    bad = UnitRecord(unit=units[6], chunk="nope", peer="p", backend="cpu", seconds=0.1, at_s=1.0)
+    with pytest.raises(JobError, match="not a chunk hash"):
+        db.record_results(jid, [result(units[5], 5), bad])
+    assert len(db.results(jid)) == 5
