@@ -11,6 +11,7 @@ are not rendered again; a finished job is not rendered again at all.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -22,10 +23,13 @@ import trio
 
 from .errors import MeshrenderError
 
+log = logging.getLogger("meshrender.distributed")
+
 JOIN_TIMEOUT_S = 10.0  # no bootstrap peer let us in within this: give up
 MESH_SETTLE_S = 3.0  # then wait this long at most for the members they named
 DEMO_START_TIMEOUT_S = 60.0  # a demo peer prints its address within this (imports, key, listen)
 DEMO_PARTY = "demo"
+RENDERER_WAIT_S = 60.0  # a job waits this long at most for this peer's own render process to start
 
 
 class PartyError(MeshrenderError):
@@ -61,8 +65,14 @@ async def render_on_party(
 
     out: dict = {}
     async with trio.open_nursery() as n:
-        await n.start(peer.run)
+        await n.start(peer.run)  # which starts its render process: it warms while we join
         await join_party(peer, bootstrap=bootstrap, wait_members=wait_members)
+        if peer.render:  # the job starts when this peer can render too
+            with trio.move_on_after(RENDERER_WAIT_S):
+                try:
+                    await peer.render_backend()
+                except Exception as exc:  # noqa: BLE001 - the party renders without us
+                    log.warning("this peer's renderer did not start: %s", exc)
         record, _ = db.submit(spec, now=time.time(), submitter=peer.peer_id)
         if record.state == "done" and all(Path(p).exists() for p in record.outputs):
             out = {"job_id": record.id, "outputs": record.outputs, "units_by_peer": {}, "reused": True}

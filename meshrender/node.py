@@ -598,7 +598,7 @@ class Peer:
         self.backend, self.gpu, self.fell_back = ready.backend, ready.is_gpu, ready.fell_back
         if changed:
             self._event("renderer", backend=ready.backend, gpu=ready.is_gpu, fell_back=ready.fell_back,
-                        reason=ready.reason, threads=ready.threads)  # fmt: skip
+                        reason=ready.reason, threads=ready.threads, kernel_s=ready.kernel_s)  # fmt: skip
             self._announce_now.set()
         return ("gpu" if ready.is_gpu else "cpu"), ready.backend
 

@@ -62,7 +62,8 @@ class Renderer:
         self.upload_s = time.perf_counter() - t0
         self._out: dict[tuple[int, int], object] = {}
         self.stats = RenderStats()
-        self._compiled = False
+        # the kernel is per Taichi runtime: compiled once for every scene, again after a re-init
+        self._compiled = _KERNEL_LAUNCHED[0] is self.backend
         env = scene.arrays["env_params"][:3]
         self._has_env = bool(np.max(env) > 0)
         self._n_emit = int(scene.arrays["emit_tri"].shape[0])
@@ -107,6 +108,7 @@ class Renderer:
             dt = time.perf_counter() - t0
             if not self._compiled:
                 self._compiled = True
+                _KERNEL_LAUNCHED[0] = self.backend
                 self.stats.compile_s = dt
             self.stats.render_s += dt
             self.stats.samples += unit.pixels * (s1 - s0)
@@ -125,6 +127,7 @@ class Renderer:
 
 
 _TI_DTYPES: dict[str, object] = {}
+_KERNEL_LAUNCHED: list = [None]  # the BackendInfo of the Taichi runtime that has run the kernel
 
 
 def _init_dtypes():

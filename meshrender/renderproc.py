@@ -55,6 +55,7 @@ class Ready(_Msg, tag="ready"):
     fell_back: bool
     reason: str
     threads: int
+    kernel_s: float = 0.0  # compiling the kernel (or loading it from the disk cache) at start
 
 
 class Render(_Msg, tag="render"):
@@ -88,6 +89,24 @@ def _frame(msg: _Msg) -> bytes:
 # ---------------------------------------------------------------------------- the child
 
 
+def _warm_kernel(backend: str, threads: int) -> float:
+    """Compile the kernel (or load it from the disk cache: about a second either way) on the
+    built-in scene, before any job asks: the kernel takes the scene as array arguments, so this
+    one compilation serves every scene. Returns the seconds it took; a failure here is left for the
+    first real unit to report."""
+    from .render import Renderer
+    from .scene.compile import compile_scene
+    from .scene.load import load_scene
+
+    t0 = time.perf_counter()
+    try:
+        Renderer(compile_scene(load_scene("cornell")), backend=backend, threads=threads).warm_up()
+    except Exception as exc:  # noqa: BLE001 - reported by the first unit, with its own context
+        log.warning("warming the kernel failed: %s", exc)
+        return 0.0
+    return round(time.perf_counter() - t0, 3)
+
+
 def _child(store_root: str, backend: str, threads: int) -> int:
     from kernels.backend import BackendError
 
@@ -112,8 +131,9 @@ def _child(store_root: str, backend: str, threads: int) -> int:
     except BackendError as exc:
         send(Failed(reason=str(exc)))
         return 2
+    kernel_s = _warm_kernel(backend, threads)
     send(Ready(backend=info.name, is_gpu=info.is_gpu, fell_back=info.fell_back, reason=info.reason,
-               threads=info.threads))  # fmt: skip
+               threads=info.threads, kernel_s=kernel_s))  # fmt: skip
     while True:
         header = inp.read(HEADER.size)
         if len(header) < HEADER.size:
