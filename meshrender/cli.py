@@ -20,7 +20,7 @@ from pathlib import Path
 
 import msgspec
 
-from . import __version__
+from . import __version__, cli_jobs
 from .errors import MeshrenderError
 
 EXIT_USER_ERROR = 2
@@ -52,15 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("render", help="render a scene on this machine")
     r.add_argument("scene", help="scene .toml, a mesh (.obj .ply .gltf .glb), or a built-in name (cornell)")
     r.add_argument("-o", "--output", help="OUT.png or OUT.exr (both are written, plus OUT.json)")
-    r.add_argument("--spp", type=_positive, help="samples per pixel")
-    r.add_argument("--res", type=_resolution, metavar="WxH", help="resolution, e.g. 640x480")
-    r.add_argument("--max-depth", type=_positive, help="longest path, in segments")
-    r.add_argument("--seed", type=int, help="random seed (0..2^32-1)")
-    r.add_argument("--pass-spp", type=_positive, help="samples per pass (the film's unit of order)")
-    r.add_argument("--exposure", type=float, help="PNG exposure, in stops")
+    _settings_args(r)
     r.add_argument("--backend", choices=("auto", "cpu", "gpu"), default="auto")
     r.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
-    r.add_argument("--tile", type=_positive, metavar="PX", help="bucket size in pixels")
     r.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     r.add_argument("--home", help="peer state folder (default $MESHRENDER_HOME): store, queue, results")
     r.add_argument("--party", help="render across this party's peers (this machine renders too)")
@@ -71,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--mdns", action=argparse.BooleanOptionalAction, default=False, help="find members by mDNS"
     )
+    r.add_argument("--verify", type=_fraction, default=0.0, metavar="F", help=VERIFY_HELP)
 
     d = sub.add_parser("demo", help="start a render party on loopback, render the built-in scene across it")
     d.add_argument("--peers", type=_positive, default=3, help="headless peers to start (default 3)")
@@ -103,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     peer.add_argument("--json", action="store_true", help="one JSON line per event on stdout")
     peer.add_argument("--backend", choices=("auto", "cpu", "gpu"), default="auto", help="what renders here")
     peer.add_argument("--threads", type=_positive_int, help="CPU threads to render with (default: all cores)")
+    peer.add_argument("--verify", type=_fraction, default=0.0, metavar="F", help=VERIFY_HELP)
     peer.add_argument(
         "--mdns", action=argparse.BooleanOptionalAction, default=False,
         help="find party members on the LAN by mDNS, on the interfaces of --listen (off by default)",
@@ -111,7 +107,35 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in ss.choices.values():
         sp.add_argument("--home", help="peer state folder (default $MESHRENDER_HOME)")
         sp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    cli_jobs.add_parsers(sub, _party_args, _settings_args)
     return p
+
+
+def _settings_args(r: argparse.ArgumentParser) -> None:
+    """Overrides of the scene's render settings."""
+    r.add_argument("--spp", type=_positive, help="samples per pixel")
+    r.add_argument("--res", type=_resolution, metavar="WxH", help="resolution, e.g. 640x480")
+    r.add_argument("--max-depth", type=_positive, help="longest path, in segments")
+    r.add_argument("--seed", type=int, help="random seed (0..2^32-1)")
+    r.add_argument("--pass-spp", type=_positive, help="samples per pass (the film's unit of order)")
+    r.add_argument("--exposure", type=float, help="PNG exposure, in stops")
+    r.add_argument("--tile", type=_positive, metavar="PX", help="bucket size in pixels")
+
+
+VERIFY_HELP = (
+    "fraction of units of the jobs this peer coordinates that a second peer renders too, compared bit "
+    "for bit (0..1, default 0: only the endgame's duplicates are compared)"
+)
+
+
+def _fraction(text: str) -> float:
+    try:
+        f = float(text)
+    except ValueError:
+        f = -1.0
+    if not 0.0 <= f <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction from 0 to 1")
+    return f
 
 
 def _positive_int(text: str) -> int:
@@ -162,7 +186,7 @@ def cmd_peer(args: argparse.Namespace) -> int:
 
     peer = Peer(home=meshrender_home(args.home), party=args.party, secret=secret, listen=args.listen,
                 bootstrap=args.bootstrap, on_event=show, backend=args.backend, threads=args.threads,
-                mdns=args.mdns)  # fmt: skip
+                mdns=args.mdns, run_queue=True, verify=args.verify)  # fmt: skip
 
     async def main():
         async with trio.open_nursery() as n:
@@ -326,7 +350,8 @@ def cmd_party_render(args: argparse.Namespace, scene, settings) -> int:
     backend = {"auto": "any"}.get(args.backend, args.backend)
     spec = JobSpec(scene_id=scene_id, settings=settings, backend=backend)
     peer = Peer(home=home, party=args.party, secret=secret, listen=args.listen, bootstrap=args.bootstrap,
-                backend=args.backend, threads=args.threads or None, mdns=args.mdns)  # fmt: skip
+                backend=args.backend, threads=args.threads or None, mdns=args.mdns,
+                verify=args.verify)  # fmt: skip
     with JobDB(jobs_db_path(home)) as db:
         out = trio.run(lambda: render_on_party(peer, db, spec, bootstrap=args.bootstrap))
     out = _party_output(args, out, settings, {"settings": msgspec.to_builtins(settings)})
@@ -493,6 +518,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_store_fetch(args) if args.store_command == "fetch" else cmd_store(args)
         if args.command == "demo":
             return cmd_demo(args)
+        if args.command == "submit":
+            return cli_jobs.cmd_submit(args, _settings)
+        if args.command in ("jobs", "cancel", "results"):
+            return getattr(cli_jobs, f"cmd_{args.command}")(args)
         return cmd_render(args)
     except BaseExceptionGroup as group:  # errors raised inside trio nurseries arrive grouped
         exc = _first_user_error(group)

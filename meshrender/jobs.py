@@ -20,8 +20,9 @@ Triggers keep `jobs.units_done` equal to the job's row count, so listing jobs re
 
 Durability: WAL with `synchronous = FULL`, so a commit is on disk when the call returns. A result
 row lost to a power cut would only cost a re-render, but a lost `cancel`, `finish` or `submit` is a
-queue the user no longer recognises; FULL costs one WAL fsync per commit, i.e. per accepted unit,
-against the seconds each unit takes to render.
+queue the user no longer recognises; FULL costs one WAL fsync per commit. The coordinator records
+accepted units in batches (`record_results`) from a thread of its own, so that fsync is never
+between a worker and its next unit.
 
 Concurrency: one `JobDB` per thread (the connection refuses other threads); any number of them, in
 any processes (the running peer and CLI commands), may open one file. Every change is one

@@ -89,6 +89,9 @@ PROTO_PARTY = "/meshrender/party/1"
 PROTO_CHUNKS = "/meshrender/chunks/1"
 PROTO_PING = "/meshrender/ping/1"
 PROTO_JOBS = "/meshrender/jobs/1"
+PROTO_CONTROL = "/meshrender/control/1"
+CONTROL_REQUEST_S = 10.0  # a control request arrives within this after its stream opens
+CONTROL_REPLY_S = 660.0  # a submit's answer waits for the scene to be fetched (service.SCENE_FETCH_S)
 JOB_LINK_IDLE_S = 3600.0  # a worker may wait this long between leases; its coordinator's loss ends it sooner
 PING_INTERVAL_S = 0.5  # a ping every half second: a frozen member is found within LIVENESS_TIMEOUT_S
 LIVENESS_TIMEOUT_S = 2.0  # nothing from a member for this long: it is lost (SIGSTOP must show within 3 s)
@@ -186,6 +189,8 @@ class Peer:
         threads: int | None = None,
         mdns: bool = False,
         render: bool = True,
+        run_queue: bool = False,
+        verify: float = 0.0,
     ):
         if not party:
             raise PeerError("a party needs a name")
@@ -227,6 +232,9 @@ class Peer:
         self._announce_now = trio.Event()
         self._held: list[str] | None = None  # scenes held whole, newest last (None: to be counted)
         self.render = render  # takes leases: runs a render process and answers job links
+        self.run_queue = run_queue  # runs its job queue and answers members' control requests
+        self.runner = None  # the service.QueueRunner, while it runs
+        self.verify = verify  # fraction of units a job it coordinates has rendered twice and compared
         self.renderer: RenderProcess | None = None
         self.gpu: bool | None = None
         self.render_error: str | None = None
@@ -381,6 +389,14 @@ class Peer:
         if self.render:
             self.renderer = RenderProcess(self.store.root, backend=self.backend, threads=self.threads)
             self.host.set_stream_handler(TProtocol(PROTO_JOBS), self._guard(self._on_job))
+        db = None
+        if self.run_queue:
+            from .jobs import JobDB
+            from .service import QueueRunner
+
+            db = JobDB(self.home / "jobs.sqlite")
+            self.runner = QueueRunner(self, db)
+            self.host.set_stream_handler(TProtocol(PROTO_CONTROL), self._guard(self._on_control))
         self.host.get_network().register_notifee(_Notifee(self))
         self.gossip = Gossip(
             self.host,
@@ -403,12 +419,17 @@ class Peer:
                     nursery.start_soon(self._announce)
                     if self.renderer is not None:
                         nursery.start_soon(self._warm_renderer)
+                    if self.runner is not None:
+                        await nursery.start(self.runner.run)
                     task_status.started(self)
                     for addr in self.bootstrap:
                         nursery.start_soon(self.dial, addr, True)
                     await trio.sleep_forever()
         finally:
             self._nursery = None
+            self.runner = None
+            if db is not None:
+                db.close()
             if self.renderer is not None:
                 with trio.CancelScope(shield=True):
                     await self.renderer.stop()
@@ -621,6 +642,44 @@ class Peer:
         link = MsgLink(stream, JOB_LINK_IDLE_S)
         done = await serve_job(self, link, remote)
         self._event("job-served", coordinator=remote, units=done["units"], ended=done["ended"])
+
+    async def _on_control(self, stream, remote: str) -> None:
+        from .service import handle_control
+
+        if remote not in self.members or remote in self.banned or self.runner is None:
+            await _reset(stream)
+            return
+        msg = await read_msg(stream, CONTROL_REQUEST_S)
+        if msg is not None:
+
+            async def send(reply) -> None:
+                await write_msg(stream, reply)
+
+            await handle_control(self, self.runner, msg, remote, send)
+        await _close(stream)
+
+    async def control(self, member: str, request, on_piece: Callable | None = None):
+        """Send one control request to `member` and return its answer (a JobList or an Error).
+        The result files that follow a FetchResults answer go, piece by piece, to `on_piece`."""
+        from .protocol import JobList, ResultPiece
+
+        stream = await open_stream(self.host, self._nursery, ID.from_base58(member), PROTO_CONTROL)
+        try:
+            await write_msg(stream, request)
+            answer = await read_msg(stream, CONTROL_REPLY_S)
+            if answer is None:
+                raise PeerError(f"{member[-12:]} closed the control stream without an answer")
+            files_follow = isinstance(answer, JobList) and answer.jobs and answer.jobs[0].state == "done"
+            while on_piece is not None and files_follow:
+                piece = await read_msg(stream)
+                if not isinstance(piece, ResultPiece):
+                    raise PeerError(f"{member[-12:]} ended the result files early ({type(piece).__name__})")
+                on_piece(piece)
+                if piece.last:
+                    break
+            return answer
+        finally:
+            await _close(stream)
 
     # ------------------------------------------------------------------ liveness
     async def _watch(self, peer: str) -> None:

@@ -205,6 +205,74 @@ class LeaseRefused(Msg, tag="refuse"):
     reason: Reason
 
 
+# ---------------------------------------------------------------------------- control
+# /meshrender/control/1: a party member asks a peer about its queue, one request per stream. The
+# answer is a JobList (or Error); FetchResults is answered by a JobList naming the job, then the
+# job's result files in ResultPiece messages, the last piece of the last file marked `last`.
+
+JOBS_LISTED_MAX = 1000  # jobs in one listing: the queue's running and queued ones, newest finished
+RESULT_PIECE_BYTES = 4 << 20  # a result file travels in pieces of this size (an 8K EXR is ~400 MB)
+PRIORITY_WIRE = Meta(ge=-1000, le=1000)  # jobs.PRIORITY_MIN..PRIORITY_MAX
+JobPrefix = Annotated[str, Meta(pattern=r"^[0-9a-f]{4,64}$")]  # a job id or a prefix of >= 4 digits
+FileName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")]  # no folders, no dot-files
+Frame = Annotated[int, Meta(ge=0, le=(1 << 31) - 1)]
+
+
+class SubmitJob(Msg, tag="submit"):
+    """Queue this job; the scene is fetched from the party (the submitter holds it) first."""
+
+    scene_id: Hash
+    settings: RenderSettings
+    first_frame: Frame = 0
+    last_frame: Frame = 0
+    backend: Literal["any", "cpu", "gpu"] = "any"
+    priority: Annotated[int, PRIORITY_WIRE] = 0
+
+
+class ListJobs(Msg, tag="jobs?"):
+    pass
+
+
+class CancelJob(Msg, tag="cancel"):
+    job: JobPrefix
+
+
+class SetPriority(Msg, tag="priority"):
+    job: JobPrefix
+    priority: Annotated[int, PRIORITY_WIRE]
+
+
+class FetchResults(Msg, tag="results?"):
+    job: JobPrefix
+
+
+class JobInfo(msgspec.Struct, frozen=True, kw_only=True):
+    id: Hash
+    scene_id: Hash
+    state: Label
+    priority: Annotated[int, PRIORITY_WIRE]
+    first_frame: Frame
+    last_frame: Frame
+    units_done: Annotated[int, Meta(ge=0)]
+    units_total: Annotated[int, Meta(ge=0)]
+    submitted_s: float
+    started_s: float | None
+    finished_s: float | None
+    error: Reason | None
+    outputs: Annotated[list[FileName], Meta(max_length=2 * 100_000 + 1)]  # file names, no folders
+
+
+class JobList(Msg, tag="jobs"):
+    jobs: Annotated[list[JobInfo], Meta(max_length=JOBS_LISTED_MAX)]
+
+
+class ResultPiece(Msg, tag="file"):
+    name: FileName
+    data: Annotated[bytes, Meta(max_length=RESULT_PIECE_BYTES)]
+    end_of_file: bool
+    last: bool  # the end of the last file
+
+
 AnyMsg = (
     Hello
     | HelloReply
@@ -224,6 +292,13 @@ AnyMsg = (
     | Beat
     | UnitDone
     | LeaseRefused
+    | SubmitJob
+    | ListJobs
+    | CancelJob
+    | SetPriority
+    | FetchResults
+    | JobList
+    | ResultPiece
 )
 
 # ---------------------------------------------------------------------------- gossip

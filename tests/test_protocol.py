@@ -134,3 +134,29 @@ def test_chunk_map_bits_round_trip_and_are_checked():
         ChunkMap(scene_id="a" * 64, count=11, whole=False, bits=b"\0\0\0").held(order)
     back = decode_body(encode_frame(m)[4:])
     assert back == m
+
+
+def test_control_messages_bound_what_a_member_can_name():
+    import msgspec
+
+    from meshrender import jobs
+    from meshrender.protocol import CancelJob, ResultPiece, SubmitJob
+    from meshrender.settings import RenderSettings
+
+    s = SubmitJob(scene_id=H, settings=RenderSettings(), last_frame=3, priority=jobs.PRIORITY_MAX)
+    assert decode_body(encode_frame(s)[4:]) == s
+    body = msgspec.msgpack.encode
+
+    def refused(msg: dict) -> None:
+        with pytest.raises(RemoteProtocolError):
+            decode_body(body(msg))
+
+    refused({"t": "submit", "scene_id": H, "settings": {}, "priority": jobs.PRIORITY_MAX + 1})
+    refused({"t": "submit", "scene_id": H, "settings": {}, "backend": "tpu"})
+    refused({"t": "cancel", "job": "ab"})  # shorter than jobs.ID_PREFIX_MIN
+    assert decode_body(body({"t": "cancel", "job": "abcd"})) == CancelJob(job="abcd")
+    # a result file's name can never leave the folder it is written to
+    for name in ("../x", "a/b", ".hidden", "", "x" * 65):
+        refused({"t": "file", "name": name, "data": b"", "end_of_file": True, "last": True})
+    ok = ResultPiece(name="frame_0001.exr", data=b"x", end_of_file=True, last=False)
+    assert decode_body(encode_frame(ok)[4:]) == ok
