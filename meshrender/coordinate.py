@@ -271,7 +271,7 @@ class JobRun:
         if todo:
             now = trio.current_time()
             cost = {u: u.pixels * u.samples(settings) for u in todo}
-            self.coordinator = Coordinator([(u, cost[u]) for u in todo], now, config=self.config)
+            self.coordinator = Coordinator([(u, cost[u], u.frame) for u in todo], now, config=self.config)
             async with trio.open_nursery() as n:
                 self._nursery = n
                 self.writer = _ResultWriter(peer.store, db.path, self.job_id, self._store_failed)

@@ -23,10 +23,12 @@ real peer and the simulator drive the same objects, and one seed replays a whole
     counts at the measured workers' mean) / `leases_per_worker`. So the first worker measured does
     not swallow a small frame while the others calibrate, and leases shrink towards the end of the
     queue (guided self-scheduling). A unit is added while that brings the total closer to the
-    target; at least one, at most `lease_units_max`. A lease is due `lease_slack` x the estimated
-    time of everything the worker owes plus this lease, plus `lease_grace_s`. A lease takes, in this order:
-    disputed units it can arbitrate, spot checks it can make, queued units in queue order, and
-    (queue empty) endgame duplicates.
+    target; at least one, at most `lease_units_max`. Units may name their frame (an animation):
+    a measured worker's lease that holds a whole frame then ends at a frame boundary, so it gets
+    blocks of consecutive whole frames, as a render farm's proven servers do. A lease is due
+    `lease_slack` x the estimated time of everything the worker owes plus this lease, plus
+    `lease_grace_s`. A lease takes, in this order: disputed units it can arbitrate, spot checks it
+    can make, queued units in queue order, and (queue empty) endgame duplicates.
   * Speed: cost units per second on this job, the ratio of two sums over its results, cost and
     busy time, each decayed by 1 - 1/`speed_window_results` per result (so it follows a worker that
     slows down). A result's busy time runs from the latest of its previous result, the lease given
@@ -276,6 +278,7 @@ class _Unit:
     cost: int
     index: int
     spot: bool
+    frame: int | None = None  # units of one frame are consecutive in the queue
     holders: dict[int, None] = field(default_factory=dict)  # live leases that owe it
     out_since: float = 0.0  # when it last went from no live lease to one
     source: str | None = None  # the peer whose result is accepted
@@ -369,7 +372,8 @@ class Coordinator:
     def __init__(
         self, units: Iterable[tuple[Hashable, int]], now: float, *, config: ScheduleConfig = DEFAULT_CONFIG
     ):
-        """`units`: (key, cost) pairs in queue order; keys hashable and distinct, costs positive."""
+        """`units`: (key, cost) or (key, cost, frame) in queue order (a frame's units consecutive);
+        keys hashable and distinct, costs positive, frames integers."""
         if not isinstance(config, ScheduleConfig):
             raise LocalProtocolError(f"config must be a ScheduleConfig, not {config!r}")
         self.config = config
@@ -380,9 +384,12 @@ class Coordinator:
         self._units: list[_Unit] = []
         self._index: dict[Hashable, int] = {}
         for item in units:
-            if not isinstance(item, tuple | list) or len(item) != 2:
-                raise LocalProtocolError(f"unit entry {item!r} is not a (key, cost) pair")
-            key, cost = item
+            if not isinstance(item, tuple | list) or len(item) not in (2, 3):
+                raise LocalProtocolError(f"unit entry {item!r} is not (key, cost) or (key, cost, frame)")
+            key, cost = item[0], item[1]
+            frame = item[2] if len(item) == 3 else None
+            if frame is not None and (not isinstance(frame, int) or isinstance(frame, bool)):
+                raise LocalProtocolError(f"unit {key!r}: frame must be an integer, not {frame!r}")
             try:
                 hash(key)
             except TypeError:
@@ -396,7 +403,7 @@ class Coordinator:
             i = len(self._units)
             self._index[key] = i
             self._units.append(
-                _Unit(key, cost, i, spot_checked(key, config.spot_check_fraction, config.seed))
+                _Unit(key, cost, i, spot_checked(key, config.spot_check_fraction, config.seed), frame)
             )
         self._queue: list[int] = list(range(len(self._units)))  # heap of queued unit indices (lazy)
         self._queued_cost = sum(u.cost for u in self._units)
@@ -1072,12 +1079,36 @@ class Coordinator:
         if not self._take_dups(w, self._spots, self._spot_valid, room, add, taken):
             return took
         q = self._queue
+        from_queue = 0
         while self._prune(q, self._queue_valid):
             if not room(self._units[q[0]].cost):
+                self._whole_frames(took, from_queue)
                 return took
             add(heapq.heappop(q))
+            from_queue += 1
         self._take_dups(w, self._dups, self._dup_valid, room, add, taken)
         return took
+
+    def _whole_frames(self, took: list[int], from_queue: int) -> None:
+        """A lease that holds a whole frame from the queue ends at a frame boundary: the units of a
+        frame it would only start go back to the queue, so a measured worker's leases are blocks of
+        consecutive whole frames (a frame is then one peer's, and done in one piece) whenever a
+        frame is smaller than its lease."""
+        q = self._queue
+        if from_queue < 2 or not q:
+            return
+        units = self._units
+        last = units[took[-1]].frame
+        if last is None or units[q[0]].frame != last:
+            return  # no frames, or the lease already ends where a frame does
+        tail = 0
+        while tail < from_queue and units[took[-1 - tail]].frame == last:
+            tail += 1
+        if tail == from_queue:
+            return  # the lease holds part of one frame only: the frame is bigger than a lease
+        for _ in range(tail):
+            i = took.pop()
+            heapq.heappush(q, i)
 
     def _take_dups(self, w: _Worker, heap: list, valid, room, add, taken: set[int]) -> bool:
         """Take candidates from `heap` (oldest out first) that `w` does not hold; False when the

@@ -206,6 +206,47 @@ def test_the_first_worker_measured_takes_only_its_share_while_another_calibrates
     assert {p for p, _ in sizes} == {"a", "b"}
 
 
+def lease_trace(units) -> list[Lease]:
+    """Two workers, a twice as fast as b, answering every lease until the job is done."""
+    c = Coordinator(units, 0.0)
+    c.add_worker("a", 0.0)
+    c.add_worker("b", 0.0)
+    held = leases(c.poll(0.0))
+    t, trace = 0.0, []
+    while held:
+        lease = held.pop(0)
+        trace.append(lease)
+        t += 0.01 * len(lease.units) * (1 if lease.peer == "a" else 2)
+        finish(c, lease, t)
+        held += leases(c.poll(t))
+    assert c.done
+    return trace
+
+
+def test_a_measured_worker_gets_blocks_of_whole_consecutive_frames():
+    """An animation of small frames: after calibration, leases end at frame boundaries, so almost
+    every frame is rendered by one peer in one lease, in blocks of consecutive frames."""
+    units = [(f"f{f}-u{k}", 100, f) for f in range(40) for k in range(5)]
+    frame_of = {k: f for k, _, f in units}
+
+    def split_frames(trace) -> int:
+        leases_of: dict[int, set[int]] = {}
+        for lease in trace:
+            for k in lease.units:
+                leases_of.setdefault(frame_of[k], set()).add(lease.lease_id)
+        return sum(len(ids) > 1 for ids in leases_of.values())
+
+    trace = lease_trace(units)
+    assert [len(x.units) for x in trace[:2]] == [1, 1]  # calibration: one unit each
+    assert split_frames(trace) <= 5  # the calibrated frame and a few at the shrinking tail
+    for lease in trace:
+        frames = [frame_of[k] for k in lease.units]
+        assert set(frames) == set(range(min(frames), max(frames) + 1))  # consecutive
+    assert sum(len({frame_of[k] for k in x.units}) >= 5 for x in trace) >= 3  # blocks of many frames
+    # the same units without frames: leases cut through frames wherever their size ends
+    assert split_frames(lease_trace([(k, c) for k, c, _ in units])) > 8
+
+
 def test_a_worker_never_holds_more_than_two_leases_and_never_idles():
     c = Coordinator(job(60), 0.0)
     c.add_worker("a", 0.0)
@@ -712,7 +753,7 @@ def test_illegal_use_raises_local_protocol_error():
         Coordinator([("a", 0)], 0.0)
     with pytest.raises(LocalProtocolError, match="hashable"):
         Coordinator([(["a"], 1)], 0.0)
-    with pytest.raises(LocalProtocolError, match="pair"):
+    with pytest.raises(LocalProtocolError, match=r"is not \(key, cost\)"):
         Coordinator(["a"], 0.0)
     with pytest.raises(LocalProtocolError, match="finite"):
         Coordinator(job(1), float("inf"))
