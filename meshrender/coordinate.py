@@ -134,6 +134,10 @@ class _ResultWriter:
     def discard(self, units) -> None:
         self._queue.put(("discard", list(units)))
 
+    def call(self, fn) -> None:
+        """Run `fn(store, db)` on the writer's thread, after everything queued before it."""
+        self._queue.put(("call", fn))
+
     async def flush(self) -> None:
         """Wait until everything queued so far is stored; raises the writer's failure."""
         done = trio.Event()
@@ -181,6 +185,8 @@ class _ResultWriter:
                 try:
                     if kind == "discard":
                         db.discard_results(self.job_id, item[1])
+                    elif kind == "call":
+                        item[1](store, db)
                     else:
                         store.put_many([(chunk, rec.chunk) for _, chunk, rec in batch])
                         store.keep(f"job:{self.job_id}", [rec.chunk for _, _, rec in batch])
@@ -242,6 +248,8 @@ class JobRun:
         self.units_total = 0
         self.resumed = 0
         self.writer: _ResultWriter | None = None
+        self._left: Counter[int] = Counter()
+        self._written: set[int] = set()  # frames whose files are written (or queued to be)
 
     # ------------------------------------------------------------------ running
     async def run(self) -> dict:
@@ -262,6 +270,7 @@ class JobRun:
         units = job_units(spec)
         self.units_total = len(units)
         todo = [u for u in units if u not in accepted]
+        self._left = Counter(u.frame for u in todo)  # units of each frame not accepted yet
         self.resumed = len(accepted)
         self.backend = await self._backend_class()
         db.start(self.job_id, now=time.time(), units_total=len(units))
@@ -503,6 +512,9 @@ class JobRun:
             ),
         )
         self.units_by_peer[who] += 1
+        self._left[unit.frame] -= 1
+        if not self._left[unit.frame]:
+            self._frame_complete(unit.frame)
         if self.first_result_s is None:
             self.first_result_s = time.monotonic() - self.started_s
         if self.on_progress is not None:
@@ -527,10 +539,42 @@ class JobRun:
                     self._drop(a.peer, f"convicted: {a.reason}", penalize=False)
             elif isinstance(a, Discard):
                 self.writer.discard(a.units)  # every one of them was accepted from a.peer
+                for u in a.units:
+                    self._left[u.frame] += 1
+                    self._written.discard(u.frame)  # written with a liar's units: again when complete
                 self.units_by_peer[a.peer] -= len(a.units)
                 self.peer._event("discarded", job=self.job_id, peer=a.peer, units=len(a.units))
 
     # ------------------------------------------------------------------ results
+    def _frame_paths(self, frame: int) -> tuple[Path, Path]:
+        stem = results_dir(self.peer.home, self.job_id) / f"frame_{frame:04d}"
+        return stem.with_suffix(".exr"), stem.with_suffix(".png")
+
+    def _write_frame(self, store, db: JobDB, frame: int, records: list[UnitRecord] | None = None) -> None:
+        """Add up one frame's stored results in canonical order and write its EXR and PNG."""
+        spec = self.spec
+        if records is None:
+            records = [r for r in db.results(self.job_id) if r.unit.frame == frame]
+        film = Film(spec.settings, frame)
+        film.keep_blocks = False
+        for rec in records:
+            film.add(decode_result(store.get(rec.chunk), spec.settings))
+        if not film.complete:
+            raise JobError(f"job {self.job_id[:12]}: frame {frame} is missing units after the schedule ended")
+        image = film.image()
+        exr, png = self._frame_paths(frame)
+        exr.parent.mkdir(parents=True, exist_ok=True)
+        write_exr(exr, image)
+        write_png(png, image, spec.settings.exposure)
+
+    def _frame_complete(self, frame: int) -> None:
+        """Every unit of `frame` is accepted: its files are written now, by the result writer (after
+        the results it has queued), not at the end of the job: an animation's frames appear as
+        they finish."""
+        self._written.add(frame)
+        self.writer.call(lambda store, db: self._write_frame(store, db, frame))
+        self.peer._event("frame-done", job=self.job_id, frame=frame, path=str(self._frame_paths(frame)[0]))
+
     def _write_outputs(self) -> list[str]:
         spec, store = self.spec, self.peer.store
         by_frame: dict[int, list[UnitRecord]] = {}
@@ -540,19 +584,9 @@ class JobRun:
         out.mkdir(parents=True, exist_ok=True)
         written: list[str] = []
         for frame in range(spec.first_frame, spec.last_frame + 1):
-            film = Film(spec.settings, frame)
-            film.keep_blocks = False
-            for rec in by_frame.get(frame, []):
-                film.add(decode_result(store.get(rec.chunk), spec.settings))
-            if not film.complete:
-                raise JobError(
-                    f"job {self.job_id[:12]}: frame {frame} is missing units after the schedule ended"
-                )
-            image = film.image()
-            stem = out / f"frame_{frame:04d}"
-            write_exr(stem.with_suffix(".exr"), image)
-            write_png(stem.with_suffix(".png"), image, spec.settings.exposure)
-            written += [str(stem.with_suffix(".exr")), str(stem.with_suffix(".png"))]
+            if frame not in self._written:  # finished before a restart, say
+                self._write_frame(store, self.db, frame, by_frame.get(frame, []))
+            written += [str(p) for p in self._frame_paths(frame)]
         record = self.db.get(self.job_id)
         provenance = {
             "job_id": self.job_id,

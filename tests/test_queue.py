@@ -183,3 +183,29 @@ def test_a_worker_returning_wrong_blocks_is_caught_and_nothing_it_said_stands(tm
     assert same_bits(read_exr(files[0]), long_image)
     provenance = json.loads(open(files[2]).read())
     assert liar.peer_id not in {u["peer"] for u in provenance["units"]}
+
+
+def test_a_frame_range_renders_frame_by_frame_each_file_written_as_its_frame_completes(
+    tmp_path, peers, cornell, renderer_for
+):
+    settings = RenderSettings(width=32, height=32, spp=64, pass_spp=16, max_depth=4, bucket_px=16)
+    home = tmp_path / "a"
+    a = peers(home)
+    b = peers(tmp_path / "b", "--bootstrap", a.addr)
+    a.wait_for("peer-joined", peer=b.peer_id, timeout=30)
+    job = submit(home, "--res", "32x32", "--spp", "64", "--pass-spp", "16", "--tile", "16",
+                 "--max-depth", "4", "--frames", "3..6")  # fmt: skip
+    done = a.wait_for("job-done", job=job, timeout=120)
+    frames = [e for e in a.events if e["event"] == "frame-done" and e["job"] == job]
+    assert sorted(e["frame"] for e in frames) == [3, 4, 5, 6]
+    assert all(e["t"] <= done["t"] for e in frames)
+    assert frames[0]["t"] < frames[-1]["t"]  # written as each frame completed, not all at the end
+    r = renderer_for(cornell)
+    images = []
+    for f in range(3, 7):
+        image = read_exr(home / "results" / job / f"frame_{f:04d}.exr")
+        assert same_bits(image, render_frame(r, settings, frame=f).image()), f
+        images.append(image)
+    assert not same_bits(images[0], images[1])  # the frame number seeds the samples
+    provenance = json.loads((home / "results" / job / "job.json").read_text())
+    assert provenance["frames"] == [3, 6] and len(provenance["outputs"]) == 8
