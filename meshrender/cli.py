@@ -348,7 +348,8 @@ def cmd_party_render(args: argparse.Namespace, scene, settings) -> int:
     with open_store(args.home) as store:
         scene_id = import_scene(store, scene).scene_id
     backend = {"auto": "any"}.get(args.backend, args.backend)
-    spec = JobSpec(scene_id=scene_id, settings=settings, backend=backend)
+    first, last = scene.frames  # an animated scene renders its frame range, frame by frame
+    spec = JobSpec(scene_id=scene_id, settings=settings, first_frame=first, last_frame=last, backend=backend)
     peer = Peer(home=home, party=args.party, secret=secret, listen=args.listen, bootstrap=args.bootstrap,
                 backend=args.backend, threads=args.threads or None, mdns=args.mdns,
                 verify=args.verify)  # fmt: skip
@@ -443,10 +444,11 @@ def cmd_render(args: argparse.Namespace) -> int:
     renderer = Renderer(scene, backend=args.backend, threads=args.threads)
     log.info("preparing the kernel (compiled on first use, then loaded from the disk cache)")
     kernel_s = renderer.warm_up()
-    units = frame_units(settings)
+    frame = scene.frames[0]  # an animation: its first frame (the party renders them all)
+    units = frame_units(settings, frame=frame)
     log.info("kernel ready in %.1f s; %d triangles, %d units", kernel_s, scene.triangle_count, len(units))
     t_render = time.perf_counter()
-    film = render_frame(renderer, settings, units=units, progress=Progress(sys.stderr.isatty()))
+    film = render_frame(renderer, settings, frame=frame, units=units, progress=Progress(sys.stderr.isatty()))
     render_s = time.perf_counter() - t_render
     image = film.image()
 

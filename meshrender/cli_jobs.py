@@ -129,7 +129,7 @@ def cmd_submit(args: argparse.Namespace, settings_of) -> int:
 
     scene = compile_scene(load_scene(args.scene))
     settings = settings_of(args, scene.settings)
-    first, last = args.frames or getattr(scene, "frames", (0, 0))
+    first, last = args.frames or scene.frames
     if args.to:
         from .store.manifest import chunk_scene
 

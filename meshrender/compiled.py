@@ -50,6 +50,7 @@ CAM_FOV_AXIS = 13  # 0 x, 1 y, 2 smaller, 3 larger
 CAM_LENS_RADIUS = 14
 CAM_FOCUS_DIST = 15
 FOV_AXES = ("x", "y", "smaller", "larger")
+CAM_KEY_STRIDE = 13  # frame, position (3), look_at (3), up (3), fov_deg, aperture_radius, focus_distance
 
 # Arrays, by name: dtype and trailing shape (None for the leading, variable dimension).
 ARRAY_SPECS: dict[str, tuple[str, tuple[int, ...]]] = {
@@ -75,6 +76,12 @@ ARRAY_SPECS: dict[str, tuple[str, tuple[int, ...]]] = {
     "env_info": ("int32", ()),  # (width, height, has_image)
     "camera": ("float32", ()),
     "mesh_vertex_ranges": ("int32", (2,)),  # per mesh (canonical order): first vertex, vertex count
+}
+
+# Arrays only an animated scene has (a static scene's arrays, and so its id, stay as they were).
+OPTIONAL_ARRAYS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "camera_keys": ("float32", (CAM_KEY_STRIDE,)),  # by frame; see scene.compile.camera_at
+    "frames": ("int32", ()),  # (2,): the default frame range
 }
 
 ARRAY_BYTES_MAX = 1 << 34  # 16 GiB: refuse to allocate absurd arrays from a malformed record
@@ -110,11 +117,11 @@ class CompiledScene:
         texture_names: list[str],
     ):
         missing = set(ARRAY_SPECS) - set(arrays)
-        extra = set(arrays) - set(ARRAY_SPECS)
+        extra = set(arrays) - set(ARRAY_SPECS) - set(OPTIONAL_ARRAYS)
         if missing or extra:
             raise ValueError(f"compiled scene arrays: missing {sorted(missing)}, unknown {sorted(extra)}")
         for name, arr in arrays.items():
-            dtype, tail = ARRAY_SPECS[name]
+            dtype, tail = ARRAY_SPECS.get(name) or OPTIONAL_ARRAYS[name]
             if arr.dtype != np.dtype(dtype) or tuple(arr.shape[1:]) != tail:
                 raise ValueError(f"compiled array {name}: {arr.dtype}{arr.shape}, want {dtype}(N, *{tail})")
         self.source = source
@@ -160,7 +167,8 @@ class CompiledScene:
             raise ValueError(f"compiled scene format {rec.version}, this build reads {FORMAT_VERSION}")
         arrays = {}
         for name, ar in rec.arrays.items():
-            if name not in ARRAY_SPECS or ar.dtype != ARRAY_SPECS[name][0]:
+            spec = ARRAY_SPECS.get(name) or OPTIONAL_ARRAYS.get(name)
+            if spec is None or ar.dtype != spec[0]:
                 what = f"compiled scene array {name!r} of dtype {ar.dtype!r}"
                 raise ValueError(f"{what} is not in format {FORMAT_VERSION}")
             count = int(np.prod(ar.shape, dtype=np.int64))
@@ -176,6 +184,16 @@ class CompiledScene:
             material_names=rec.material_names,
             texture_names=rec.texture_names,
         )
+
+    @property
+    def frames(self) -> tuple[int, int]:
+        """The frames a job of this scene renders by default."""
+        f = self.arrays.get("frames")
+        return (0, 0) if f is None else (int(f[0]), int(f[1]))
+
+    @property
+    def animated(self) -> bool:
+        return "camera_keys" in self.arrays
 
     def equals(self, other: CompiledScene) -> bool:
         return self.to_bytes() == other.to_bytes()

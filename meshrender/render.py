@@ -17,7 +17,7 @@ import numpy as np
 
 from .compiled import CompiledScene
 from .film import Film
-from .scene.compile import camera_tangents
+from .scene.compile import camera_at, camera_tangents
 from .settings import RenderSettings
 from .units import UnitResult, WorkUnit, frame_units
 
@@ -62,6 +62,8 @@ class Renderer:
         self.upload_s = time.perf_counter() - t0
         self._out: dict[tuple[int, int], object] = {}
         self.stats = RenderStats()
+        self._camera_frame: int | None = None  # the frame whose camera is on the device
+        self._camera_row = scene.arrays["camera"]
         # the kernel is per Taichi runtime: compiled once for every scene, again after a re-init
         self._compiled = _KERNEL_LAUNCHED[0] is self.backend
         env = scene.arrays["env_params"][:3]
@@ -87,7 +89,8 @@ class Renderer:
 
         settings = settings or self.scene.settings
         unit.check(settings)
-        tan_x, tan_y = camera_tangents(self.scene.arrays["camera"], settings.width, settings.height)
+        camera = self._camera(unit.frame)
+        tan_x, tan_y = camera_tangents(self._camera_row, settings.width, settings.height)
         out = self._out_buffer(unit.height, unit.width)
         d = self._dev
         sums = np.empty((unit.pass_count, unit.height, unit.width, 3), np.float32)
@@ -99,7 +102,7 @@ class Renderer:
                 unit.x0, unit.y0, settings.width, settings.height, s0, s1,
                 settings.seed, unit.frame, settings.max_depth, settings.rr_depth,
                 tan_x, tan_y, self._n_emit, self._n_tex, self._p_env,
-                d["camera"], d["positions"], d["normals"], d["uvs"], d["indices"], d["tri_material"],
+                camera, d["positions"], d["normals"], d["uvs"], d["indices"], d["tri_material"],
                 d["materials"], d["bvh_bounds"], d["bvh_links"], d["emit_tri"], d["emit_cdf"],
                 d["tri_emit_pdf"], d["tex_texels"], d["tex_info"], d["env_params"], d["env_texels"],
                 d["env_cdf"], d["env_info"], d["srgb_lut"], out,
@@ -115,6 +118,17 @@ class Renderer:
             counts.append(s1 - s0)
         self.stats.units += 1
         return UnitResult(unit=unit, sums=sums, sample_counts=counts)
+
+    def _camera(self, frame: int):
+        """The device camera for `frame` (an animated scene's is uploaded when the frame changes)."""
+        if not self.scene.animated:
+            self._camera_row = self.scene.arrays["camera"]
+            return self._dev["camera"]
+        if self._camera_frame != frame:
+            self._camera_row = camera_at(self.scene.arrays, frame, source=self.scene.source)
+            self._dev["camera"].from_numpy(self._camera_row)
+            self._camera_frame = frame
+        return self._dev["camera"]
 
     def warm_up(self) -> float:
         """Compile (or load from the disk cache) the kernel now; returns the seconds it took."""

@@ -32,8 +32,8 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
-def submit(home, *args: str) -> str:
-    r = cli("submit", "cornell", "--json", *args, home=home)
+def submit(home, *args: str, scene: str = "cornell") -> str:
+    r = cli("submit", scene, "--json", *args, home=home)
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout)["id"]
 
@@ -185,27 +185,32 @@ def test_a_worker_returning_wrong_blocks_is_caught_and_nothing_it_said_stands(tm
     assert liar.peer_id not in {u["peer"] for u in provenance["units"]}
 
 
-def test_a_frame_range_renders_frame_by_frame_each_file_written_as_its_frame_completes(
-    tmp_path, peers, cornell, renderer_for
-):
+def test_an_animation_renders_frame_by_frame_each_file_written_as_it_completes(tmp_path, peers, renderer_for):
+    from meshrender.scene.compile import compile_scene
+    from meshrender.scene.load import load_scene
+
+    # an animated scene's own frame range is the default
+    idle = tmp_path / "idle"
+    whole = submit(idle, "--res", "32x32", scene="cornell_orbit")
+    assert (jobs(idle)[whole]["first_frame"], jobs(idle)[whole]["last_frame"]) == (0, 23)
     settings = RenderSettings(width=32, height=32, spp=64, pass_spp=16, max_depth=4, bucket_px=16)
     home = tmp_path / "a"
     a = peers(home)
     b = peers(tmp_path / "b", "--bootstrap", a.addr)
     a.wait_for("peer-joined", peer=b.peer_id, timeout=30)
-    job = submit(home, "--res", "32x32", "--spp", "64", "--pass-spp", "16", "--tile", "16",
-                 "--max-depth", "4", "--frames", "3..6")  # fmt: skip
+    args = ("--res", "32x32", "--spp", "64", "--pass-spp", "16", "--tile", "16", "--max-depth", "4")
+    job = submit(home, *args, "--frames", "3..6", scene="cornell_orbit")
     done = a.wait_for("job-done", job=job, timeout=120)
     frames = [e for e in a.events if e["event"] == "frame-done" and e["job"] == job]
     assert sorted(e["frame"] for e in frames) == [3, 4, 5, 6]
     assert all(e["t"] <= done["t"] for e in frames)
     assert frames[0]["t"] < frames[-1]["t"]  # written as each frame completed, not all at the end
-    r = renderer_for(cornell)
+    r = renderer_for(compile_scene(load_scene("cornell_orbit")))
     images = []
     for f in range(3, 7):
         image = read_exr(home / "results" / job / f"frame_{f:04d}.exr")
         assert same_bits(image, render_frame(r, settings, frame=f).image()), f
         images.append(image)
-    assert not same_bits(images[0], images[1])  # the frame number seeds the samples
+    assert not same_bits(images[0], images[1])  # the camera moves
     provenance = json.loads((home / "results" / job / "job.json").read_text())
     assert provenance["frames"] == [3, 6] and len(provenance["outputs"]) == 8

@@ -89,6 +89,36 @@ def camera_array(cam: CameraDesc) -> np.ndarray:
     return out
 
 
+def camera_at(arrays: dict[str, np.ndarray], frame: int, *, source: str = "camera") -> np.ndarray:
+    """The camera row of `frame`: the static camera, or the keyframes interpolated linearly (in
+    float64 from their float32 values, the same on every machine) and held outside their range."""
+    keys = arrays.get("camera_keys")
+    if keys is None:
+        return arrays["camera"]
+    k = keys.astype(np.float64)
+    if frame <= k[0, 0]:
+        row = k[0]
+    elif frame >= k[-1, 0]:
+        row = k[-1]
+    else:
+        j = int(np.searchsorted(k[:, 0], frame, side="right"))
+        a, b = k[j - 1], k[j]
+        row = a + (b - a) * ((frame - a[0]) / (b[0] - a[0]))
+    cam = CameraDesc(
+        position=tuple(row[1:4]),
+        look_at=tuple(row[4:7]),
+        up=tuple(row[7:10]),
+        fov_deg=float(row[10]),
+        fov_axis=FOV_AXES[int(arrays["camera"][CAM_FOV_AXIS])],
+        aperture_radius=float(row[11]),
+        focus_distance=float(row[12]),
+    )
+    try:
+        return camera_array(cam)
+    except SceneError as exc:
+        raise SceneError(source, f"camera at frame {frame}: {exc.problem}") from None
+
+
 def camera_tangents(camera: np.ndarray, width: int, height: int) -> tuple[float, float]:
     """tan of the half field of view along x and y for a width x height frame."""
     t = math.tan(math.radians(float(camera[CAM_FOV_DEG])) / 2)
@@ -241,6 +271,17 @@ def compile_scene(scene: LoadedScene) -> CompiledScene:
         "camera": camera_array(scene.camera),
         "mesh_vertex_ranges": np.asarray(ranges, np.int32).reshape(-1, 2),
     }
+    if scene.camera_keys:
+        arrays["camera_keys"] = np.array(
+            [[f, *c.position, *c.look_at, *c.up, c.fov_deg, c.aperture_radius, c.focus_distance]
+             for f, c in scene.camera_keys],
+            np.float32,
+        )  # fmt: skip
+        first, last = int(scene.camera_keys[0][0]), int(scene.camera_keys[-1][0])
+        for frame in range(first, last + 1):  # outside the keys the camera holds: checked already
+            camera_at(arrays, frame, source=scene.source)
+    if scene.frames is not None:
+        arrays["frames"] = np.asarray(scene.frames, np.int32)
     return CompiledScene(
         source=scene.source,
         arrays=arrays,

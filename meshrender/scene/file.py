@@ -22,6 +22,17 @@ Format (paths are relative to the scene file; every table and key is optional un
     aperture_radius = 0.0     # thin lens; 0 is a pinhole
     focus_distance = 0.0      # 0: the distance from position to look_at
 
+    [[camera.keyframes]]      # an animated camera: any of position, look_at, up, fov_deg,
+    frame = 0                 #   aperture_radius, focus_distance at a frame (unset: from [camera]);
+    position = [0, 0, 3.9]    #   each is interpolated linearly between keyframes (frames strictly
+    [[camera.keyframes]]      #   increasing, at most 10 000 of them), held before the first and
+    frame = 47                #   after the last; stored as float32
+    position = [2, 0, 3.4]
+
+    [animation]
+    frames = [0, 47]          # the frames a job renders by default (default: first..last keyframe,
+                              #   or 0..0 without keyframes)
+
     [environment]             # light from infinitely far; absent: a soft grey studio sky
     color = [0, 0, 0]         # constant radiance; multiplies the image when one is given
     image = "sky.exr"         # optional equirect (EXR/HDR linear, PNG/JPEG sRGB), +y up
@@ -59,7 +70,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -75,6 +86,8 @@ SCENE_BYTES_MAX = 16 << 20  # a hand-written (or generated) scene file is kiloby
 ENTRIES_MAX = 100_000  # meshes + lights per scene; each is a file to open
 MATERIALS_MAX = 100_000  # named materials per scene file
 NAME_CHARS_MAX = 256  # names and paths are for humans and the file system
+KEYFRAMES_MAX = 10_000  # camera keyframes per scene: more is a baked path, not keyframes
+FRAME_MAX = 100_000  # jobs.FRAMES_PER_JOB_MAX: a frame number beyond is a typo
 MESH_SUFFIXES = (".obj", ".ply", ".gltf", ".glb")
 UP_PARALLEL_SIN_MIN = 1e-6  # |up x view| below this (unit vectors): up gives no roll, the frame is undefined
 
@@ -92,6 +105,24 @@ class CameraTable(Struct, forbid_unknown_fields=True, kw_only=True):
     fov_axis: Literal["x", "y", "smaller", "larger"] = "smaller"
     aperture_radius: NonNeg = 0.0
     focus_distance: NonNeg = 0.0
+    keyframes: Annotated[list[CameraKey], Meta(max_length=KEYFRAMES_MAX)] = []
+
+
+Frame = Annotated[int, Meta(ge=0, le=FRAME_MAX)]
+
+
+class CameraKey(Struct, forbid_unknown_fields=True, kw_only=True):
+    frame: Frame
+    position: Vec3 | None = None
+    look_at: Vec3 | None = None
+    up: Vec3 | None = None
+    fov_deg: Annotated[float, Meta(gt=0.0, lt=180.0)] | None = None
+    aperture_radius: NonNeg | None = None
+    focus_distance: NonNeg | None = None
+
+
+class AnimationTable(Struct, forbid_unknown_fields=True, kw_only=True):
+    frames: tuple[Frame, Frame]
 
 
 class EnvironmentTable(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -131,6 +162,7 @@ class LightEntry(_Placed, kw_only=True):
 class _SceneTables(Struct, forbid_unknown_fields=True, kw_only=True):
     render: dict[str, Any] = {}
     camera: CameraTable | None = None
+    animation: AnimationTable | None = None
     environment: EnvironmentTable | None = None
     materials: Annotated[dict[str, Any], Meta(max_length=MATERIALS_MAX)] = {}
     meshes: Annotated[list[MeshEntry], Meta(max_length=ENTRIES_MAX)] = []
@@ -149,6 +181,8 @@ class SceneFile:
     materials: dict[str, MaterialTable]
     meshes: list[MeshEntry]
     lights: list[LightEntry]
+    camera_keys: list[tuple[int, CameraDesc]] = field(default_factory=list)  # (frame, camera), by frame
+    frames: tuple[int, int] | None = None  # the default frame range, when the scene says
 
     def entries(self) -> list[tuple[str, MeshEntry | LightEntry]]:
         """(label for messages, entry) for every mesh and light, in file order."""
@@ -192,6 +226,15 @@ def parse_scene_file(path: str | Path) -> SceneFile:
         meshes=tables.meshes,
         lights=tables.lights,
     )
+    if tables.camera is not None and tables.camera.keyframes:
+        scene.camera_keys = camera_keys(tables.camera, scene.camera, src)
+    if tables.animation is not None:
+        first, last = tables.animation.frames
+        if last < first:
+            raise SceneError(src, f"animation: frames [{first}, {last}]: the last comes before the first")
+        scene.frames = (first, last)
+    elif scene.camera_keys:
+        scene.frames = (scene.camera_keys[0][0], scene.camera_keys[-1][0])
     if not scene.meshes and not scene.lights:
         raise SceneError(src, "the scene has no [[meshes]] or [[lights]]")
     defined = ", ".join(sorted(materials)) or "none"
@@ -220,6 +263,19 @@ def camera_from_table(t: CameraTable, src: str) -> CameraDesc:
     )
     check_camera(cam, src)
     return cam
+
+
+def camera_keys(t: CameraTable, base: CameraDesc, src: str) -> list[tuple[int, CameraDesc]]:
+    """The keyframes as whole cameras (unset fields from `base`), checked each."""
+    keys: list[tuple[int, CameraDesc]] = []
+    for i, k in enumerate(t.keyframes):
+        if keys and k.frame <= keys[-1][0]:
+            raise SceneError(src, f"camera.keyframes[{i}]: frame {k.frame} does not come after {keys[-1][0]}")
+        fields = {f: getattr(k, f) for f in CameraKey.__struct_fields__ if f != "frame"}
+        cam = replace(base, **{f: v for f, v in fields.items() if v is not None})
+        check_camera(cam, f"{src}: camera.keyframes[{i}] (frame {k.frame})")
+        keys.append((k.frame, cam))
+    return keys
 
 
 def check_camera(cam: CameraDesc, src: str) -> None:

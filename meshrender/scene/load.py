@@ -199,6 +199,8 @@ def _load_scene_file(path: Path) -> LoadedScene:
         camera=sf.camera if sf.camera is not None else frame_camera(meshes),
         environment=environment,
         settings=sf.settings,
+        camera_keys=sf.camera_keys,
+        frames=sf.frames,
     )
     return _finish(scene, warnings)
 

@@ -82,3 +82,5 @@ class LoadedScene:
     settings: RenderSettings = field(default_factory=RenderSettings)
     # What loading ignored or repaired (e.g. glTF normal maps, skins), for humans; not rendered.
     warnings: list[str] = field(default_factory=list)
+    camera_keys: list[tuple[int, CameraDesc]] = field(default_factory=list)  # an animated camera
+    frames: tuple[int, int] | None = None  # the default frame range, when the scene file says

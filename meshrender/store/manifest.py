@@ -28,7 +28,7 @@ import numpy as np
 from msgspec import Meta
 from pyfastcdc import FastCDC
 
-from ..compiled import ARRAY_SPECS, FORMAT_VERSION, CompiledScene
+from ..compiled import ARRAY_SPECS, FORMAT_VERSION, OPTIONAL_ARRAYS, CompiledScene
 from ..errors import MeshrenderError
 from ..settings import RenderSettings
 from .hashing import chunk_hash
@@ -75,7 +75,7 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     version: int
     format_version: int  # the compiled-scene format the arrays follow
     settings: ChunkRef  # msgpack-encoded RenderSettings (the scene's defaults)
-    arrays: Annotated[list[ArrayPart], Meta(max_length=len(ARRAY_SPECS))]
+    arrays: Annotated[list[ArrayPart], Meta(max_length=len(ARRAY_SPECS) + len(OPTIONAL_ARRAYS))]
 
     def chunk_refs(self) -> list[ChunkRef]:
         """Every chunk the scene needs (the manifest itself excluded), in manifest order."""
@@ -155,7 +155,8 @@ def chunk_scene(scene: CompiledScene) -> ChunkedScene:
     """Cut a compiled scene into chunks and build its manifest; the id is the manifest's hash."""
     chunks: dict[str, bytes] = {}
     parts = []
-    for name in ARRAY_SPECS:  # fixed order: the manifest never depends on dict order
+    # fixed order: the manifest never depends on dict order (an animated scene's arrays come last)
+    for name in [*ARRAY_SPECS, *(n for n in OPTIONAL_ARRAYS if n in scene.arrays)]:
         arr = np.ascontiguousarray(scene.arrays[name])
         buf = memoryview(arr.tobytes())
         segments = []
@@ -188,11 +189,13 @@ def decode_manifest(data: bytes, scene_id: str | None = None) -> Manifest:
     if m.format_version != FORMAT_VERSION:
         raise ManifestError(f"compiled-scene format {m.format_version}; this build reads {FORMAT_VERSION}")
     names = [a.name for a in m.arrays]
-    if sorted(names) != sorted(ARRAY_SPECS):
-        raise ManifestError(f"manifest arrays {sorted(set(names) ^ set(ARRAY_SPECS))} missing or unknown")
+    required = set(ARRAY_SPECS)
+    if len(set(names)) != len(names) or not required <= set(names) <= required | set(OPTIONAL_ARRAYS):
+        wrong = sorted((required - set(names)) | (set(names) - required - set(OPTIONAL_ARRAYS)))
+        raise ManifestError(f"manifest arrays {wrong or 'listed twice'}: missing or unknown, or repeated")
     total = chunks = 0
     for a in m.arrays:
-        dtype, tail = ARRAY_SPECS[a.name]
+        dtype, tail = ARRAY_SPECS.get(a.name) or OPTIONAL_ARRAYS[a.name]
         if a.dtype != np.dtype(dtype).str or len(a.shape) != 1 + len(tail) or tuple(a.shape[1:]) != tail:
             raise ManifestError(f"array {a.name}: {a.dtype}{a.shape} is not {dtype}(N, *{tail})")
         nbytes = int(np.prod(a.shape, dtype=np.int64)) * np.dtype(dtype).itemsize
@@ -247,7 +250,8 @@ def assemble(
         for seg in a.segments:
             for ref in seg.chunks:
                 buf += fetch(ref)
-        arrays[a.name] = np.frombuffer(bytes(buf), dtype=ARRAY_SPECS[a.name][0]).reshape(a.shape).copy()
+        dtype = (ARRAY_SPECS.get(a.name) or OPTIONAL_ARRAYS[a.name])[0]
+        arrays[a.name] = np.frombuffer(bytes(buf), dtype=dtype).reshape(a.shape).copy()
     settings = msgspec.msgpack.decode(fetch(m.settings), type=RenderSettings)
     return CompiledScene(
         source=meta.get("source", f"scene:{scene_id}"),
