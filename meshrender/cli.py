@@ -108,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--home", help="peer state folder (default $MESHRENDER_HOME)")
         sp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     cli_jobs.add_parsers(sub, _party_args, _settings_args)
+    sm = sub.add_parser("sim", help="simulate a render party on the real scheduling code")
+    sm.add_argument("scenario", help="scenario .toml, or shipped: lan_party_8, office_64_mixed, churn_1000")
+    sm.add_argument("--seed", type=int, default=0, help="the run's seed (the same seed replays it exactly)")
+    sm.add_argument("--out", metavar="DIR", help="write timeline.png and metrics.json here")
+    sm.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     return p
 
 
@@ -364,6 +369,43 @@ def cmd_party_render(args: argparse.Namespace, scene, settings) -> int:
     return 0
 
 
+def cmd_sim(args: argparse.Namespace) -> int:
+    from sim.engine import Sim
+    from sim.scenario import load_scenario
+    from sim.timeline import draw_timeline
+
+    scenario = load_scenario(args.scenario)
+    sim = Sim(scenario, args.seed)
+    t0 = time.perf_counter()
+    report = sim.run()
+    wall = time.perf_counter() - t0
+    out = {"scenario": scenario.name, **report.to_json(), "wall_s": round(wall, 3)}
+    out.pop("bytes_by_peer")
+    moved = [i + o for i, o in report.bytes_by_peer.values()]
+    out["bytes_per_peer_mean"] = round(sum(moved) / len(moved))
+    out["bytes_per_peer_max"] = max(moved)
+    if args.out:
+        folder = Path(args.out)
+        out["timeline"] = str(draw_timeline(sim, folder / "timeline.png"))
+        write_json_file = folder / "metrics.json"
+        write_json_file.write_text(json.dumps({**out, "bytes_by_peer": report.bytes_by_peer}, indent=1))
+        out["metrics"] = str(write_json_file)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        frame = "did not complete" if report.frame_s is None else f"{report.frame_s:.2f} s"
+        print(f"{scenario.name} (seed {report.seed}): frame {frame}, ideal {report.ideal_s:.2f} s, "
+              f"efficiency {report.efficiency}; {report.units} units, {report.leases} leases, "
+              f"{report.re_leased_units} re-leased, {report.duplicated_units} duplicated; "
+              f"{report.events:,} events in {wall:.1f} s")  # fmt: skip
+        for v in report.violations:
+            print(f"VIOLATION: {v}")
+    if report.violations:
+        print(f"meshrender: sim failed its invariants; replay with --seed {report.seed}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -520,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_store_fetch(args) if args.store_command == "fetch" else cmd_store(args)
         if args.command == "demo":
             return cmd_demo(args)
+        if args.command == "sim":
+            return cmd_sim(args)
         if args.command == "submit":
             return cli_jobs.cmd_submit(args, _settings)
         if args.command in ("jobs", "cancel", "results"):

@@ -1,2 +1,3 @@
-"""The network simulator (`meshrender sim`). It arrives with Step 5 and will drive the same
-sans-IO scheduling cores as real peers; until then the package holds nothing."""
+"""The network simulator (`meshrender sim`): one frame on thousands of virtual peers, in virtual
+time from a seed, driving the real `meshrender.schedule` cores (see `sim.engine`). Scenarios are
+TOML files (`sim.scenario`; shipped ones in `sim/scenarios/`)."""
