@@ -570,10 +570,15 @@ class JobRun:
     def _frame_complete(self, frame: int) -> None:
         """Every unit of `frame` is accepted: its files are written now, by the result writer (after
         the results it has queued), not at the end of the job: an animation's frames appear as
-        they finish."""
+        they finish. The frame-done event comes once the files are there."""
         self._written.add(frame)
-        self.writer.call(lambda store, db: self._write_frame(store, db, frame))
-        self.peer._event("frame-done", job=self.job_id, frame=frame, path=str(self._frame_paths(frame)[0]))
+        path = str(self._frame_paths(frame)[0])
+
+        def write(store, db) -> None:
+            self._write_frame(store, db, frame)
+            self.writer._call(lambda: self.peer._event("frame-done", job=self.job_id, frame=frame, path=path))
+
+        self.writer.call(write)
 
     def _write_outputs(self) -> list[str]:
         spec, store = self.spec, self.peer.store
