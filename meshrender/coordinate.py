@@ -50,6 +50,7 @@ log = logging.getLogger("meshrender.coordinate")
 OUTBOX_MSGS = 1024  # messages waiting for one slow link; past this the member is dropped from the job
 MEMBER_SCAN_S = 0.25  # how often membership is compared with the job's workers (joins get work)
 SEND_TIMEOUT_S = 10.0  # one message to a member; a member that takes longer is dropped from the job
+LEASE_LOG_MAX = 100_000  # leases listed in job.json; a longer job lists its first ones
 RESULT_BATCH_MAX = 64  # accepted results stored per batch: one commit (one fsync) in each file for all
 
 
@@ -250,6 +251,8 @@ class JobRun:
         self.writer: _ResultWriter | None = None
         self._left: Counter[int] = Counter()
         self._written: set[int] = set()  # frames whose files are written (or queued to be)
+        self.lease_log: list[tuple[float, str, int]] = []  # (s from the start, peer, units): job.json
+        self._t0 = 0.0
 
     # ------------------------------------------------------------------ running
     async def run(self) -> dict:
@@ -278,7 +281,7 @@ class JobRun:
             "job-started", job=self.job_id, units=len(units), resumed=len(accepted), backend=self.backend
         )
         if todo:
-            now = trio.current_time()
+            now = self._t0 = trio.current_time()
             cost = {u: u.pixels * u.samples(settings) for u in todo}
             self.coordinator = Coordinator([(u, cost[u], u.frame) for u in todo], now, config=self.config)
             async with trio.open_nursery() as n:
@@ -524,6 +527,8 @@ class JobRun:
         now = trio.current_time()
         for a in actions:
             if isinstance(a, Lease):
+                if len(self.lease_log) < LEASE_LOG_MAX:
+                    self.lease_log.append((round(now - self._t0, 4), a.peer, len(a.units)))
                 w = self.workers.get(a.peer)
                 if w is not None:
                     self._send(w, LeaseGrant(lease_id=a.lease_id, units=list(a.units),
@@ -617,6 +622,7 @@ class JobRun:
                 for r in recs
             ],
             "outputs": written,
+            "leases": [{"t_s": t, "peer": p, "units": n} for t, p, n in self.lease_log],
         }
         write_json(out / "job.json", provenance)
         return written + [str(out / "job.json")]

@@ -150,6 +150,8 @@ class Sim:
         self._seq = 0
         self.events = 0
         self.trace: list = []
+        self.trace_leases: list = []  # the Lease entries of the trace, and their sizes
+        self.trace_lease_sizes: list[int] = []
         self.peers: dict[str, SimPeer] = {}
         self.caps = {}
         for cls in scenario.peers:
@@ -213,6 +215,8 @@ class Sim:
         for a in c.poll(self.now):
             self.trace.append((round(self.now, 9), type(a).__name__, a.peer, getattr(a, "lease_id", 0)))
             if isinstance(a, Lease):
+                self.trace_leases.append(self.trace[-1])
+                self.trace_lease_sizes.append(len(a.units))
                 for u in a.units:
                     if u in self.leased_before and u not in self.accepted:
                         self.re_leased += 1
