@@ -377,7 +377,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario)
     sim = Sim(scenario, args.seed)
     t0 = time.perf_counter()
-    report = sim.run()
+    report = sim.run(progress=Progress(sys.stderr.isatty() and not args.json))
     wall = time.perf_counter() - t0
     out = {"scenario": scenario.name, **report.to_json(), "wall_s": round(wall, 3)}
     out.pop("bytes_by_peer")

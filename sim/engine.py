@@ -42,6 +42,7 @@ from meshrender.schedule import (
 
 from .scenario import Scenario
 
+PROGRESS_EVENTS = 20_000  # events between progress reports
 EVENTS_MAX = 50_000_000  # a run that needs more events is runaway, not big
 COST_SCALE = 1000  # scheduler cost units per second of work at speed 1.0
 LEASE_BYTES = 64  # a lease message: header plus per-unit keys below
@@ -187,7 +188,9 @@ class Sim:
         heapq.heappush(self._heap, (t, self._seq, kind, args))
 
     # ------------------------------------------------------------------ running
-    def run(self) -> Report:
+    def run(self, progress=None) -> Report:
+        """Run to the end of the frame (or `limit_s`); `progress(accepted, units)` is called every
+        PROGRESS_EVENTS events and at the end."""
         sc = self.scenario
         for name in self.peers:
             self.at(0.0, "join", name, 0)
@@ -204,6 +207,10 @@ class Sim:
                 break
             self.now = t
             getattr(self, "_on_" + kind.replace("-", "_"))(*args)
+            if progress is not None and not self.events % PROGRESS_EVENTS:
+                progress(len(self.accepted), len(self.cost))
+        if progress is not None:
+            progress(len(self.accepted) if self.done_at is None else len(self.cost), len(self.cost))
         return self._report()
 
     def _survivors(self) -> list[SimPeer]:
