@@ -374,6 +374,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
     from sim.scenario import load_scenario
     from sim.timeline import draw_timeline
 
+    from .output import write_json
+
     scenario = load_scenario(args.scenario)
     sim = Sim(scenario, args.seed)
     t0 = time.perf_counter()
@@ -387,9 +389,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
     if args.out:
         folder = Path(args.out)
         out["timeline"] = str(draw_timeline(sim, folder / "timeline.png"))
-        write_json_file = folder / "metrics.json"
-        write_json_file.write_text(json.dumps({**out, "bytes_by_peer": report.bytes_by_peer}, indent=1))
-        out["metrics"] = str(write_json_file)
+        write_json(folder / "metrics.json", {**out, "bytes_by_peer": report.bytes_by_peer})
+        out["metrics"] = str(folder / "metrics.json")
     if args.json:
         print(json.dumps(out))
     else:

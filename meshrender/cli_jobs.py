@@ -61,6 +61,12 @@ def _frames(text: str) -> tuple[int, int]:
 # ---------------------------------------------------------------------------- talking to a peer
 
 
+def job_info(rec):
+    from .service import job_info  # lazily: the CLI's start stays free of trio and the coordinator
+
+    return job_info(rec)
+
+
 def _remote(args, request, *, scene=None, on_piece=None):
     """Join the party as a non-rendering client, send `request` to the `--to` peer, return its answer."""
     import trio
@@ -112,12 +118,6 @@ def _local_db(args):
     return JobDB(jobs_db_path(meshrender_home(args.home)))
 
 
-def _info(rec):
-    from .service import job_info
-
-    return job_info(rec)
-
-
 # ---------------------------------------------------------------------------- the commands
 
 
@@ -145,7 +145,7 @@ def cmd_submit(args: argparse.Namespace, settings_of) -> int:
         with open_store(args.home) as store, _local_db(args) as db:
             spec = JobSpec(scene_id=import_scene(store, scene).scene_id, settings=settings, first_frame=first,
                            last_frame=last, backend=args.backend)  # fmt: skip
-            info = _info(submit_local(db, store, spec, priority=args.priority, submitter="cli"))
+            info = job_info(submit_local(db, store, spec, priority=args.priority, submitter="cli"))
     if args.json:
         print(json.dumps(msgspec.to_builtins(info)))
     else:
@@ -163,7 +163,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         from .service import listing
 
         with _local_db(args) as db:
-            infos = [_info(r) for r in listing(db)]
+            infos = [job_info(r) for r in listing(db)]
     if args.json:
         print(json.dumps([msgspec.to_builtins(i) for i in infos]))
         return 0
@@ -189,7 +189,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         (info,) = _remote(args, CancelJob(job=args.job.lower()))
     else:
         with _local_db(args) as db:
-            info = _info(db.cancel(args.job.lower(), now=time.time()))
+            info = job_info(db.cancel(args.job.lower(), now=time.time()))
     if args.json:
         print(json.dumps(msgspec.to_builtins(info)))
     else:
@@ -223,7 +223,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     else:
         with _local_db(args) as db:
             rec = db.get(args.job.lower())
-        info = _info(rec)
+        info = job_info(rec)
         paths = [Path(p) for p in rec.outputs]  # frame images, then job.json
         missing = [str(p) for p in paths if not p.exists()]
         if missing:

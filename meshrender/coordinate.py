@@ -103,6 +103,11 @@ def results_dir(home: Path, job_id: str) -> Path:
     return Path(home) / "results" / job_id
 
 
+def keep_reason(job_id: str) -> str:
+    """Why the store keeps a job's chunks: its unit results (`keep`) and its scene (`pin`)."""
+    return f"job:{job_id}"
+
+
 class _ResultWriter:
     """Accepted results stored off the event loop: chunks (one `put_many`), kept for the job, rows
     recorded (one transaction), in arrival order; a discard runs after everything queued before it.
@@ -148,7 +153,8 @@ class _ResultWriter:
             problem = self.failure
             raise JobError(f"job {self.job_id[:12]}: cannot store unit results: {problem}") from problem
 
-    def _call(self, fn, *args) -> None:
+    def notify(self, fn, *args) -> None:
+        """Run `fn(*args)` in the trio thread (from the writer's thread), if trio still runs."""
         try:
             self._token.run_sync_soon(fn, *args)
         except trio.RunFinishedError:  # nobody left to tell
@@ -163,13 +169,14 @@ class _ResultWriter:
             self._fail(exc)
         try:
             pending = None  # an item read while filling a batch: it goes next, so order holds
-            while True:
-                item, pending = (pending, None) if pending is not None else (self._queue.get(), None)
+            stopping = False  # the end was read while filling a batch: stop after it
+            while not stopping:
+                item, pending = (pending or self._queue.get()), None
                 if item is None:
                     return
                 kind = item[0]
                 if kind == "flush":
-                    self._call(item[1].set)
+                    self.notify(item[1].set)
                     continue
                 if self.failure is not None:
                     continue  # stopped: later results must not land after a gap
@@ -179,10 +186,13 @@ class _ResultWriter:
                         more = self._queue.get_nowait()
                     except queue.Empty:
                         break
-                    if more is None or more[0] != "put":
-                        pending = more if more is not None else ("end",)
-                        break
-                    batch.append(more)
+                    if more is None:
+                        stopping = True
+                    elif more[0] == "put":
+                        batch.append(more)
+                        continue
+                    pending = more
+                    break
                 try:
                     if kind == "discard":
                         db.discard_results(self.job_id, item[1])
@@ -190,12 +200,10 @@ class _ResultWriter:
                         item[1](store, db)
                     else:
                         store.put_many([(chunk, rec.chunk) for _, chunk, rec in batch])
-                        store.keep(f"job:{self.job_id}", [rec.chunk for _, _, rec in batch])
+                        store.keep(keep_reason(self.job_id), [rec.chunk for _, _, rec in batch])
                         db.record_results(self.job_id, [rec for _, _, rec in batch])
                 except BaseException as exc:
                     self._fail(exc)
-                if pending == ("end",):
-                    return
         finally:
             for f in (store, db):
                 if f is not None:
@@ -205,7 +213,7 @@ class _ResultWriter:
         if self.failure is None:
             self.failure = exc
             log.error("job %s: storing unit results failed: %s", self.job_id[:12], exc)
-            self._call(self.on_failure, exc)
+            self.notify(self.on_failure, exc)
 
 
 class _Worker:
@@ -233,7 +241,8 @@ class JobRun:
         self.job_id = self.record.id
         self.spec = self.record.spec
         self.render_self = render_self
-        self.config = config or ScheduleConfig()
+        # the peer's --verify; the job id seeds which units are spot-checked
+        self.config = config or ScheduleConfig(spot_check_fraction=peer.verify, seed=int(self.job_id[:8], 16))
         self.on_progress = on_progress
         self.workers: dict[str, _Worker] = {}
         self.units_by_peer: Counter[str] = Counter()
@@ -579,9 +588,12 @@ class JobRun:
         self._written.add(frame)
         path = str(self._frame_paths(frame)[0])
 
+        def written() -> None:
+            self.peer._event("frame-done", job=self.job_id, frame=frame, path=path)
+
         def write(store, db) -> None:
             self._write_frame(store, db, frame)
-            self.writer._call(lambda: self.peer._event("frame-done", job=self.job_id, frame=frame, path=path))
+            self.writer.notify(written)
 
         self.writer.call(write)
 

@@ -62,7 +62,6 @@ async def render_on_party(
 ) -> dict:
     """Run `peer`, join, queue `spec` on its own queue and coordinate it; returns the job summary."""
     from .coordinate import JobRun
-    from .schedule import ScheduleConfig
 
     out: dict = {}
     async with trio.open_nursery() as n:
@@ -78,8 +77,7 @@ async def render_on_party(
         if record.state == "done" and all(Path(p).exists() for p in record.outputs):
             out = {"job_id": record.id, "outputs": record.outputs, "units_by_peer": {}, "reused": True}
         else:
-            config = ScheduleConfig(spot_check_fraction=peer.verify, seed=int(record.id[:8], 16))
-            run = JobRun(peer, db, record.id, render_self=peer.render, config=config)
+            run = JobRun(peer, db, record.id, render_self=peer.render)
             out = await run.run()
         n.cancel_scope.cancel()
     return out

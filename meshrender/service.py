@@ -27,7 +27,7 @@ from pathlib import Path
 
 import trio
 
-from .coordinate import JobRun
+from .coordinate import JobRun, keep_reason
 from .errors import MeshrenderError
 from .jobs import JobDB, JobError, JobRecord, JobSpec, job_id
 from .protocol import (
@@ -44,22 +44,16 @@ from .protocol import (
     SetPriority,
     SubmitJob,
 )
-from .schedule import ScheduleConfig
 
 log = logging.getLogger("meshrender.service")
 
 QUEUE_POLL_S = 0.5  # how often an idle runner looks for jobs that other processes queued
 CANCEL_POLL_S = 0.2  # how often a running job's state is read: a cancel reaches workers within 1 s
 SCENE_FETCH_S = 600.0  # fetching a job's scene from the party; a scene nobody sends fails the job
-PIN_PREFIX = "job:"
 
 
 class ServiceError(MeshrenderError):
     pass
-
-
-def pin_reason(job: str) -> str:
-    return PIN_PREFIX + job
 
 
 def job_info(rec: JobRecord) -> JobInfo:
@@ -84,7 +78,7 @@ def submit_local(db: JobDB, store, spec: JobSpec, *, priority: int = 0, submitte
     """Queue `spec` (its scene already in `store`), pinning the scene until the job ends."""
     if not store.has_scene(spec.scene_id):
         raise ServiceError(f"scene {spec.scene_id[:16]} is not in this peer's store")
-    store.pin(spec.scene_id, pin_reason(job_id(spec)))
+    store.pin(spec.scene_id, keep_reason(job_id(spec)))
     rec, _ = db.submit(spec, now=time.time(), submitter=submitter, priority=priority)
     return rec
 
@@ -95,7 +89,6 @@ class QueueRunner:
         self.db = db
         self.current: JobRun | None = None
         self._wake = trio.Event()
-        self.finished: list[dict] = []  # summaries of the jobs this runner ran, newest last (bounded)
 
     def wake(self) -> None:
         """Look at the queue now (a job was submitted, or cancelled)."""
@@ -127,13 +120,11 @@ class QueueRunner:
             except (Exception, trio.TooSlowError) as exc:
                 self._fail(jid, f"its scene {scene[:16]} is not here and the party did not send it: {exc}")
                 return
-        config = ScheduleConfig(spot_check_fraction=peer.verify, seed=int(jid[:8], 16))
-        run = self.current = JobRun(peer, db, jid, render_self=peer.render, config=config)
-        summary = None
+        run = self.current = JobRun(peer, db, jid, render_self=peer.render)
         try:
             async with trio.open_nursery() as n:
                 n.start_soon(self._watch, run)
-                summary = await run.run()
+                await run.run()
                 n.cancel_scope.cancel()
         except JobError as exc:  # cancelled as it finished, or a store failure: the queue says which
             if self._state(jid) not in ("cancelled", "done"):
@@ -143,10 +134,8 @@ class QueueRunner:
             self._fail(jid, f"{type(exc).__name__}: {exc}")
         finally:
             self.current = None
-        if summary is not None:
-            self.finished = [*self.finished[-99:], summary]
         if self._state(jid) in ("done", "failed", "cancelled"):
-            peer.store.unpin(scene, pin_reason(jid))
+            peer.store.unpin(scene, keep_reason(jid))
 
     async def _watch(self, run: JobRun) -> None:
         while True:

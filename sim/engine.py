@@ -32,7 +32,6 @@ from meshrender.schedule import (
     Discard,
     Heartbeat,
     Lease,
-    Penalize,
     RenderNext,
     Revoke,
     ScheduleConfig,
@@ -49,6 +48,7 @@ LEASE_BYTES = 64  # a lease message: header plus per-unit keys below
 LEASE_UNIT_BYTES = 24
 BEAT_BYTES = 48
 REVOKE_BYTES = 32
+MBPS = 125_000  # bytes per second in one Mbit/s
 
 
 def good_digest(unit: int) -> bytes:
@@ -65,6 +65,8 @@ class SimPeer:
     cls: str
     speed: float  # seconds of work per second
     noise: float
+    up_Bps: float  # upload and download caps, bytes per second
+    down_Bps: float
     lie_p: float = 0.0
     alive: bool = True
     frozen: bool = False
@@ -113,8 +115,6 @@ class Network:
         net = scenario.network
         self.latency_s = net.latency_ms / 1000.0
         self.loss = net.loss
-        self.up_Bps = {p: c.up_mbps * 125_000 for p, c in sim.caps.items()}
-        self.down_Bps = {p: c.down_mbps * 125_000 for p, c in sim.caps.items()}
         self.up_free: dict[str, float] = {}
         self.down_free: dict[str, float] = {}
         self.cut: set[str] = set()  # peers partitioned away from peer 0
@@ -130,11 +130,12 @@ class Network:
             return
         now = sim.now
         start = max(now, self.up_free.get(src, 0.0))
-        up = size / self.up_Bps[src]
+        up = size / sim.peers[src].up_Bps
         self.up_free[src] = start + up
         arrive = start + up + self.latency_s
-        begin = max(arrive - size / self.down_Bps[dst], self.down_free.get(dst, 0.0))
-        done = begin + size / self.down_Bps[dst]
+        down = size / sim.peers[dst].down_Bps
+        begin = max(arrive - down, self.down_free.get(dst, 0.0))
+        done = begin + down
         self.down_free[dst] = done
         sim.peers[src].bytes_out += size
         sim.peers[dst].bytes_in += size
@@ -154,7 +155,6 @@ class Sim:
         self.trace_leases: list = []  # the Lease entries of the trace, and their sizes
         self.trace_lease_sizes: list[int] = []
         self.peers: dict[str, SimPeer] = {}
-        self.caps = {}
         for cls in scenario.peers:
             for _ in range(cls.count):
                 self._new_peer(cls)
@@ -178,9 +178,9 @@ class Sim:
 
     def _new_peer(self, cls, at: float = 0.0) -> SimPeer:
         name = f"p{len(self.peers)}"
-        p = SimPeer(name, cls.name, cls.speed, cls.noise, lie_p=cls.lie_p, joined_at=at)
+        p = SimPeer(name, cls.name, cls.speed, cls.noise, cls.up_mbps * MBPS, cls.down_mbps * MBPS,
+                    lie_p=cls.lie_p, joined_at=at)  # fmt: skip
         self.peers[name] = p
-        self.caps[name] = cls
         return p
 
     def at(self, t: float, kind: str, *args) -> None:
@@ -236,8 +236,6 @@ class Sim:
                 for u in a.units:
                     if self.accepted.pop(u, None) != a.peer:
                         self.violations.append(f"seed {self.seed}: discarded unit {u} was not {a.peer}'s")
-            elif isinstance(a, Penalize):
-                pass  # the statistics keep convictions; a penalty alone changes nothing here
         if c.done and self.done_at is None:
             self.done_at = self.now
             return
@@ -368,8 +366,6 @@ class Sim:
             )
             for _ in range(ev.count):
                 p = self._new_peer(cls, self.now)
-                self.net.up_Bps[p.name] = cls.up_mbps * 125_000
-                self.net.down_Bps[p.name] = cls.down_mbps * 125_000
                 self.at(self.now, "join", p.name, 0)
         elif kind == "drop":
             for p in self._targets(ev):
