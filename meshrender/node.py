@@ -18,7 +18,8 @@ How it works
     scheduler (meshrender.exchange) spread the chunks, in an order of its own, over every member
     holding them. While it fetches it serves what it has to other fetchers and asks the members
     for fresh maps every MAP_POLL_S, so fetchers that start together ask the source for different
-    chunks and trade the rest among themselves. Each chunk is verified by the store before it is
+    chunks and trade the rest among themselves (that policy is the sans-IO meshrender.swarm, which
+    the simulator runs too). Each chunk is verified by the store before it is
     kept; a peer that sent wrong bytes is banned and penalised, its chunks re-requested elsewhere.
   * Every stream handler is wrapped: nothing a peer sends can raise out of it (py-libp2p ends the
     process on an exception escaping a handler). Every read has a deadline.
@@ -47,7 +48,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from . import __version__
 from .errors import MeshrenderError
-from .exchange import INFLIGHT_CHUNKS_MAX, Cancel, ChunkFetch, Penalize, Request
+from .exchange import Cancel, Penalize, Request
 from .home import store_dir, store_quota_bytes
 from .net.gossip import Gossip
 from .net.host import build_host, load_or_create_identity, open_stream, parse_multiaddr
@@ -73,7 +74,6 @@ from .protocol import (
     RemoteProtocolError,
     Status,
     Want,
-    chunk_bits,
     gossip_topic,
     party_tag,
 )
@@ -81,6 +81,7 @@ from .renderproc import RenderError, RenderProcess
 from .store.chunkstore import ChunkStore, CorruptChunkError, MissingChunkError, StoreError
 from .store.manifest import ManifestError, decode_manifest
 from .store.writer import ChunkWriter
+from .swarm import MAP_POLL_S, MAP_TIMEOUT_S, SceneSwarm
 from .work import serve_job
 
 log = logging.getLogger("meshrender.node")
@@ -101,12 +102,8 @@ IDLE_STREAM_TIMEOUT_S = 120.0  # a chunk stream with no request for this long is
 EVENTS_KEPT = 1000  # recent events kept for a late reader (the TUI's log)
 DIAL_RETRY_S = 2.0
 REDIAL_FOR_S = 30.0  # a lost member is dialed again this long (it may only have stalled)
-CONTROL_TIMEOUT_S = 5.0  # a chunk-map answer is a few bytes from memory
-MAP_POLL_S = 0.25  # while fetching, members are asked for their chunk maps this often
-SOURCE_REQUESTS_MIN = 2  # requests a fetcher keeps out at a whole holder, however many fetchers share it
 STATUS_INTERVAL_S = 2.0  # a status gossip this often (and at once after a change)
 HAVE_REPEAT_S = 10.0  # the have-list is re-announced at least this often
-STUCK_GRACE_S = 15.0  # chunks no reachable member holds fail a fetch after this long without one
 FIND_TIMEOUT_S = 10.0  # a fetch asks the members this long for the scene before saying nobody has it
 
 
@@ -121,20 +118,6 @@ class Member:
     since: float
     bytes_served: int = 0
     bytes_received: int = 0
-
-
-class _Partial:
-    """What this peer holds of a scene it is fetching, served to other fetchers as a ChunkMap."""
-
-    def __init__(self, order: list[str], held: list[bool]):
-        self.order = order
-        self._index = {h: i for i, h in enumerate(order)}
-        self.bits = bytearray(chunk_bits(held))
-
-    def mark_hash(self, h: str) -> None:
-        i = self._index.get(h)
-        if i is not None:
-            self.bits[i >> 3] |= 1 << (i & 7)
 
 
 @dataclass
@@ -215,7 +198,7 @@ class Peer:
         self._alive_at: dict[str, float] = {}  # member -> last time anything came from it (trio clock)
         self._links: dict[str, _Link] = {}  # bulk chunk streams, one per provider
         self._ctl_links: dict[str, _Link] = {}  # control streams: chunk maps, never behind bulk data
-        self._partial: dict[str, _Partial] = {}  # scenes being fetched: what we hold of them so far
+        self._partial: dict[str, SceneSwarm] = {}  # scenes being fetched: what we hold of them so far
         self._fetching: dict[str, trio.Event] = {}
         self.transfers = {"bytes_in": 0, "bytes_out": 0, "chunks_in": 0, "chunks_out": 0}
         self.started = time.time()
@@ -842,7 +825,7 @@ class Peer:
         """One request and its answer on the control stream (never queued behind bulk chunks)."""
         link = await self._link(peer, self._ctl_links)
         async with link.lock:
-            with trio.fail_after(CONTROL_TIMEOUT_S):
+            with trio.fail_after(MAP_TIMEOUT_S):
                 await write_msg(link.stream, msg)
                 reply = await read_msg(link.stream)
             if reply is None:
@@ -875,9 +858,9 @@ class Peer:
         return maps
 
     def _chunk_map(self, scene_id: str) -> ChunkMap:
-        part = self._partial.get(scene_id)
-        if part is not None:
-            return ChunkMap(scene_id=scene_id, count=len(part.order), whole=False, bits=bytes(part.bits))
+        swarm = self._partial.get(scene_id)
+        if swarm is not None:
+            return swarm.chunk_map()
         whole = self.store.has_scene(scene_id)
         return ChunkMap(scene_id=scene_id, count=0, whole=whole, bits=b"")
 
@@ -909,22 +892,22 @@ class Peer:
                 if not self.store.has(scene_id):
                     if not maps:
                         raise PeerError(f"no member of party {self.party!r} holds scene {scene_id[:16]}")
-                    await self._swarm(None, [(scene_id, 0)], maps)  # whoever has a map has the manifest
+                    # whoever has a map has the manifest
+                    await self._swarm(SceneSwarm([(scene_id, 0)], trio.current_time()), maps)
                 try:
                     manifest = decode_manifest(self.store.get(scene_id), scene_id)
                 except ManifestError as exc:
                     raise PeerError(f"scene {scene_id[:16]}: {exc}") from None
                 refs = manifest.unique_chunks()
                 missing = set(self.store.missing([r.hash for r in refs]))
-                part = _Partial([r.hash for r in refs], [r.hash not in missing for r in refs])
                 wanted = [(r.hash, r.size) for r in refs if r.hash in missing]
-                # each fetcher takes the chunks in its own random order, so fetchers starting at once
-                # ask the source for different chunks and then trade them among themselves
-                random.shuffle(wanted)
-                self._partial[scene_id] = part
+                # the want-list in an order of this peer's own (see meshrender.swarm)
+                swarm = SceneSwarm(wanted, trio.current_time(), scene_id=scene_id,
+                                   order=[r.hash for r in refs], shuffle=random.Random().shuffle)  # fmt: skip
+                self._partial[scene_id] = swarm
                 try:
                     if wanted:
-                        stats = await self._swarm(scene_id, wanted, maps)
+                        stats = await self._swarm(swarm, maps)
                     total = sum(r.size for r in manifest.chunk_refs())
                     self.store.add_scene(scene_id, [scene_id, *[r.hash for r in refs]], total_bytes=total)
                     self.scene_changed()
@@ -942,48 +925,19 @@ class Peer:
         self._event("fetched", **report)
         return report
 
-    async def _swarm(self, scene_id: str | None, wanted: list[tuple[str, int]], maps: dict[str, ChunkMap]):
-        """Pull `wanted` from the members in `maps`, asking every member again for its chunk map
-        every MAP_POLL_S (fetchers gain chunks as they go) when scene_id is given."""
-        plan = ChunkFetch(wanted, trio.current_time())
-        part = self._partial.get(scene_id) if scene_id is not None else None
-        known: dict[str, set[str] | None] = {}  # per provider: hashes offered to the plan (None: all)
+    async def _swarm(self, swarm: SceneSwarm, maps: dict[str, ChunkMap]):
+        """Pull what `swarm` wants from the members in `maps`, asking every member again for its
+        chunk map every MAP_POLL_S (fetchers gain chunks as they go) for a scene's chunks."""
+        scene_id = swarm.scene_id if swarm.order is not None else None
         wake = trio.Event()
         by_provider: dict[str, int] = {}
         in_flight = 0
         store_error: StoreError | None = None
 
-        def offer(peer: str, m: ChunkMap) -> None:
-            if peer in self.banned:
-                return
-            if m.whole or part is None:
-                # again every round: a holder the plan dropped (timeouts under load) or lost comes
-                # back while it still answers; one frozen for good answers nothing and stays out
-                plan.add_provider(peer, None, trio.current_time())
-                known[peer] = None
-                return
-            try:
-                held = m.held(part.order)
-            except RemoteProtocolError as exc:
-                self._penalize(peer, str(exc), ban=False)
-                return
-            seen = known.setdefault(peer, set())
-            new = [h for h in held if h not in seen]
-            if new or not seen:
-                seen.update(new)
-                plan.add_provider(peer, new, trio.current_time())
-
-        def share_sources() -> None:
-            """Members holding the scene whole are what every fetcher leans on: the more fetchers
-            there are to trade with, the fewer requests each keeps out at a whole holder, so the
-            source's upload goes to chunks the swarm lacks rather than to copies it will have."""
-            fetchers = sum(1 for v in known.values() if v is not None)
-            if part is None or not fetchers:
-                return
-            cap = max(SOURCE_REQUESTS_MIN, INFLIGHT_CHUNKS_MAX // (1 + fetchers))
-            for peer, v in known.items():
-                if v is None:
-                    plan.add_provider(peer, None, trio.current_time(), inflight_chunks_max=cap)
+        def offer(maps: dict[str, ChunkMap]) -> None:
+            maps = {p: m for p, m in maps.items() if p not in self.banned}
+            for peer, reason in swarm.on_maps(maps, trio.current_time()):
+                self._penalize(peer, reason, ban=False)
 
         def poke() -> None:
             nonlocal wake
@@ -993,31 +947,29 @@ class Peer:
         async def refresh() -> None:
             while True:
                 await trio.sleep(MAP_POLL_S)
-                for peer, m in (await self.chunk_maps(scene_id)).items():
-                    offer(peer, m)
-                share_sources()
+                offer(await self.chunk_maps(scene_id))
                 poke()
+
+        def provider_failed(peer: str, exc: BaseException) -> None:
+            if swarm.provider_failed(peer, trio.current_time()):  # its next map is taken afresh
+                self._event("provider-failed", peer=peer, reason=f"{type(exc).__name__}: {exc}")
 
         async def answer(peer: str, h: str, reply: Chunk | NotFound | None, exc: Exception | None) -> None:
             nonlocal in_flight, store_error
             try:
                 if reply is None:  # the stream failed: its chunks go elsewhere, the peer may come back
-                    if known.pop(peer, 0) != 0:  # asked again for its map next round, if still a member
-                        self._event("provider-failed", peer=peer, reason=f"{type(exc).__name__}: {exc}")
-                    plan.remove_provider(peer, trio.current_time())
-                elif h not in plan:
+                    provider_failed(peer, exc)
+                elif h not in swarm:
                     pass
                 elif isinstance(reply, NotFound):
-                    plan.on_not_found(peer, h, trio.current_time())
+                    swarm.on_not_found(peer, h, trio.current_time())
                 else:
                     ok = await self._accept(reply, peer)
                     if ok:
                         by_provider[peer] = by_provider.get(peer, 0) + reply.raw_size
-                        if part is not None:
-                            part.mark_hash(h)
                     else:
                         await self._drop_link(peer)  # it sent wrong bytes: hear no more from it
-                    plan.on_chunk(peer, h, ok, trio.current_time())
+                    swarm.on_chunk(peer, h, ok, trio.current_time())
             except StoreError as e:  # our disk, not the peer: the fetch stops with this
                 store_error = store_error or e
             finally:
@@ -1033,36 +985,28 @@ class Peer:
                 raise
             except Exception as exc:  # no stream to the provider: its chunks go elsewhere
                 in_flight -= len(hashes)
-                known.pop(peer, None)
-                self._event("provider-failed", peer=peer, reason=f"{type(exc).__name__}: {exc}")
-                plan.remove_provider(peer, trio.current_time())
+                provider_failed(peer, exc)
                 poke()
 
-        for peer, m in maps.items():
-            offer(peer, m)
-        share_sources()
-        stuck_since = None
+        offer(maps)
         async with trio.open_nursery() as n:
-            if part is not None:
+            if scene_id is not None:
                 n.start_soon(refresh)
-            while not plan.done:
+            while not swarm.done:
                 if store_error is not None:
                     raise store_error
                 now = trio.current_time()
-                for action in plan.poll(now):
+                for action in swarm.poll(now):
                     if isinstance(action, Request):
                         n.start_soon(request, action.peer, tuple(action.hashes))
                     elif isinstance(action, Penalize):
                         self._penalize(action.peer, action.reason, ban=True)
                     elif isinstance(action, Cancel):
-                        pass  # a late reply is still verified; the plan keeps the first good copy
-                if plan.stuck and not in_flight:  # nothing in flight can still bring them
-                    stuck_since = now if stuck_since is None else stuck_since
-                    if part is None or now - stuck_since > STUCK_GRACE_S:
-                        raise PeerError(f"{len(plan.stuck)} chunk(s) no reachable member can provide")
-                else:
-                    stuck_since = None
-                deadline = plan.next_deadline()
+                        pass  # a late reply is still verified; the swarm keeps the first good copy
+                reason = swarm.stuck_error(now, in_flight)
+                if reason:
+                    raise PeerError(reason)
+                deadline = swarm.next_deadline()
                 until = now + 1.0 if deadline is None else min(deadline, now + 1.0)
                 with trio.move_on_at(until):
                     await wake.wait()

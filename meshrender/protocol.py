@@ -128,25 +128,25 @@ class ChunkMap(Msg, tag="map"):
     whole: bool
     bits: Annotated[bytes, Meta(max_length=CHUNKS_PER_SCENE_MAX // 8)]
 
-    def held(self, order: list[str]) -> list[str] | None:
-        """The hashes this map says are held (None: all of them), checked against our own order."""
+    @classmethod
+    def partial(cls, scene_id: str, count: int, held: int) -> ChunkMap:
+        """The map of a scene of `count` chunks of which those whose bit is set in `held` are held."""
+        bits = held.to_bytes((count + 7) // 8, "little")
+        return cls(scene_id=scene_id, count=count, whole=False, bits=bits)
+
+    def held_bits(self, count: int) -> int:
+        """The held chunks as an int, bit i for chunk i, checked against our own chunk count (a
+        whole map is every bit)."""
         if self.whole:
-            return None
-        if self.count != len(order) or len(self.bits) != (self.count + 7) // 8:
+            return (1 << count) - 1
+        if self.count != count or len(self.bits) != (count + 7) // 8:
             raise RemoteProtocolError(
-                f"chunk map of {self.count} chunks in {len(self.bits)} bytes for a scene of {len(order)}"
+                f"chunk map of {self.count} chunks in {len(self.bits)} bytes for a scene of {count}"
             )
-        bits = self.bits
-        return [h for i, h in enumerate(order) if bits[i >> 3] >> (i & 7) & 1]
-
-
-def chunk_bits(flags: list[bool]) -> bytes:
-    """Pack held-flags LSB first, as ChunkMap.bits carries them."""
-    out = bytearray((len(flags) + 7) // 8)
-    for i, f in enumerate(flags):
-        if f:
-            out[i >> 3] |= 1 << (i & 7)
-    return bytes(out)
+        bits = int.from_bytes(self.bits, "little")
+        if bits >> count:
+            raise RemoteProtocolError("chunk map sets bits past the scene's last chunk")
+        return bits
 
 
 class Error(Msg, tag="error"):

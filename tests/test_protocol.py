@@ -120,18 +120,19 @@ def test_out_of_turn_and_misuse():
 
 
 def test_chunk_map_bits_round_trip_and_are_checked():
-    from meshrender.protocol import ChunkMap, chunk_bits
+    from meshrender.protocol import ChunkMap
 
-    order = [f"{i:064x}" for i in range(11)]
-    flags = [i % 3 == 0 for i in range(11)]
-    m = ChunkMap(scene_id="a" * 64, count=11, whole=False, bits=chunk_bits(flags))
-    assert len(m.bits) == 2
-    assert m.held(order) == [h for h, f in zip(order, flags, strict=True) if f]
-    assert ChunkMap(scene_id="a" * 64, count=0, whole=True, bits=b"").held(order) is None
+    held = sum(1 << i for i in range(11) if i % 3 == 0)  # chunks 0, 3, 6, 9
+    m = ChunkMap.partial("a" * 64, 11, held)
+    assert len(m.bits) == 2 and m.bits == bytes([0b01001001, 0b00000010])  # LSB first
+    assert m.held_bits(11) == held
+    assert ChunkMap(scene_id="a" * 64, count=0, whole=True, bits=b"").held_bits(11) == (1 << 11) - 1
     with pytest.raises(RemoteProtocolError, match="chunk map of 10 chunks"):
-        ChunkMap(scene_id="a" * 64, count=10, whole=False, bits=chunk_bits(flags[:10])).held(order)
+        ChunkMap.partial("a" * 64, 10, held).held_bits(11)
     with pytest.raises(RemoteProtocolError, match="in 3 bytes"):
-        ChunkMap(scene_id="a" * 64, count=11, whole=False, bits=b"\0\0\0").held(order)
+        ChunkMap(scene_id="a" * 64, count=11, whole=False, bits=b"\0\0\0").held_bits(11)
+    with pytest.raises(RemoteProtocolError, match="past the scene's last chunk"):
+        ChunkMap(scene_id="a" * 64, count=11, whole=False, bits=b"\0\x08").held_bits(11)
     back = decode_body(encode_frame(m)[4:])
     assert back == m
 
