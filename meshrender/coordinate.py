@@ -241,8 +241,10 @@ class JobRun:
         self.job_id = self.record.id
         self.spec = self.record.spec
         self.render_self = render_self
-        # the peer's --verify; the job id seeds which units are spot-checked
-        self.config = config or ScheduleConfig(spot_check_fraction=peer.verify, seed=int(self.job_id[:8], 16))
+        # the peer's --verify; the job id seeds which units are spot-checked; our own renderer's
+        # results settle a dispute it is part of
+        self.config = config or ScheduleConfig(spot_check_fraction=peer.verify, seed=int(self.job_id[:8], 16),
+                                               trusted=peer.peer_id if render_self else "")  # fmt: skip
         self.on_progress = on_progress
         self.workers: dict[str, _Worker] = {}
         self.units_by_peer: Counter[str] = Counter()

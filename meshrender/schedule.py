@@ -53,7 +53,9 @@ real peer and the simulator drive the same objects, and one seed replays a whole
     `Penalize`, loses its leases, never gets another, and every unit whose accepted result is its
     own is voided (`Discard`) and queued again; disputes it raised still go to an arbiter (a liar's
     dissent proves nothing either way). Arbiters are only workers involved in neither
-    result, so two disagreeing peers alone never convict each other: the dispute waits for a third.
+    result, so two disagreeing peers alone never convict each other: the dispute waits for a third
+    (unless one of them is `trusted`, the coordinating peer's own worker, which cannot lie to its
+    coordinator: the other is convicted at once, so a party of two still finishes with a liar).
     Spot checks: a fraction `spot_check_fraction` of units, picked by a hash of (seed, repr(key)),
     is leased to a second worker while out, whatever the phase, and that check is waited for.
   * The job is `done` when every unit has an accepted result, no dispute is open and no spot check
@@ -153,6 +155,7 @@ class ScheduleConfig:
     spot_check_fraction: float = 0.0
     seed: int = 0
     speed_window_results: int = 16
+    trusted: str = ""  # the coordinating peer's own worker: its result settles a dispute it is in
 
     def __post_init__(self) -> None:
         for name in ("first_lease_units", "lease_units_max", "leases_per_worker", "strikes_max"):
@@ -170,6 +173,8 @@ class ScheduleConfig:
             raise LocalProtocolError(f"duplicates_max must be an integer, not {self.duplicates_max!r}")
         if self.duplicates_max < 0:
             raise LocalProtocolError("duplicates_max must not be negative")
+        if not isinstance(self.trusted, str):
+            raise LocalProtocolError(f"trusted must be a peer id string, not {self.trusted!r}")
         f = self.spot_check_fraction
         if not isinstance(f, int | float) or isinstance(f, bool) or not 0.0 <= f <= 1.0:
             raise LocalProtocolError(f"spot_check_fraction must be within [0, 1], not {f!r}")
@@ -875,8 +880,14 @@ class Coordinator:
                     self._spot_passed += u.spot
             return Verdict.MATCH
         self._mismatches += 1
+        trusted = self.config.trusted
         if w.id == u.source:
             self._penalize(w.id, f"sent two different results for unit {u.key!r}")
+        elif d is None and trusted and trusted in (w.id, u.source):
+            # the coordinator's own renderer cannot lie to it: no arbiter needed
+            # (a liar's accepted result is voided and the unit queued again, like the rest of its)
+            liar = self._workers[u.source if w.id == trusted else w.id]
+            self._convict(liar, f"its result for unit {u.key!r} disagreed with the coordinator's own")
         elif d is None:
             u.dispute = _Dispute(w.id, digest)
             w.against.add(u.index)

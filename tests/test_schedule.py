@@ -480,9 +480,9 @@ def test_a_lease_is_not_revoked_while_it_still_owes_an_unaccepted_unit():
 # ---- verification -------------------------------------------------------------------------------
 
 
-def lying_party():
+def lying_party(trusted: str = ""):
     """The liar's lies for u0..u2 are accepted; honest `a` duplicates its next lease, u3..u5."""
-    cfg = ScheduleConfig(first_lease_units=3, leases_per_worker=1)
+    cfg = ScheduleConfig(first_lease_units=3, leases_per_worker=1, trusted=trusted)
     c = Coordinator(job(6), 0.0, config=cfg)
     c.add_worker("liar", 0.0)
     (l1,) = c.poll(0.0)
@@ -522,6 +522,31 @@ def test_mismatch_goes_to_an_arbiter_who_convicts_the_liar_and_its_results_are_d
     accepted = drive_to_done(c, 3.1, ["a", "b"], [dup, *leases(out)])
     assert accepted == {U(i): good(U(i)) for i in range(6)}
     assert c.done and set(c.statistics().units_by_peer) <= {"a", "b"}
+
+
+def test_the_coordinators_own_worker_settles_a_dispute_it_is_in_so_two_peers_finish():
+    """A party of two, the coordinator's own worker `a` and a liar: no third worker will ever come
+    to arbitrate, so the trusted worker's disagreement convicts the liar at once."""
+    c, l2, dup = lying_party(trusted="a")
+    assert c.on_result("liar", l2.lease_id, U(3), bad(U(3), "liar"), 1.5) is Verdict.ACCEPT
+    assert c.on_result("a", dup.lease_id, U(3), good(U(3)), 2.0) is Verdict.MISMATCH
+    out = c.poll(2.0)
+    (pen,) = of_type(out, Penalize)
+    assert pen.peer == "liar" and "coordinator's own" in pen.reason
+    assert of_type(out, Discard) == [Discard("liar", (U(0), U(1), U(2), U(3)))]
+    assert c.statistics().disputes_open == 0 and c.statistics().convictions.keys() == {"liar"}
+    accepted = drive_to_done(c, 2.0, ["a"], [dup, *leases(out)])
+    assert accepted == {U(i): good(U(i)) for i in range(6)} and c.done
+    # the other way round: the trusted worker's result was accepted first, the liar dissents
+    c, l2, dup = lying_party(trusted="a")
+    assert c.on_result("a", dup.lease_id, U(3), good(U(3)), 1.5) is Verdict.ACCEPT
+    assert c.on_result("liar", l2.lease_id, U(3), bad(U(3), "liar"), 2.0) is Verdict.MISMATCH
+    assert c.statistics().convictions.keys() == {"liar"}
+    # without a trusted worker the same dispute waits for a third (see the test above)
+    c, l2, dup = lying_party(trusted="")
+    c.on_result("liar", l2.lease_id, U(3), bad(U(3), "liar"), 1.5)
+    c.on_result("a", dup.lease_id, U(3), good(U(3)), 2.0)
+    assert c.statistics().disputes_waiting == 1 and not c.statistics().convictions
 
 
 def drive_to_done(c: Coordinator, t: float, peers: list[str], held: list[Lease]) -> dict:
