@@ -153,7 +153,7 @@ class _Req:
     late: bool = False
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity: lists of peers are searched often
 class _Peer:
     id: str
     all: bool = False  # has every chunk
@@ -494,7 +494,8 @@ class ChunkFetch:
                     self._stuck[c.hash] = None
                 else:
                     self._stuck.pop(c.hash, None)
-            self._sched_dirty = True
+            if c.state is _State.QUEUED:  # a live chunk is pushed afresh if it is queued again
+                self._sched_dirty = True
 
     def _held(self, p: _Peer) -> Iterable[_Chunk]:
         return self._chunks.values() if p.all else [self._chunks[h] for h in p.hashes]
@@ -688,7 +689,8 @@ class ChunkFetch:
                 if best is not None or not full:
                     break
                 shared_aside.append(heapq.heappop(shared))
-            for p in list(part):
+            still = []
+            for p in part:
                 heap = self._heaps.get(p.id, [])
                 while heap:
                     e = heap[0]
@@ -699,10 +701,11 @@ class ChunkFetch:
                         aside.setdefault(p.id, []).append(heapq.heappop(heap))
                     else:
                         break
-                if not heap or not self._fits(p, chunks[heap[0][2]].size):
-                    part.remove(p)
-                elif best is None or heap[0] < best:
-                    best = heap[0]
+                if heap and self._fits(p, chunks[heap[0][2]].size):
+                    still.append(p)
+                    if best is None or heap[0] < best:
+                        best = heap[0]
+            part = still
             if best is None:
                 break
             c = chunks[best[2]]
