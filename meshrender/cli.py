@@ -399,6 +399,13 @@ def cmd_sim(args: argparse.Namespace) -> int:
               f"efficiency {report.efficiency}; {report.units} units, {report.leases} leases, "
               f"{report.re_leased_units} re-leased, {report.duplicated_units} duplicated; "
               f"{report.events:,} events in {wall:.1f} s")  # fmt: skip
+        d = report.distribution
+        if d is not None:
+            took = "not done" if d["distribution_s"] is None else f"{d['distribution_s']:.2f} s"
+            print(f"  scene: {d['scene_bytes']:,} bytes in {d['chunks']} chunks to {d['fetched']} peers; "
+                  f"the party of the start held it at {took} (bound {d['bound_s']:.2f} s), longest fetch "
+                  f"{d['fetch_s_max']:.2f} s; the holders sent {d['holders_bytes_out']:,} bytes"
+                  + (f"; {len(d['fetch_failed'])} fetches failed" if d["fetch_failed"] else ""))  # fmt: skip
         for v in report.violations:
             print(f"VIOLATION: {v}")
     if report.violations:

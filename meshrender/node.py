@@ -81,7 +81,7 @@ from .renderproc import RenderError, RenderProcess
 from .store.chunkstore import ChunkStore, CorruptChunkError, MissingChunkError, StoreError
 from .store.manifest import ManifestError, decode_manifest
 from .store.writer import ChunkWriter
-from .swarm import MAP_POLL_S, MAP_TIMEOUT_S, SceneSwarm
+from .swarm import FIND_TIMEOUT_S, MAP_POLL_S, MAP_TIMEOUT_S, SceneSwarm
 from .work import serve_job
 
 log = logging.getLogger("meshrender.node")
@@ -104,7 +104,6 @@ DIAL_RETRY_S = 2.0
 REDIAL_FOR_S = 30.0  # a lost member is dialed again this long (it may only have stalled)
 STATUS_INTERVAL_S = 2.0  # a status gossip this often (and at once after a change)
 HAVE_REPEAT_S = 10.0  # the have-list is re-announced at least this often
-FIND_TIMEOUT_S = 10.0  # a fetch asks the members this long for the scene before saying nobody has it
 
 
 class PeerError(MeshrenderError):

@@ -38,6 +38,7 @@ from meshrender.protocol import ChunkMap, RemoteProtocolError
 MAP_POLL_S = 0.25  # while fetching, members are asked for their chunk maps this often
 MAP_TIMEOUT_S = 5.0  # a chunk-map answer is a few bytes from memory: a member slower than this is skipped
 SOURCE_REQUESTS_MIN = 2  # requests a fetcher keeps out at a whole holder, however many fetchers share it
+FIND_TIMEOUT_S = 10.0  # a fetch asks the members this long for the scene before saying nobody has it
 STUCK_GRACE_S = 15.0  # chunks no reachable member holds fail a fetch after this long without one
 
 
@@ -113,6 +114,11 @@ class SceneSwarm:
         return completed
 
     # ------------------------------------------------------------------ the swarm
+    def holds(self, hash: str) -> bool:
+        """Whether this peer holds chunk `hash` of the scene: what its chunk map says."""
+        i = self._index.get(hash)
+        return i is not None and bool(self._bits >> i & 1)
+
     @property
     def partial_holders(self) -> int:
         return sum(1 for v in self._known.values() if v is not None)

@@ -22,6 +22,7 @@ How it works
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import random
@@ -39,6 +40,7 @@ from meshrender.schedule import (
     WorkerJob,
 )
 
+from .distribution import Distribution
 from .scenario import Scenario
 
 PROGRESS_EVENTS = 20_000  # events between progress reports
@@ -48,7 +50,10 @@ LEASE_BYTES = 64  # a lease message: header plus per-unit keys below
 LEASE_UNIT_BYTES = 24
 BEAT_BYTES = 48
 REVOKE_BYTES = 32
+REFUSE_BYTES = 96
 MBPS = 125_000  # bytes per second in one Mbit/s
+JOB_EVENTS = frozenset({"to_coord", "lease", "revoke", "beat", "rendered", "ctimer", "lost"})
+FRAME_BYTES = 16 << 10  # a message up to one stream frame interleaves with bulk transfers
 
 
 def good_digest(unit: int) -> bytes:
@@ -83,6 +88,8 @@ class SimPeer:
     bytes_in: int = 0
     bytes_out: int = 0
     beat_timer: float | None = None
+    waiting: tuple[int, int] | None = None  # (lease, unit) handed out while the scene is fetched
+    refused: str = ""  # why it refuses every lease (it could not get the scene)
 
 
 @dataclass
@@ -102,6 +109,7 @@ class Report:
     events: int
     violations: list[str]
     trace_digest: str
+    distribution: dict | None = None  # scene distribution figures (scenarios with a [scene])
 
     def to_json(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
@@ -119,16 +127,28 @@ class Network:
         self.down_free: dict[str, float] = {}
         self.cut: set[str] = set()  # peers partitioned away from peer 0
 
-    def send(self, src: str, dst: str, size: int, kind: str, *args) -> None:
+    def lost(self, src: str, dst: str) -> bool:
+        """Whether a message from src to dst is lost: across a partition, or by the loss rate."""
+        if (src in self.cut) != (dst in self.cut):
+            return True
+        return bool(self.loss) and self.sim.rng.random() < self.loss
+
+    def send(self, src: str, dst: str, size: int, kind, *args) -> bool:
+        """Deliver `kind(*args)` (a handler name, or a callable) at dst when the message arrives.
+        Returns False when the message is lost."""
         sim = self.sim
         if src == dst:  # the coordinator's own worker: an in-process link
             sim.at(sim.now, kind, *args)
-            return
-        if (src in self.cut) != (dst in self.cut):
-            return
-        if self.loss and sim.rng.random() < self.loss:
-            return
+            return True
+        if self.lost(src, dst):
+            return False
         now = sim.now
+        a, b = sim.peers[src], sim.peers[dst]
+        if size <= FRAME_BYTES:  # one frame: it does not wait behind the bulk bytes queued
+            a.bytes_out += size
+            b.bytes_in += size
+            sim.at(now + self.latency_s + size / min(a.up_Bps, b.down_Bps), kind, *args)
+            return True
         start = max(now, self.up_free.get(src, 0.0))
         up = size / sim.peers[src].up_Bps
         self.up_free[src] = start + up
@@ -140,6 +160,7 @@ class Network:
         sim.peers[src].bytes_out += size
         sim.peers[dst].bytes_in += size
         sim.at(max(done, arrive), kind, *args)
+        return True
 
 
 class Sim:
@@ -162,9 +183,13 @@ class Sim:
         self.cost = [
             max(1, round(f.unit_cost_s * COST_SCALE * self._noise(f.cost_noise))) for _ in range(f.units)
         ]
-        self.config = config or ScheduleConfig(seed=seed)
+        self.config = config or ScheduleConfig(seed=seed, trusted="p0")
         self.coord = Coordinator([(i, c) for i, c in enumerate(self.cost)], 0.0, config=self.config)
         self.net = Network(self, scenario)
+        self.dist = Distribution(self, scenario.scene, self.rng) if scenario.scene else None
+        if self.dist is not None:
+            for name in list(self.peers)[: scenario.scene.holders]:
+                self.dist.add_holder(name)
         self.accepted: dict[int, str] = {}
         self.violations: list[str] = []
         self.leased_before: set[int] = set()
@@ -197,7 +222,9 @@ class Sim:
         for ev in sc.events:
             self.at(ev.at, "scenario", ev)
         horizon = sc.limit_s
-        while self._heap and self.done_at is None:
+        # with scene.fetch = "join" the run goes on after the frame until every live peer holds it
+        wait_fetches = self.dist is not None and sc.scene.fetch == "join"
+        while self._heap and (self.done_at is None or (wait_fetches and self.dist.fetching)):
             t, _, kind, args = heapq.heappop(self._heap)
             if t > horizon:
                 break
@@ -206,7 +233,10 @@ class Sim:
                 self.violations.append(f"more than {EVENTS_MAX} events: runaway run")
                 break
             self.now = t
-            getattr(self, "_on_" + kind.replace("-", "_"))(*args)
+            if callable(kind):  # the scene's distribution
+                kind(*args)
+            elif self.done_at is None or kind not in JOB_EVENTS:  # the job's are over with it
+                getattr(self, "_on_" + kind.replace("-", "_"))(*args)
             if progress is not None and not self.events % PROGRESS_EVENTS:
                 progress(len(self.accepted), len(self.cost))
         if progress is not None:
@@ -268,6 +298,8 @@ class Sim:
                 self.accepted[unit] = name
         elif what == "joined":
             c.add_worker(name, self.now)
+        elif what == "refuse":
+            c.on_refuse(name, payload[0], payload[1], self.now)
         self._coord_step()
 
     # ------------------------------------------------------------------ peers
@@ -278,13 +310,23 @@ class Sim:
         p.alive, p.frozen = True, False
         p.worker = WorkerJob(self.now)
         self.net.send(name, "p0", BEAT_BYTES, "to_coord", name, p.epoch, "joined", None)
+        if self.dist is not None and self.scenario.scene.fetch == "join":
+            self.dist.need(name, lambda reason: None)
 
     def _on_lease(self, name: str, epoch: int, lease: Lease) -> None:
         p = self.peers[name]
         if not self._reachable(p, epoch, ("lease", lease)):
             return
+        if p.refused:
+            self._refuse(p, lease.lease_id)
+            return
         p.worker.on_lease(lease.lease_id, lease.units, lease.deadline, self.now)
         self._worker_step(p)
+
+    def _refuse(self, p: SimPeer, lease_id: int) -> None:
+        p.worker.on_revoke(lease_id, self.now)
+        why = (lease_id, p.refused)
+        self.net.send(p.name, "p0", REFUSE_BYTES, "to_coord", p.name, p.epoch, "refuse", why)
 
     def _on_revoke(self, name: str, epoch: int, revoke: Revoke) -> None:
         p = self.peers[name]
@@ -307,14 +349,38 @@ class Sim:
             if isinstance(a, Heartbeat):
                 self.net.send(p.name, "p0", BEAT_BYTES, "to_coord", p.name, p.epoch, "beat", a)
             elif isinstance(a, RenderNext):
-                w.started(a.unit, self.now)
-                seconds = self.cost[a.unit] / COST_SCALE / p.speed * self._noise(p.noise)
-                p.rendering = (a.lease_id, a.unit, self.now, self.now + seconds)
-                self.at(self.now + seconds, "rendered", p.name, p.epoch, a.unit)
+                if self.dist is None or self.dist.holds(p.name):
+                    self._render(p, a.lease_id, a.unit)
+                else:  # as the real worker: fetch the scene first, then render the unit handed out
+                    w.preparing(True)
+                    p.waiting = (a.lease_id, a.unit)
+                    self.dist.need(p.name, functools.partial(self._scene_ready, p, p.epoch))
         d = w.next_deadline()
         if d is not None and (p.beat_timer is None or p.beat_timer < self.now or d < p.beat_timer):
             p.beat_timer = max(d, self.now)
             self.at(p.beat_timer, "beat", p.name, p.epoch)
+
+    def _render(self, p: SimPeer, lease_id: int, unit: int) -> None:
+        p.worker.started(unit, self.now)
+        seconds = self.cost[unit] / COST_SCALE / p.speed * self._noise(p.noise)
+        p.rendering = (lease_id, unit, self.now, self.now + seconds)
+        self.at(self.now + seconds, "rendered", p.name, p.epoch, unit)
+
+    def _scene_ready(self, p: SimPeer, epoch: int, reason: str) -> None:
+        if p.epoch != epoch or not p.alive or p.waiting is None or self.done_at is not None:
+            return
+        lease_id, unit = p.waiting
+        p.waiting = None
+        p.worker.preparing(False)
+        if reason:  # as the real worker: say why, refuse what it holds, and take no more
+            p.refused = f"cannot get the scene: {reason}"
+            p.worker.started(unit, self.now)
+            p.worker.finished(unit, self.now)
+            for lid in p.worker.lease_ids or (lease_id,):
+                self._refuse(p, lid)
+        else:
+            self._render(p, lease_id, unit)
+        self._worker_step(p)
 
     def _on_beat(self, name: str, epoch: int) -> None:
         p = self.peers[name]
@@ -372,7 +438,9 @@ class Sim:
                 p.alive = False
                 p.left_at = self.now
                 p.epoch += 1
-                p.rendering = None
+                p.rendering = p.waiting = None
+                if self.dist is not None:
+                    self.dist.forget(p.name)
                 self.at(self.now + self.net.latency_s, "lost", p.name, p.epoch)
         elif kind == "freeze":
             for p in self._targets(ev):
@@ -405,23 +473,37 @@ class Sim:
             p.rendering = (lid, unit, self.now, self.now + p.remaining_s)
             self.at(self.now + p.remaining_s, "rendered", p.name, p.epoch, unit)
         inbox, p.inbox = p.inbox, []
-        for kind, msg in inbox:
-            if kind == "lease":
-                p.worker.on_lease(msg.lease_id, msg.units, msg.deadline, self.now)
+        for kind, *msg in inbox:
+            if kind == "call":  # the distribution's messages, held while frozen
+                msg[0](*msg[1])
+            elif self.done_at is not None:
+                continue
+            elif kind == "lease":
+                self._on_lease(name, epoch, msg[0])
             else:
-                p.worker.on_revoke(msg.lease_id, self.now)
-        self._worker_step(p)
+                p.worker.on_revoke(msg[0].lease_id, self.now)
+        if self.dist is not None:
+            self.dist.thawed(name)
+        if self.done_at is None:
+            self._worker_step(p)
 
     def _on_heal(self, name: str) -> None:
         self.net.cut.discard(name)
 
     # ------------------------------------------------------------------ results
     def ideal_s(self) -> float:
-        """When the capacity present (speeds of live, unfrozen peers over time) has done the work."""
+        """When the capacity present (speeds of live, unfrozen peers over time) has done the work.
+        With a scene to distribute, a peer that lacks it counts from when it could hold it: the
+        distribution bound after its joining (see sim.distribution)."""
         work = sum(self.cost) / COST_SCALE
         changes: dict[float, float] = {0.0: 0.0}
+        bound = self._distribution_bound_s()
         for p in self.peers.values():
             start, end = p.joined_at, p.left_at if p.left_at is not None else math.inf
+            if self.dist is not None and p.name not in self.dist.holders:
+                start += bound
+            if start >= end:
+                continue
             changes[start] = changes.get(start, 0.0) + p.speed
             if end != math.inf:
                 changes[end] = changes.get(end, 0.0) - p.speed
@@ -451,6 +533,7 @@ class Sim:
                 self.violations.append(
                     f"seed {self.seed}: {st.leases_live} leases still outstanding when done"
                 )
+        self._check_distribution()
         ideal = self.ideal_s()
         return Report(
             seed=self.seed,
@@ -468,4 +551,36 @@ class Sim:
             events=self.events,
             violations=self.violations,
             trace_digest=hashlib.sha256(repr(self.trace).encode()).hexdigest(),
+            distribution=self._distribution_figures(),
         )
+
+    def _check_distribution(self) -> None:
+        """Every fetch that ended held every chunk; with no partition and no loss, none failed (peer
+        0 holds the scene and never leaves); with fetch = "join", none was left running while the
+        run could go on."""
+        d = self.dist
+        if d is None:
+            return
+        sc = self.scenario
+        if not sc.network.loss and not any(e.kind == "partition" for e in sc.events):
+            for name, reason in d.failed.items():
+                self.violations.append(f"seed {self.seed}: {name} could not get the scene from a party "
+                                       f"that held it: {reason}")  # fmt: skip
+        if sc.scene.fetch == "join" and not self._heap:
+            for name, f in d.fetches.items():
+                if not self.peers[name].frozen:
+                    self.violations.append(f"seed {self.seed}: {name}'s fetch ({f.stage}) never ended")
+        for name in d.incomplete:
+            self.violations.append(f"seed {self.seed}: {name} ended its fetch without every chunk")
+
+    def _distribution_figures(self) -> dict | None:
+        if self.dist is None:
+            return None
+        out = self.dist.figures()
+        out["bound_s"] = round(self._distribution_bound_s(), 6)
+        return out
+
+    def _distribution_bound_s(self) -> float:
+        if self.dist is None:
+            return 0.0
+        return self.dist.bound_s([p for p in self.peers.values() if p.joined_at == 0.0])

@@ -18,6 +18,13 @@ units = 256
 unit_cost_s = 0.5         # seconds of work per unit at speed 1.0
 cost_noise = 0.2          # log-normal sigma of unit costs (some buckets are harder)
 result_bytes = 49152      # one unit's result on the wire
+[scene]                   # the compiled scene; without this table every peer holds it already
+bytes = 1_000_000_000     # its size
+chunk_bytes = 524288      # mean chunk size (chunks vary from half to 1.5x this, as content-defined)
+holders = 1               # peers holding it whole at the start: peer 0, then the next ones
+swarm = true              # false: a peer serves the scene only once it holds it whole (one source)
+fetch = "lease"           # lease: a peer fetches on its first unit, as a worker does;
+                          # join: as it joins (and the run lasts until every live peer holds it)
 [[events]]
 at = 5.0
 kind = "drop"             # drop | join | freeze | partition | liar
@@ -41,6 +48,8 @@ from meshrender.errors import MeshrenderError
 PEERS_MAX = 100_000  # simulated peers in one scenario
 UNITS_MAX = 2_000_000  # schedule.UNITS_MAX
 EVENTS_MAX = 10_000
+SCENE_BYTES_MAX = 1 << 40  # 1 TiB
+SCENE_CHUNKS_MAX = 1 << 20  # exchange.CHUNKS_MAX
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
 
 Pos = Annotated[float, Meta(gt=0)]
@@ -74,6 +83,14 @@ class FrameSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen
     result_bytes: Annotated[int, Meta(ge=0, le=1 << 30)] = 49152
 
 
+class SceneSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    bytes: Annotated[int, Meta(ge=1, le=SCENE_BYTES_MAX)]
+    chunk_bytes: Annotated[int, Meta(ge=1024, le=1 << 26)] = 512 << 10
+    holders: Annotated[int, Meta(ge=1, le=PEERS_MAX)] = 1
+    swarm: bool = True
+    fetch: Literal["lease", "join"] = "lease"
+
+
 class Event(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True, rename={"cls": "class"}):
     at: NonNeg
     kind: Literal["drop", "join", "freeze", "partition", "liar"]
@@ -91,6 +108,7 @@ class Scenario(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     peers: Annotated[list[PeerClass], Meta(min_length=1, max_length=64)]
     network: NetworkSpec = NetworkSpec()
     frame: FrameSpec
+    scene: SceneSpec | None = None
     events: Annotated[list[Event], Meta(max_length=EVENTS_MAX)] = []
 
 
@@ -98,6 +116,15 @@ def check(sc: Scenario, where: str = "scenario") -> Scenario:
     if sc.peers[0].count < 1:
         raise ScenarioError(f"{where}: the first peer class needs count >= 1 (peer 0 submits the frame)")
     names = [c.name for c in sc.peers]
+    if sc.scene is not None:
+        present = sum(c.count for c in sc.peers)
+        if sc.scene.holders > present:
+            raise ScenarioError(f"{where}: scene.holders {sc.scene.holders} is more than the {present} peers")
+        if sc.scene.bytes // sc.scene.chunk_bytes >= SCENE_CHUNKS_MAX:
+            raise ScenarioError(
+                f"{where}: scene of {sc.scene.bytes} bytes in {sc.scene.chunk_bytes}-byte chunks is over "
+                f"{SCENE_CHUNKS_MAX} chunks"
+            )
     for i, ev in enumerate(sc.events):
         if ev.cls and ev.cls not in names:
             raise ScenarioError(

@@ -1,6 +1,7 @@
 """The per-peer timeline of a simulated run as a PNG: one row per peer (the first ROWS_MAX when
 there are more), time left to right; each unit a bar in its peer class's colour (a wrong result in
-red), a peer's departure a black mark, a frozen stretch grey."""
+red), a peer's departure a black mark, a frozen stretch grey, fetching the scene a thin light
+band along the row's foot."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ WIDTH_PX = 1200
 ROW_PX_MAX, HEIGHT_PX = 24, 600  # rows shrink to fit a big party in the picture (4 px at least)
 PALETTE = [(66, 133, 244), (52, 168, 83), (251, 188, 5), (171, 71, 188), (0, 172, 193), (255, 112, 67)]
 LIE = (234, 67, 53)
+FETCH = (150, 200, 255)
 
 
 def draw_timeline(sim, path: str | Path) -> Path:
@@ -30,6 +32,13 @@ def draw_timeline(sim, path: str | Path) -> Path:
     for row, p in enumerate(peers):
         y0, y1 = row * row_px + 1, row * row_px + row_px - 1
         colour = PALETTE[classes.index(p.cls) % len(PALETTE)]
+        dist = sim.dist
+        if dist is not None:
+            started, done = dist.finished.get(p.name, (None, None))
+            if started is None and p.name in dist.fetches:
+                started, done = dist.fetches[p.name].started, end
+            if started is not None:
+                img[y1 - max(1, row_px // 4) : y1, x(started) : x(done) + 1] = FETCH
         for start, stop in p.frozen_spans:
             img[y0:y1, x(start) : x(end if stop is None else stop) + 1] = (190, 190, 190)
         for start, stop, _unit, lie in p.bars:

@@ -62,6 +62,7 @@ def test_each_fetcher_has_its_own_order_and_the_same_seed_the_same_one():
 def test_the_served_map_starts_with_what_is_held_and_grows_with_each_chunk():
     s = new_swarm(held={0, 5})
     assert s.chunk_map().held_bits(len(ORDER)) == (1 << 0) | (1 << 5)
+    assert s.holds(ORDER[5]) and not s.holds(ORDER[1]) and not s.holds("f" * 64)
     s.on_maps({"src": whole()}, 0.0)
     asked = requested(s.poll(0.0))["src"]
     assert s.on_chunk("src", asked[0], True, 0.1)
