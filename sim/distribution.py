@@ -107,10 +107,11 @@ class Distribution:
         """`name` dropped: its fetch ends and its providers hear that its streams closed."""
         self.whole.discard(name)
         self.fetches.pop(name, None)
-        lat = self.sim.net.latency_s
+        sim = self.sim
         for f in self.fetches.values():
             if f.asked.get(name):
-                self.sim.at(self.sim.now + lat, self._provider_lost, f, name, f.streams.get(name, 0))
+                lat = sim.net.link_s(sim.peers[name], sim.peers[f.peer])
+                sim.at(sim.now + lat, self._provider_lost, f, name, f.streams.get(name, 0))
 
     def thawed(self, name: str) -> None:
         f = self.fetches.get(name)
@@ -143,10 +144,11 @@ class Distribution:
             f.round_held = True
             return
         maps: dict[str, ChunkMap] = {}
-        wait = 2 * sim.net.latency_s
+        wait = 0.0  # the round lasts until its slowest answer
         for m in sim.peers.values():
             if m is p or not m.alive:
                 continue
+            wait = max(wait, 2 * sim.net.link_s(p, m))
             if m.frozen or sim.net.lost(p.name, m.name) or sim.net.lost(m.name, p.name):
                 wait = MAP_TIMEOUT_S  # the round waits for its answer until the timeout
                 continue

@@ -72,6 +72,7 @@ class SimPeer:
     noise: float
     up_Bps: float  # upload and download caps, bytes per second
     down_Bps: float
+    latency_s: float = 0.0  # this peer's share of every link's one-way latency
     lie_p: float = 0.0
     alive: bool = True
     frozen: bool = False
@@ -127,6 +128,10 @@ class Network:
         self.down_free: dict[str, float] = {}
         self.cut: set[str] = set()  # peers partitioned away from peer 0
 
+    def link_s(self, a: SimPeer, b: SimPeer) -> float:
+        """One-way latency between two peers: the network's, plus each end's own."""
+        return self.latency_s + a.latency_s + b.latency_s
+
     def lost(self, src: str, dst: str) -> bool:
         """Whether a message from src to dst is lost: across a partition, or by the loss rate."""
         if (src in self.cut) != (dst in self.cut):
@@ -147,12 +152,12 @@ class Network:
         if size <= FRAME_BYTES:  # one frame: it does not wait behind the bulk bytes queued
             a.bytes_out += size
             b.bytes_in += size
-            sim.at(now + self.latency_s + size / min(a.up_Bps, b.down_Bps), kind, *args)
+            sim.at(now + self.link_s(a, b) + size / min(a.up_Bps, b.down_Bps), kind, *args)
             return True
         start = max(now, self.up_free.get(src, 0.0))
         up = size / sim.peers[src].up_Bps
         self.up_free[src] = start + up
-        arrive = start + up + self.latency_s
+        arrive = start + up + self.link_s(a, b)
         down = size / sim.peers[dst].down_Bps
         begin = max(arrive - down, self.down_free.get(dst, 0.0))
         done = begin + down
@@ -204,7 +209,7 @@ class Sim:
     def _new_peer(self, cls, at: float = 0.0) -> SimPeer:
         name = f"p{len(self.peers)}"
         p = SimPeer(name, cls.name, cls.speed, cls.noise, cls.up_mbps * MBPS, cls.down_mbps * MBPS,
-                    lie_p=cls.lie_p, joined_at=at)  # fmt: skip
+                    cls.latency_ms / 1000.0, lie_p=cls.lie_p, joined_at=at)  # fmt: skip
         self.peers[name] = p
         return p
 
@@ -441,7 +446,7 @@ class Sim:
                 p.rendering = p.waiting = None
                 if self.dist is not None:
                     self.dist.forget(p.name)
-                self.at(self.now + self.net.latency_s, "lost", p.name, p.epoch)
+                self.at(self.now + self.net.link_s(p, self.peers["p0"]), "lost", p.name, p.epoch)
         elif kind == "freeze":
             for p in self._targets(ev):
                 p.frozen = True

@@ -9,6 +9,7 @@ speed = 4.0               # seconds of work per second (1.0: the reference machi
 noise = 0.05              # log-normal sigma on each unit's time
 up_mbps = 1000            # upload and download caps
 down_mbps = 1000
+latency_ms = 0.0          # added to [network] latency_ms on every link of these peers (Wi-Fi, WAN)
 lie_p = 0.0               # fraction of its results that are wrong
 [network]
 latency_ms = 0.3
@@ -68,6 +69,7 @@ class PeerClass(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen
     noise: NonNeg = 0.0
     up_mbps: Pos = 1000.0
     down_mbps: Pos = 1000.0
+    latency_ms: NonNeg = 0.0
     lie_p: Fraction = 0.0
 
 

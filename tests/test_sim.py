@@ -244,3 +244,17 @@ def test_scene_errors_are_named(tmp_path):
     bad.write_text('[[peers]]\nname = "a"\n[frame]\nunits = 4\n[scene]\nbytes = 10\nfetch = "early"\n')
     with pytest.raises(ScenarioError, match="fetch"):
         load_scenario(bad)
+
+
+def test_a_peer_class_adds_its_own_latency_to_its_links():
+    peers = [PeerClass(name="wired", count=2), PeerClass(name="wifi", count=2, latency_ms=20.0)]
+    net, frame = NetworkSpec(latency_ms=1.0), FrameSpec(units=64, unit_cost_s=0.05)
+    sc = Scenario(peers=peers, network=net, frame=frame)
+    sim = Sim(sc, 0)
+    p = sim.peers
+    assert sim.net.link_s(p["p0"], p["p1"]) == pytest.approx(0.001)
+    assert sim.net.link_s(p["p0"], p["p2"]) == pytest.approx(0.021)
+    assert sim.net.link_s(p["p2"], p["p3"]) == pytest.approx(0.041)
+    slow = sim.run()
+    fast = Sim(Scenario(peers=[PeerClass(name="wired", count=4)], network=net, frame=frame), 0).run()
+    assert slow.violations == fast.violations == [] and slow.frame_s > fast.frame_s
