@@ -217,8 +217,9 @@ class Distribution:
     def _want(self, name: str, epoch: int, f: Fetch, f_epoch: int, gen: int, hashes: tuple[str, ...]) -> None:
         sim = self.sim
         q = sim.peers[name]
-        if q.epoch != epoch or not q.alive:
-            return  # its streams are closed: the fetcher hears of it from forget()
+        if q.epoch != epoch or not q.alive:  # sent to a peer that is gone: the stream fails
+            sim.at(sim.now + sim.net.link_s(q, sim.peers[f.peer]), self._provider_lost, f, name, gen)
+            return
         if q.frozen:
             q.inbox.append(("call", self._want, (name, epoch, f, f_epoch, gen, hashes)))
             return

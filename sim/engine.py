@@ -426,6 +426,8 @@ class Sim:
         pool = [p for p in self.peers.values() if p.name != "p0" and p.alive and (ev.cls in ("", p.cls))]
         if ev.state == "frozen":
             pool = [p for p in pool if p.frozen]
+        elif ev.kind == "freeze":  # a frozen peer cannot freeze again
+            pool = [p for p in pool if not p.frozen]
         n = ev.count if ev.count else round(ev.fraction * len(pool))
         return self.rng.sample(pool, min(n, len(pool)))
 
