@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("scene_id", help="the scene id (64 hex digits) that `store add` printed")
     _party_args(fetch)
 
+    tui = sub.add_parser("tui", help="the TUI on this machine's peer (what `meshrender` alone opens)")
+    _tui_args(tui)
+
     peer = sub.add_parser("peer", help="run this machine's peer: join a party, serve and fetch scenes")
     peer.add_argument("--headless", action="store_true", help="no TUI (the only mode until the TUI lands)")
     _party_args(peer)
@@ -127,6 +130,7 @@ def _settings_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--tile", type=_positive, metavar="PX", help="bucket size in pixels")
 
 
+SOLO_PARTY = "solo"  # the party a TUI-started peer joins when none is named: this machine alone
 VERIFY_HELP = (
     "fraction of units of the jobs this peer coordinates that a second peer renders too, compared bit "
     "for bit (0..1, default 0: only the endgame's duplicates are compared)"
@@ -153,8 +157,11 @@ def _positive_int(text: str) -> int:
     return n
 
 
-def _party_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--party", required=True, help="party name")
+def _party_args(p: argparse.ArgumentParser, *, party_required: bool = True) -> None:
+    if party_required:
+        p.add_argument("--party", required=True, help="party name")
+    else:
+        p.add_argument("--party", default=SOLO_PARTY, help=f"party name (default {SOLO_PARTY!r}, on its own)")
     p.add_argument("--secret", help="party secret (or --secret-file, or $MESHRENDER_SECRET)")
     p.add_argument("--secret-file", help="file holding the party secret")
     p.add_argument("--listen", action="append", metavar="MULTIADDR", help="default /ip4/127.0.0.1/tcp/0")
@@ -178,9 +185,11 @@ def cmd_peer(args: argparse.Namespace) -> int:
     import trio
 
     from .home import meshrender_home
+    from .local import socket_path
     from .node import Peer, read_secret
 
     secret = read_secret(args.secret, args.secret_file)
+    home = meshrender_home(args.home)
 
     def show(ev: dict) -> None:
         if args.json:
@@ -189,9 +198,10 @@ def cmd_peer(args: argparse.Namespace) -> int:
             rest = " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("event", "t"))
             print(f"{ev['event']}: {rest}", flush=True)
 
-    peer = Peer(home=meshrender_home(args.home), party=args.party, secret=secret, listen=args.listen,
+    peer = Peer(home=home, party=args.party, secret=secret, listen=args.listen,
                 bootstrap=args.bootstrap, on_event=show, backend=args.backend, threads=args.threads,
-                mdns=args.mdns, run_queue=True, verify=args.verify)  # fmt: skip
+                mdns=args.mdns, run_queue=True, verify=args.verify,
+                local_socket=socket_path(home))  # fmt: skip
 
     async def main():
         async with trio.open_nursery() as n:
@@ -552,12 +562,63 @@ def _first_user_error(exc: BaseException) -> MeshrenderError | None:
     return None
 
 
+def _tui_args(p: argparse.ArgumentParser) -> None:
+    _party_args(p, party_required=False)
+    p.add_argument("--home", help="peer state folder (default $MESHRENDER_HOME)")
+    p.add_argument("--backend", choices=("auto", "cpu", "gpu"), default="auto", help="what renders here")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads to render with (default: all cores)")
+    p.add_argument("--mdns", action=argparse.BooleanOptionalAction, default=False,
+                   help="find party members on the LAN by mDNS (off by default)")  # fmt: skip
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    """Attach to this machine's running peer, or start one here (in a thread) and attach to it."""
+    from tui.app import MeshrenderApp, attach_or_start, peer_in_thread
+
+    from .home import meshrender_home
+    from .local import socket_path
+    from .node import Peer, read_secret
+
+    home = meshrender_home(args.home)
+    home.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()  # log lines would tear the screen: they go to a file in the home
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.FileHandler(home / "tui.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+
+    def start_peer():
+        secret = read_secret(args.secret, args.secret_file) if (
+            args.secret or args.secret_file or args.party != SOLO_PARTY) else solo_secret(home)  # fmt: skip
+        return peer_in_thread(lambda: Peer(
+            home=home, party=args.party, secret=secret, listen=args.listen, bootstrap=args.bootstrap,
+            backend=args.backend, threads=args.threads, mdns=args.mdns, run_queue=True,
+            local_socket=socket_path(home)))  # fmt: skip
+
+    MeshrenderApp(home, attach_or_start(home, start_peer)).run()
+    return 0
+
+
+def solo_secret(home: Path) -> bytes:
+    """The secret of this machine's own party (kept in its home; a party of one needs no sharing)."""
+    import secrets
+
+    path = home / "solo-secret"
+    if not path.exists():
+        path.write_text(secrets.token_hex(16))
+        path.chmod(0o600)
+    return path.read_bytes().strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 0
+        if argv or not sys.stdout.isatty():
+            parser.print_help()
+            return 0
+        args = parser.parse_args(["tui"])
     logging.basicConfig(level=logging.INFO, format="meshrender: %(message)s", stream=sys.stderr)
     logging.getLogger("taichi").setLevel(logging.WARNING)
     # py-libp2p logs every failed dial and stream at WARNING/ERROR, several lines each; the peer's
@@ -566,6 +627,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "peer":
             return cmd_peer(args)
+        if args.command == "tui":
+            return cmd_tui(args)
         if args.command == "store":
             return cmd_store_fetch(args) if args.store_command == "fetch" else cmd_store(args)
         if args.command == "demo":

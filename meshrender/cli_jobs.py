@@ -110,19 +110,34 @@ def _remote(args, request, *, scene=None, on_piece=None):
     return answer.jobs
 
 
-def _local_db(args):
+def _local_db(where):
+    """This machine's queue: `where` is parsed arguments (their --home) or a home folder."""
     from .distributed import jobs_db_path
     from .home import meshrender_home
     from .jobs import JobDB
 
-    return JobDB(jobs_db_path(meshrender_home(args.home)))
+    home = where.home if isinstance(where, argparse.Namespace) else where
+    return JobDB(jobs_db_path(meshrender_home(home)))
+
+
+def submit_compiled(home, scene, settings, frames: tuple[int, int], *, backend: str = "any",
+                    priority: int = 0, submitter: str = ""):  # fmt: skip
+    """Put a compiled scene in this machine's store and queue a job of it; its JobInfo."""
+    from .cli import open_store
+    from .jobs import JobSpec
+    from .service import submit_local
+    from .store.scenes import import_scene
+
+    with open_store(home) as store, _local_db(home) as db:
+        spec = JobSpec(scene_id=import_scene(store, scene).scene_id, settings=settings, first_frame=frames[0],
+                       last_frame=frames[1], backend=backend)  # fmt: skip
+        return job_info(submit_local(db, store, spec, priority=priority, submitter=submitter))
 
 
 # ---------------------------------------------------------------------------- the commands
 
 
 def cmd_submit(args: argparse.Namespace, settings_of) -> int:
-    from .jobs import JobSpec
     from .protocol import SubmitJob
     from .scene.compile import compile_scene
     from .scene.load import load_scene
@@ -138,14 +153,8 @@ def cmd_submit(args: argparse.Namespace, settings_of) -> int:
                             backend=args.backend, priority=args.priority)  # fmt: skip
         (info,) = _remote(args, request, scene=scene)
     else:
-        from .cli import open_store
-        from .service import submit_local
-        from .store.scenes import import_scene
-
-        with open_store(args.home) as store, _local_db(args) as db:
-            spec = JobSpec(scene_id=import_scene(store, scene).scene_id, settings=settings, first_frame=first,
-                           last_frame=last, backend=args.backend)  # fmt: skip
-            info = job_info(submit_local(db, store, spec, priority=args.priority, submitter="cli"))
+        info = submit_compiled(args.home, scene, settings, (first, last), backend=args.backend,
+                               priority=args.priority, submitter="cli")  # fmt: skip
     if args.json:
         print(json.dumps(msgspec.to_builtins(info)))
     else:

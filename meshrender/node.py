@@ -173,6 +173,7 @@ class Peer:
         render: bool = True,
         run_queue: bool = False,
         verify: float = 0.0,
+        local_socket: Path | None = None,
     ):
         if not party:
             raise PeerError("a party needs a name")
@@ -189,6 +190,8 @@ class Peer:
         self.penalties: dict[str, list[str]] = {}
         self.banned: set[str] = set()
         self.events: deque[dict] = deque(maxlen=EVENTS_KEPT)
+        self.watchers: list[Callable[[dict], None]] = []  # local status-socket readers (meshrender.local)
+        self.local_socket = local_socket
         self.host = None
         self.peer_id = ""
         self.addrs: list[str] = []
@@ -204,6 +207,8 @@ class Peer:
         self.backend = backend  # what was asked for; the renderer reports what it got
         self.fell_back: bool | None = None
         self.speed: float | None = None  # measured Msamples/s, once the renderer has run
+        self.units_rendered = 0
+        self.backend_reason = ""  # why the renderer runs where it does (a GPU fallback's cause)
         self.threads = threads or os.cpu_count() or 1
         self.busy = False  # rendering (set by the render loop)
         self.statuses: dict[str, dict] = {}  # member -> its latest gossiped Status, with arrival time
@@ -225,9 +230,11 @@ class Peer:
     def _event(self, kind: str, **fields) -> None:
         ev = {"event": kind, "t": round(time.time(), 3), **fields}
         self.events.append(ev)
-        if self.on_event is not None:
+        for reader in [self.on_event, *self.watchers]:
+            if reader is None:
+                continue
             try:
-                self.on_event(ev)
+                reader(ev)
             except Exception:  # a broken reader must not stop the peer
                 log.exception("event reader failed")
 
@@ -271,6 +278,8 @@ class Peer:
             scenes=len(self.held_scenes()),
             gpu=self.gpu,
             renders=self.render,
+            units=self.units_rendered,
+            reason=self.backend_reason,
         )
 
     def held_scenes(self) -> list[str]:
@@ -403,6 +412,13 @@ class Peer:
                         nursery.start_soon(self._warm_renderer)
                     if self.runner is not None:
                         await nursery.start(self.runner.run)
+                    if self.local_socket is not None:
+                        from .local import serve_local
+
+                        try:
+                            await nursery.start(serve_local, self, self.local_socket)
+                        except OSError as exc:  # the peer runs on; only local attaching is lost
+                            self._event("local-socket-failed", path=str(self.local_socket), reason=str(exc))
                     task_status.started(self)
                     for addr in self.bootstrap:
                         nursery.start_soon(self.dial, addr, True)
@@ -599,6 +615,7 @@ class Peer:
             raise
         changed = (self.gpu, self.fell_back) != (ready.is_gpu, ready.fell_back)
         self.backend, self.gpu, self.fell_back = ready.backend, ready.is_gpu, ready.fell_back
+        self.backend_reason = ready.reason[:400]
         if changed:
             self._event("renderer", backend=ready.backend, gpu=ready.is_gpu, fell_back=ready.fell_back,
                         reason=ready.reason, threads=ready.threads, kernel_s=ready.kernel_s)  # fmt: skip
@@ -607,6 +624,7 @@ class Peer:
 
     def note_render(self, rendered, unit, settings) -> None:
         """A unit was rendered here: its speed (Msamples/s, units that compiled left out) is gossiped."""
+        self.units_rendered += 1
         if rendered.compile_s == 0 and rendered.seconds > 0:
             self.speed = round(unit.pixels * unit.samples(settings) / rendered.seconds / 1e6, 3)
 

@@ -322,6 +322,8 @@ class Status(Msg, tag="status"):
     scenes: Annotated[int, Meta(ge=0)]  # held whole
     gpu: bool | None = None  # renders on a GPU; None: the renderer has not started yet
     renders: bool = True  # takes leases (a `store fetch` or `submit` client does not)
+    units: Annotated[int, Meta(ge=0)] = 0  # units rendered since the peer started
+    reason: Reason = ""  # why it renders where it does (why it fell back to the CPU)
 
 
 class Have(Msg, tag="have"):

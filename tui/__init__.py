@@ -1,2 +1,1 @@
-"""The Textual app (`meshrender` with no arguments). It arrives with Step 6; until then the
-package holds nothing and `meshrender` without a command prints its help."""
+"""The Textual app: `meshrender` alone (or `meshrender tui`) on this machine's peer. See tui.app."""

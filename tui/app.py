@@ -1,0 +1,418 @@
+"""The `meshrender` TUI: this machine's peer, its party, its queue and what it moves, live.
+
+How it works
+  * It attaches to the peer running on this machine through its status socket
+    (`meshrender.local`), or starts one in a thread of its own (trio, as `meshrender peer` runs
+    it) and attaches to that. Either way the app only receives plain dicts, the snapshots and
+    events the headless peer's JSON output is made of, through `call_from_thread`: nothing in the
+    app ever waits on the peer.
+  * The queue is read from and written to `jobs.sqlite`, as `meshrender submit`/`cancel` do
+    without `--to`; the peer's queue runner picks changes up within half a second. Compiling a
+    submitted scene runs in a worker thread.
+  * Tabs: Party (every member: backend, with a GPU that fell back to the CPU in the warning colour
+    and why, speed, threads, load, units, state; members that leave stay listed as lost), Queue
+    (priority, progress, ETA; submit, cancel, reprioritise), Transfers (bytes per member and in
+    all), Log (the event stream).
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.css.query import NoMatches
+from textual.widgets import DataTable, Footer, Header, Input, RichLog, Static, TabbedContent, TabPane
+
+REFRESH_S = 1.0  # the queue is re-read this often
+LOG_LINES = 2000
+
+
+def short(peer_id: str) -> str:
+    return peer_id[-10:] if peer_id else "?"
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def backend_text(status: dict | None) -> Text:
+    """GPU, CPU, or "CPU (fell back: why)" in the warning colour; "starting" before the renderer
+    has said; "no renderer" for a client."""
+    if not status:
+        return Text("?", style="dim")
+    if not status.get("renders", True):
+        return Text("client", style="dim")
+    if status.get("gpu") is None:
+        return Text("starting", style="dim")
+    if status.get("fell_back"):
+        return Text("CPU (fell back)", style="bold yellow")
+    return Text("GPU" if status.get("gpu") else "CPU", style="green" if status.get("gpu") else "")
+
+
+class MeshrenderApp(App):
+    """See the module docstring. `attach(on_item, on_gone)` connects to the peer (it is called in
+    a worker thread and may start one) and returns a function that detaches."""
+
+    TITLE = "meshrender"
+    CSS = """
+    DataTable { height: 1fr; }
+    #submit { dock: bottom; }
+    #summary { height: auto; padding: 0 1; color: $text-muted; }
+    """
+    BINDINGS = [
+        Binding("1", "tab('party')", "Party"),
+        Binding("2", "tab('queue')", "Queue"),
+        Binding("3", "tab('transfers')", "Transfers"),
+        Binding("4", "tab('log')", "Log"),
+        Binding("s", "submit", "Submit"),
+        Binding("c", "cancel_job", "Cancel"),
+        Binding("plus,equals_sign", "priority(1)", "Pri +"),
+        Binding("minus", "priority(-1)", "Pri -"),
+        Binding("q", "quit", "Quit"),
+        Binding("escape", "leave_input", "Back", show=False),
+    ]
+
+    def __init__(self, home: Path, attach: Callable, *, submit: Callable | None = None):
+        super().__init__()
+        self.home = Path(home)
+        self._attach = attach
+        self._submit = submit
+        self._detach: Callable[[], None] | None = None
+        self.snapshot: dict = {}
+        self.lost: dict[str, float] = {}  # members seen once and gone since, with when
+        self.seen: dict[str, dict | None] = {}  # every member ever seen, with its last status
+        self.jobs: list = []
+        self.gone_reason = ""
+        self.log_lines: deque[str] = deque(maxlen=LOG_LINES)  # what the Log tab shows, as text
+
+    # ------------------------------------------------------------------ layout
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("attaching to this machine's peer…", id="summary")
+        with TabbedContent(initial="party"):
+            with TabPane("Party", id="party"):
+                yield DataTable(id="party-main", cursor_type="row", zebra_stripes=True)
+            with TabPane("Queue", id="queue"):
+                with Vertical():
+                    yield DataTable(id="queue-main", cursor_type="row", zebra_stripes=True)
+                    yield Input(placeholder="scene to submit: a .toml, a mesh, or a built-in name (cornell)",
+                                id="submit")  # fmt: skip
+            with TabPane("Transfers", id="transfers"):
+                yield DataTable(id="transfers-main", cursor_type="row", zebra_stripes=True)
+            with TabPane("Log", id="log"):
+                yield RichLog(id="log-main", max_lines=LOG_LINES, wrap=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#party-main", DataTable).add_columns(
+            "Peer", "Backend", "Speed", "Threads", "Load", "Units", "Scenes", "State", "Why"
+        )
+        self.query_one("#queue-main", DataTable).add_columns(
+            "Job", "Scene", "Frames", "Priority", "State", "Progress", "ETA", "Submitted"
+        )
+        self.query_one("#transfers-main", DataTable).add_columns("Peer", "Sent to it", "Received from it")
+        self.set_interval(REFRESH_S, self.refresh_jobs)
+        self.refresh_jobs()
+        self.run_worker(self._connect, thread=True, name="attach")
+
+    def _connect(self) -> None:
+        try:
+            self._detach = self._attach(self._item_from_thread, self._gone_from_thread)
+        except Exception as exc:  # no peer, and none could be started: say so and stay open
+            self.call_from_thread(self._gone, f"cannot attach to a peer: {exc}")
+
+    def _item_from_thread(self, item: dict) -> None:
+        try:
+            self.call_from_thread(self.apply, item)
+        except RuntimeError:  # the app has stopped
+            pass
+
+    def _gone_from_thread(self, reason: str) -> None:
+        try:
+            self.call_from_thread(self._gone, reason)
+        except RuntimeError:
+            pass
+
+    def on_unmount(self) -> None:
+        if self._detach is not None:
+            self._detach()
+
+    # ------------------------------------------------------------------ what comes in
+    def apply(self, item: dict) -> None:
+        """One snapshot or event from the peer."""
+        if "snapshot" in item:
+            self._snapshot(item["snapshot"])
+        elif "event" in item:
+            self._log(item)
+
+    def _gone(self, reason: str) -> None:
+        self.gone_reason = reason
+        try:
+            self.query_one("#summary", Static).update(Text(f"detached: {reason}", style="bold red"))
+        except NoMatches:  # the app is closing: the watcher ends with it
+            return
+        self._log({"event": "detached", "t": time.time(), "reason": reason})
+
+    def _snapshot(self, snap: dict) -> None:
+        self.snapshot = snap
+        members = snap.get("members", {})
+        now = time.time()
+        for p, m in members.items():
+            self.seen[p] = m.get("status")
+            self.lost.pop(p, None)
+        for p in self.seen:
+            if p not in members:
+                self.lost.setdefault(p, now)
+        me = snap.get("status") or {}
+        t = snap.get("transfers", {})
+        self.sub_title = f"party {snap.get('party', '?')} · {short(snap.get('peer_id', ''))}"
+        summary = Text.assemble(
+            (f"{snap.get('peer_id', '?')}", "bold"),
+            f"  party {snap.get('party', '?')}  ·  ",
+            backend_text(me),
+            f"  ·  {len(members)} members  ·  in {human_bytes(t.get('bytes_in', 0))}"
+            f"  out {human_bytes(t.get('bytes_out', 0))}",
+        )
+        self.query_one("#summary", Static).update(summary)
+        self._party_table(snap, me)
+        self._transfer_table(snap)
+
+    def _party_table(self, snap: dict, me: dict) -> None:
+        table = self.query_one("#party-main", DataTable)
+        rows = [(snap.get("peer_id", ""), me, "this peer")]
+        rows += [(p, m.get("status"), "") for p, m in sorted(snap.get("members", {}).items())]
+        rows += [(p, self.seen.get(p), "lost") for p in sorted(self.lost)]
+        table.clear()
+        for peer, st, note in rows:
+            st = st or {}
+            state = note if note == "lost" else st.get("state", "?")
+            if note == "this peer":
+                state = f"{state} (this peer)"
+            speed = st.get("speed")
+            table.add_row(
+                Text(short(peer), style="bold" if note == "this peer" else ""),
+                backend_text(st) if st else Text("?", style="dim"),
+                "-" if speed is None else f"{speed:.2f} Ms/s",
+                str(st.get("threads", "?")),
+                str(st.get("load", "?")),
+                str(st.get("units", 0)),
+                str(st.get("scenes", "?")),
+                Text(state, style="red" if note == "lost" else ""),
+                Text(st.get("reason", "") if st.get("fell_back") else "", style="yellow"),
+                key=peer,
+            )
+
+    def _transfer_table(self, snap: dict) -> None:
+        table = self.query_one("#transfers-main", DataTable)
+        table.clear()
+        for p, m in sorted(snap.get("members", {}).items()):
+            served, received = human_bytes(m.get("bytes_served", 0)), human_bytes(m.get("bytes_received", 0))
+            table.add_row(short(p), served, received)
+        t = snap.get("transfers", {})
+        out = f"{human_bytes(t.get('bytes_out', 0))} in {t.get('chunks_out', 0)} chunks"
+        got = f"{human_bytes(t.get('bytes_in', 0))} in {t.get('chunks_in', 0)} chunks"
+        table.add_row(Text("all", style="bold"), out, got)
+
+    def _log(self, ev: dict) -> None:
+        when = datetime.datetime.fromtimestamp(ev.get("t", time.time())).strftime("%H:%M:%S")
+        rest = " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("event", "t"))
+        style = "yellow" if ev["event"] in ("penalty", "worker-lost", "job-failed", "detached") else ""
+        line = Text.assemble((when, "dim"), " ", (ev["event"], "bold " + style), " ", rest)
+        self.log_lines.append(line.plain)
+        self.query_one("#log-main", RichLog).write(line)
+
+    # ------------------------------------------------------------------ the queue
+    def refresh_jobs(self) -> None:
+        from meshrender.cli_jobs import _local_db
+        from meshrender.service import listing
+
+        try:
+            with _local_db(self.home) as db:
+                self.jobs = listing(db)
+        except Exception as exc:  # a locked or broken queue: show it, keep the rest running
+            self.query_one("#summary", Static).update(Text(f"queue unreadable: {exc}", style="bold red"))
+            return
+        table = self.query_one("#queue-main", DataTable)
+        cursor = table.cursor_row
+        table.clear()
+        now = time.time()
+        for r in self.jobs:
+            done, total = r.units_done, r.units_total
+            progress = f"{done}/{total} ({100 * done // total}%)" if total else "-"
+            eta = "-"
+            if r.state == "running" and r.started_s and done and total:
+                eta = f"{(now - r.started_s) * (total - done) / done:.0f} s"
+            style = {"failed": "red", "cancelled": "dim", "done": "green", "running": "bold"}.get(r.state, "")
+            table.add_row(
+                r.id[:12],
+                r.spec.scene_id[:12],
+                f"{r.spec.first_frame}..{r.spec.last_frame}",
+                str(r.priority),
+                Text(r.state + (f": {r.error}" if r.error else ""), style=style),
+                progress,
+                eta,
+                datetime.datetime.fromtimestamp(r.submitted_s).strftime("%H:%M:%S"),
+                key=r.id,
+            )
+        if self.jobs:
+            table.move_cursor(row=min(cursor, len(self.jobs) - 1))
+
+    def _selected_job(self) -> str | None:
+        table = self.query_one("#queue-main", DataTable)
+        if not self.jobs or table.cursor_row < 0:
+            return None
+        return self.jobs[min(table.cursor_row, len(self.jobs) - 1)].id
+
+    def action_tab(self, tab: str, focus: str = "") -> None:
+        # focus leaves the pane first: a focused widget in a hidden pane would pull its tab back
+        self.set_focus(None)
+        self.query_one(TabbedContent).active = tab
+        self.call_after_refresh(self.query_one(focus or f"#{tab}-main").focus)
+
+    def action_submit(self) -> None:
+        self.action_tab("queue", "#submit")
+
+    def action_leave_input(self) -> None:
+        self.query_one("#queue-main", DataTable).focus()
+
+    def on_input_submitted(self, message: Input.Submitted) -> None:
+        scene = message.value.strip()
+        self.action_leave_input()
+        if not scene:
+            return
+        message.input.value = ""
+        self._log({"event": "submitting", "t": time.time(), "scene": scene})
+        self.run_worker(lambda: self._submit_scene(scene), thread=True, name="submit")
+
+    def _submit_scene(self, scene: str) -> None:
+        try:
+            info = (self._submit or submit_scene)(self.home, scene)
+        except Exception as exc:  # a bad scene: its message, nothing queued
+            self.call_from_thread(self._log, {"event": "submit-failed", "t": time.time(), "scene": scene,
+                                              "reason": str(exc)})  # fmt: skip
+            return
+        self.call_from_thread(self._log, {"event": "submitted", "t": time.time(), "job": info.id})
+        self.call_from_thread(self.refresh_jobs)
+
+    def action_cancel_job(self) -> None:
+        job = self._selected_job()
+        if job is None:
+            return
+        from meshrender.cli_jobs import _local_db
+
+        try:
+            with _local_db(self.home) as db:
+                db.cancel(job, now=time.time())
+        except Exception as exc:
+            self._log({"event": "cancel-failed", "t": time.time(), "job": job, "reason": str(exc)})
+            return
+        self._log({"event": "cancel", "t": time.time(), "job": job})
+        self.refresh_jobs()
+
+    def action_priority(self, delta: int) -> None:
+        job = self._selected_job()
+        if job is None:
+            return
+        from meshrender.cli_jobs import _local_db
+
+        try:
+            with _local_db(self.home) as db:
+                db.set_priority(job, db.get(job).priority + delta)
+        except Exception as exc:
+            self._log({"event": "priority-failed", "t": time.time(), "job": job, "reason": str(exc)})
+            return
+        self.refresh_jobs()
+
+
+def submit_scene(home: Path, scene: str):
+    """Compile `scene` and queue it here with its own settings and frame range."""
+    from meshrender.cli_jobs import submit_compiled
+    from meshrender.scene.compile import compile_scene
+    from meshrender.scene.load import load_scene
+
+    compiled = compile_scene(load_scene(scene))
+    return submit_compiled(home, compiled, compiled.settings, compiled.frames, submitter="tui")
+
+
+# ---------------------------------------------------------------------------- attaching
+def attach_or_start(home: Path, start_peer: Callable[[], Callable[[], None]] | None):
+    """An `attach` for MeshrenderApp: watch the peer serving `home`'s socket; when none answers
+    and `start_peer` is given, start one (it returns its stopper) and watch that."""
+    from meshrender.local import LocalWatch, socket_path
+
+    def attach(on_item, on_gone):
+        path = socket_path(home)
+        watch = LocalWatch(path, on_item, on_gone)
+        try:
+            watch.start()
+            return watch.stop
+        except OSError:
+            if start_peer is None:
+                raise
+        stop_peer = start_peer()
+        deadline = time.monotonic() + 60.0
+        while True:
+            try:
+                watch.start()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    stop_peer()
+                    raise
+                time.sleep(0.1)
+
+        def detach():
+            watch.stop()
+            stop_peer()
+
+        return detach
+
+    return attach
+
+
+def peer_in_thread(make_peer: Callable[[], object]) -> Callable[[], None]:
+    """Run a Peer on trio in a thread of its own; returns a function that stops it and waits."""
+    import trio
+
+    token: dict = {}
+    ready = threading.Event()
+
+    async def main():
+        peer = make_peer()
+        async with trio.open_nursery() as n:
+            token["token"] = trio.lowlevel.current_trio_token()
+            token["scope"] = n.cancel_scope
+            ready.set()
+            await peer.run()
+
+    def run():
+        try:
+            trio.run(main)
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=run, name="meshrender-peer", daemon=True)
+    thread.start()
+    ready.wait()
+
+    def stop():
+        if "token" in token:
+            try:
+                trio.from_thread.run_sync(token["scope"].cancel, trio_token=token["token"])
+            except trio.RunFinishedError:
+                pass
+        thread.join(timeout=15.0)
+
+    return stop
