@@ -35,6 +35,7 @@ import numpy as np
 import trio
 
 from .film import Film
+from .frameview import FrameView
 from .jobs import JobDB, JobError, JobSpec, UnitRecord
 from .output import write_exr, write_json, write_png
 from .protocol import Beat, JobEnd, JobOffer, LeaseGrant, LeaseRefused, LeaseRevoke, Msg, UnitDone
@@ -295,32 +296,42 @@ class JobRun:
             now = self._t0 = trio.current_time()
             cost = {u: u.pixels * u.samples(settings) for u in todo}
             self.coordinator = Coordinator([(u, cost[u], u.frame) for u in todo], now, config=self.config)
-            async with trio.open_nursery() as n:
-                self._nursery = n
-                self.writer = _ResultWriter(peer.store, db.path, self.job_id, self._store_failed)
-                await n.start(self.writer.run)
-                if self.render_self:
-                    mine, theirs = memory_link_pair()
-                    n.start_soon(self._serve_self, theirs)
-                    self._add_worker(peer.peer_id, mine)
-                n.start_soon(self._scan_members)
-                await self._drive()
-                for w in list(self.workers.values()):
-                    self._send(w, JobEnd(reason="cancelled" if self._cancelled else "done"))
-                await self.writer.flush()  # every accepted result on disk before the outputs read them
-                for w in list(self.workers.values()):
-                    w.outbox_send.close()
-                with trio.move_on_after(1.0):  # JobEnd goes out before the links close
-                    for w in list(self.workers.values()):
-                        await w.flushed.wait()
-                n.cancel_scope.cancel()
-            self._nursery = None
+            self.view = FrameView(self.job_id, settings.width, settings.height, settings.pass_count, todo,
+                                  exposure=settings.exposure)  # fmt: skip
+            peer.frame_views[self.job_id] = self.view
+            try:
+                await self._run_units(peer, db)
+            finally:
+                peer.frame_views.pop(self.job_id, None)
         if self._cancelled:
             return self.summary(outputs=[])
         outputs = self._write_outputs()
         db.finish(self.job_id, now=time.time(), outputs=outputs)
         peer._event("job-done", job=self.job_id, outputs=outputs, units_by_peer=dict(self.units_by_peer))
         return self.summary(outputs)
+
+    async def _run_units(self, peer, db) -> None:
+        """Lease the units to the workers until the coordinator is done or the job is cancelled."""
+        async with trio.open_nursery() as n:
+            self._nursery = n
+            self.writer = _ResultWriter(peer.store, db.path, self.job_id, self._store_failed)
+            await n.start(self.writer.run)
+            if self.render_self:
+                mine, theirs = memory_link_pair()
+                n.start_soon(self._serve_self, theirs)
+                self._add_worker(peer.peer_id, mine)
+            n.start_soon(self._scan_members)
+            await self._drive()
+            for w in list(self.workers.values()):
+                self._send(w, JobEnd(reason="cancelled" if self._cancelled else "done"))
+            await self.writer.flush()  # every accepted result on disk before the outputs read them
+            for w in list(self.workers.values()):
+                w.outbox_send.close()
+            with trio.move_on_after(1.0):  # JobEnd goes out before the links close
+                for w in list(self.workers.values()):
+                    await w.flushed.wait()
+            n.cancel_scope.cancel()
+        self._nursery = None
 
     def _store_failed(self, exc: BaseException) -> None:
         self._events_send.send_nowait(("store-failed", "", exc))
@@ -509,7 +520,7 @@ class JobRun:
             self._drop(who, f"sent a result for a unit not in this job: {unit}", penalize=True)
             return
         try:
-            check_result(unit, msg.sample_counts, msg.sums, self.spec.settings)
+            sums = check_result(unit, msg.sample_counts, msg.sums, self.spec.settings)
         except ValueError as exc:
             self._drop(who, f"sent a malformed result: {exc}", penalize=True)
             return
@@ -526,6 +537,7 @@ class JobRun:
             ),
         )
         self.units_by_peer[who] += 1
+        self.view.accepted(who, unit, sums, msg.sample_counts)
         self._left[unit.frame] -= 1
         if not self._left[unit.frame]:
             self._frame_complete(unit.frame)
@@ -538,6 +550,7 @@ class JobRun:
         now = trio.current_time()
         for a in actions:
             if isinstance(a, Lease):
+                self.view.leased(a.peer, a.units)
                 if len(self.lease_log) < LEASE_LOG_MAX:
                     self.lease_log.append((round(now - self._t0, 4), a.peer, len(a.units)))
                 w = self.workers.get(a.peer)

@@ -192,6 +192,7 @@ class Peer:
         self.events: deque[dict] = deque(maxlen=EVENTS_KEPT)
         self.watchers: list[Callable[[dict], None]] = []  # local status-socket readers (meshrender.local)
         self.local_socket = local_socket
+        self.frame_views: dict = {}  # job id -> meshrender.frameview.FrameView of jobs coordinated here
         self.host = None
         self.peer_id = ""
         self.addrs: list[str] = []
@@ -255,6 +256,7 @@ class Peer:
                 }
                 for p, m in self.members.items()
             },
+            "frames": [v.to_json() for v in list(self.frame_views.values())],
             "penalties": {p: list(r) for p, r in self.penalties.items()},
             "banned": sorted(self.banned),
             "transfers": dict(self.transfers),

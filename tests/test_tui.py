@@ -1,6 +1,7 @@
 """The TUI: it attaches to a real local peer through its status socket, shows this peer in the
-party table with its backend, submits a scene that completes, cancels a running job, keeps a
-departed member listed as lost, and runs in a real terminal (tmux) from `meshrender tui`."""
+party table with its backend, submits a scene that completes, shows a running job's frame and
+cancels it, keeps a departed member listed as lost, and runs in a real terminal (tmux) from
+`meshrender tui`."""
 
 from __future__ import annotations
 
@@ -115,6 +116,16 @@ def test_the_tui_attaches_to_a_real_peer_submits_watches_and_cancels(tmp_path):
                 await pilot.press(*str(big), "enter")
                 queue = app.query_one("#queue-main")
                 await until(pilot, lambda: app.jobs and app.jobs[0].state == "running", 120, "the job to run")
+                # its frame fills in: buckets owned by this peer, passes coming in
+                def frame() -> dict:
+                    return (app.snapshot.get("frames") or [{}])[0]
+
+                await until(pilot, lambda: sum(frame().get("done", [])) > 0, 60, "a pass in the frame view")
+                view = frame()
+                assert view["job"] == app.jobs[0].id and view["peers"] == [peer.peer_id]
+                await pilot.press("5")
+                await pilot.pause(1.2)
+                assert "frame 0" in str(app.query_one("#frame-main").render())
                 await pilot.press("2")
                 await pilot.press("c")
                 await until(pilot, lambda: app.jobs[0].state == "cancelled", 10, "the cancel")

@@ -33,6 +33,9 @@ from textual.widgets import DataTable, Footer, Header, Input, RichLog, Static, T
 
 REFRESH_S = 1.0  # the queue is re-read this often
 LOG_LINES = 2000
+FRAME_CHROME_ROWS = 8  # header, summary, tab bar, the frame tab's title line, footer
+PEER_COLOURS = [(66, 133, 244), (52, 168, 83), (251, 188, 5), (171, 71, 188), (0, 172, 193), (255, 112, 67),
+                (158, 157, 36), (236, 64, 122)]  # fmt: skip
 
 
 def short(peer_id: str) -> str:
@@ -61,6 +64,69 @@ def backend_text(status: dict | None) -> Text:
     return Text("GPU" if status.get("gpu") else "CPU", style="green" if status.get("gpu") else "")
 
 
+def frame_text(view: dict, width: int, height: int) -> Text:
+    """The Frame tab: a bucket map (each bucket coloured by the peer that holds it, brighter as its
+    passes come in; dots where nobody has it yet) beside the preview drawn in half blocks, two
+    pixels per character. Fits width x height cells."""
+    import base64
+
+    import numpy as np
+
+    peers = view.get("peers", [])
+    out = Text()
+    out.append(f"job {view['job'][:12]}  frame {view['frame']}  {view['width']}x{view['height']}  ", "bold")
+    for i, p in enumerate(peers):
+        r, g, b = PEER_COLOURS[i % len(PEER_COLOURS)]
+        out.append("■ ", style=f"rgb({r},{g},{b})")
+        out.append(f"{short(p)}  ")
+    out.append("\n")
+    lines: list[Text] = []
+    if "buckets" in view:
+        xs = sorted({b[0] for b in view["buckets"]})
+        ys = sorted({b[1] for b in view["buckets"]})
+        col_of, row_of = {x: i for i, x in enumerate(xs)}, {y: i for i, y in enumerate(ys)}
+        grid = [[None] * len(xs) for _ in ys]
+        for (x, y, _, _), owner, done in zip(view["buckets"], view["owner"], view["done"], strict=True):
+            grid[row_of[y]][col_of[x]] = (owner, done)
+        step = max(1, -(-len(xs) * 2 // max(8, width // 2)), -(-len(ys) // max(4, height - 2)))
+        for row in grid[::step]:
+            line = Text()
+            for owner, done in row[::step]:
+                if owner < 0:
+                    line.append("··", style="dim")
+                    continue
+                r, g, b = PEER_COLOURS[owner % len(PEER_COLOURS)]
+                k = 0.35 + 0.65 * min(1.0, done / max(1, view["passes"]))
+                line.append("██", style=f"rgb({int(r * k)},{int(g * k)},{int(b * k)})")
+            lines.append(line)
+    p = view["preview"]
+    img = np.frombuffer(base64.b64decode(p["rgb"]), np.uint8).reshape(p["rows"], p["cols"], 3)
+    map_w = max((len(line) for line in lines), default=0)
+    room_w = max(8, width - map_w - 2)
+    room_h = max(4, height - 2) * 2
+    scale = max(img.shape[1] / room_w, img.shape[0] / room_h, 1.0)
+    cols, rows = max(1, int(img.shape[1] / scale)), max(2, int(img.shape[0] / scale) // 2 * 2)
+    sy = (np.arange(rows) * img.shape[0] // rows).astype(int)
+    sx = (np.arange(cols) * img.shape[1] // cols).astype(int)
+    small = img[sy][:, sx]
+    pic = []
+    for y in range(0, rows, 2):
+        line = Text()
+        for x in range(cols):
+            (r0, g0, b0), (r1, g1, b1) = small[y, x], small[y + 1, x]
+            line.append("▀", style=f"rgb({r0},{g0},{b0}) on rgb({r1},{g1},{b1})")
+        pic.append(line)
+    for i in range(max(len(lines), len(pic))):
+        left = lines[i] if i < len(lines) else Text(" " * map_w)
+        left.pad_right(map_w - len(left))
+        out.append_text(left)
+        out.append("  ")
+        if i < len(pic):
+            out.append_text(pic[i])
+        out.append("\n")
+    return out
+
+
 class MeshrenderApp(App):
     """See the module docstring. `attach(on_item, on_gone)` connects to the peer (it is called in
     a worker thread and may start one) and returns a function that detaches."""
@@ -76,6 +142,7 @@ class MeshrenderApp(App):
         Binding("2", "tab('queue')", "Queue"),
         Binding("3", "tab('transfers')", "Transfers"),
         Binding("4", "tab('log')", "Log"),
+        Binding("5", "tab('frame')", "Frame"),
         Binding("s", "submit", "Submit"),
         Binding("c", "cancel_job", "Cancel"),
         Binding("plus,equals_sign", "priority(1)", "Pri +"),
@@ -113,6 +180,8 @@ class MeshrenderApp(App):
                 yield DataTable(id="transfers-main", cursor_type="row", zebra_stripes=True)
             with TabPane("Log", id="log"):
                 yield RichLog(id="log-main", max_lines=LOG_LINES, wrap=True)
+            with TabPane("Frame", id="frame"):
+                yield Static("no job is rendering here", id="frame-main")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -179,7 +248,7 @@ class MeshrenderApp(App):
         t = snap.get("transfers", {})
         self.sub_title = f"party {snap.get('party', '?')} · {short(snap.get('peer_id', ''))}"
         summary = Text.assemble(
-            (f"{snap.get('peer_id', '?')}", "bold"),
+            (short(snap.get("peer_id", "")), "bold"),
             f"  party {snap.get('party', '?')}  ·  ",
             backend_text(me),
             f"  ·  {len(members)} members  ·  in {human_bytes(t.get('bytes_in', 0))}"
@@ -188,6 +257,7 @@ class MeshrenderApp(App):
         self.query_one("#summary", Static).update(summary)
         self._party_table(snap, me)
         self._transfer_table(snap)
+        self._frame(snap)
 
     def _party_table(self, snap: dict, me: dict) -> None:
         table = self.query_one("#party-main", DataTable)
@@ -213,6 +283,16 @@ class MeshrenderApp(App):
                 Text(st.get("reason", "") if st.get("fell_back") else "", style="yellow"),
                 key=peer,
             )
+
+    def _frame(self, snap: dict) -> None:
+        frames = snap.get("frames") or []
+        widget = self.query_one("#frame-main", Static)
+        if not frames:
+            widget.update(Text("no job is being coordinated here; a job's frame shows while it renders",
+                               style="dim"))  # fmt: skip
+            return
+        # the room left by the header, summary, tabs and footer (the widget grows with its text)
+        widget.update(frame_text(frames[0], self.size.width - 2, self.size.height - FRAME_CHROME_ROWS))
 
     def _transfer_table(self, snap: dict) -> None:
         table = self.query_one("#transfers-main", DataTable)

@@ -1,0 +1,113 @@
+"""What a running job looks like from its coordinator, for the TUI's Frame tab.
+
+One `FrameView` per job the peer coordinates. For the frame being rendered (the lowest one not
+complete) it keeps, per bucket, the peer that holds its latest lease and the passes accepted,
+and a small preview of the image: accepted sums added into cells of at most PREVIEW_COLS x
+PREVIEW_ROWS, divided by their samples, tone-mapped to sRGB bytes. `to_json()` is what the peer's
+snapshot carries (`frames`), so the headless peer's JSON shows the same facts.
+
+A result discarded after its peer is convicted leaves the preview as it was until the frame is
+rendered again: the preview is a picture of progress, never the output (the output is written
+from the stored results, in canonical order).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+
+import numpy as np
+
+PREVIEW_COLS, PREVIEW_ROWS = 96, 64  # preview cells at most (the TUI draws two rows per line)
+BUCKETS_SHOWN_MAX = 16384  # a bigger grid is still tracked, but its map is not sent
+
+
+class FrameView:
+    def __init__(
+        self, job_id: str, width: int, height: int, pass_count: int, units: Iterable, exposure: float = 0.0
+    ):
+        self.job_id = job_id
+        self.width, self.height = width, height
+        self.pass_count = pass_count
+        self.exposure = exposure
+        self.buckets: dict[tuple[int, int], int] = {}  # (x0, y0) -> bucket index, row-major
+        self.frames: dict[int, int] = {}  # frame -> passes still to accept, over all its buckets
+        rects = set()
+        for u in units:
+            rects.add((u.y0, u.x0, u.width, u.height))
+            self.frames[u.frame] = self.frames.get(u.frame, 0) + u.pass_count
+        self.rects = [(x, y, w, h) for y, x, w, h in sorted(rects)]
+        self.buckets = {(x, y): i for i, (x, y, _, _) in enumerate(self.rects)}
+        cols = min(PREVIEW_COLS, width)
+        rows = min(PREVIEW_ROWS, height)
+        self.preview_size = (cols, rows)
+        self._px = (np.arange(width) * cols // width).astype(np.intp)
+        self._py = (np.arange(height) * rows // height).astype(np.intp)
+        self.frame = min(self.frames) if self.frames else 0
+        self._reset_frame()
+        self.peers: list[str] = []  # peer ids in order of first lease: the map's colour indices
+
+    def _reset_frame(self) -> None:
+        n = len(self.rects)
+        self.owner = [-1] * n
+        self.done = [0] * n
+        cols, rows = self.preview_size
+        self._sum = np.zeros((rows, cols, 3), np.float64)
+        self._samples = np.zeros((rows, cols), np.float64)
+
+    def _peer(self, peer: str) -> int:
+        if peer not in self.peers:
+            self.peers.append(peer)
+        return self.peers.index(peer)
+
+    def leased(self, peer: str, units: Iterable) -> None:
+        i = self._peer(peer)
+        for u in units:
+            if u.frame == self.frame:
+                self.owner[self.buckets[(u.x0, u.y0)]] = i
+
+    def accepted(self, peer: str, unit, sums: np.ndarray, sample_counts: list[int]) -> None:
+        """An accepted result: `sums` float32 (passes, h, w, 3)."""
+        left = self.frames.get(unit.frame, 0) - unit.pass_count
+        self.frames[unit.frame] = left
+        if unit.frame != self.frame:
+            return
+        b = self.buckets[(unit.x0, unit.y0)]
+        self.done[b] += unit.pass_count
+        self.owner[b] = self._peer(peer)
+        py = self._py[unit.y0 : unit.y0 + unit.height]
+        px = self._px[unit.x0 : unit.x0 + unit.width]
+        block = sums.sum(axis=0, dtype=np.float64)  # (h, w, 3)
+        np.add.at(self._sum, (py[:, None], px[None, :]), block)
+        np.add.at(self._samples, (py[:, None], px[None, :]), float(sum(sample_counts)))
+        if left <= 0:  # on to the next frame still rendering
+            rest = [f for f, n in self.frames.items() if n > 0]
+            if rest:
+                self.frame = min(rest)
+                self._reset_frame()
+
+    def preview(self) -> np.ndarray:
+        """uint8 sRGB (rows, cols, 3); black where nothing has arrived."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lin = self._sum / self._samples[..., None] * (2.0**self.exposure)
+        lin = np.nan_to_num(np.clip(lin, 0.0, 1.0))
+        srgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * np.power(lin, 1 / 2.4) - 0.055)
+        return (srgb * 255.0 + 0.5).astype(np.uint8)
+
+    def to_json(self) -> dict:
+        cols, rows = self.preview_size
+        rgb = base64.b64encode(self.preview().tobytes()).decode()
+        out = {
+            "job": self.job_id,
+            "frame": self.frame,
+            "width": self.width,
+            "height": self.height,
+            "passes": self.pass_count,
+            "peers": list(self.peers),
+            "preview": {"cols": cols, "rows": rows, "rgb": rgb},
+        }
+        if len(self.rects) <= BUCKETS_SHOWN_MAX:
+            out["buckets"] = [[x, y, w, h] for x, y, w, h in self.rects]
+            out["owner"] = list(self.owner)
+            out["done"] = list(self.done)
+        return out
