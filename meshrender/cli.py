@@ -594,7 +594,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
         return peer_in_thread(lambda: Peer(
             home=home, party=args.party, secret=secret, listen=args.listen, bootstrap=args.bootstrap,
             backend=args.backend, threads=args.threads, mdns=args.mdns, run_queue=True,
-            local_socket=socket_path(home)))  # fmt: skip
+            local_socket=socket_path(home), render_log=home / "tui.log"))  # fmt: skip
 
     MeshrenderApp(home, attach_or_start(home, start_peer)).run()
     return 0

@@ -174,6 +174,7 @@ class Peer:
         run_queue: bool = False,
         verify: float = 0.0,
         local_socket: Path | None = None,
+        render_log: Path | None = None,
     ):
         if not party:
             raise PeerError("a party needs a name")
@@ -192,6 +193,7 @@ class Peer:
         self.events: deque[dict] = deque(maxlen=EVENTS_KEPT)
         self.watchers: list[Callable[[dict], None]] = []  # local status-socket readers (meshrender.local)
         self.local_socket = local_socket
+        self.render_log = render_log  # where the render child's log lines go (None: our stderr)
         self.frame_views: dict = {}  # job id -> meshrender.frameview.FrameView of jobs coordinated here
         self.host = None
         self.peer_id = ""
@@ -380,7 +382,8 @@ class Peer:
         self.host.set_stream_handler(TProtocol(PROTO_CHUNKS), self._guard(self._on_chunks))
         self.host.set_stream_handler(TProtocol(PROTO_PING), self._guard(self._on_ping))
         if self.render:
-            self.renderer = RenderProcess(self.store.root, backend=self.backend, threads=self.threads)
+            self.renderer = RenderProcess(self.store.root, backend=self.backend, threads=self.threads,
+                                          log_path=self.render_log)  # fmt: skip
             self.host.set_stream_handler(TProtocol(PROTO_JOBS), self._guard(self._on_job))
         db = None
         if self.run_queue:

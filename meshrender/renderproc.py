@@ -167,8 +167,11 @@ def _child(store_root: str, backend: str, threads: int) -> int:
 class RenderProcess:
     """A render child for this peer; `render` starts one when none runs."""
 
-    def __init__(self, store_root, *, backend: str = "auto", threads: int = 0):
+    def __init__(self, store_root, *, backend: str = "auto", threads: int = 0, log_path=None):
+        """`log_path`: a file the child's log lines are appended to (None: this process's stderr,
+        which a full-screen app cannot share)."""
         self.store_root = str(store_root)
+        self.log_path = log_path
         self.backend = backend
         self.threads = threads
         self.ready: Ready | None = None
@@ -186,7 +189,11 @@ class RenderProcess:
         if self._proc is not None and self._proc.returncode is None and self.ready is not None:
             return self.ready
         cmd = [sys.executable, "-m", __name__, self.store_root, self.backend, str(self.threads)]
-        self._proc = await trio.lowlevel.open_process(cmd, stdin=-1, stdout=-1)  # -1: subprocess.PIPE
+        if self.log_path is None:
+            self._proc = await trio.lowlevel.open_process(cmd, stdin=-1, stdout=-1)  # -1: subprocess.PIPE
+        else:
+            with open(self.log_path, "ab") as log_file:  # the child keeps its own descriptor
+                self._proc = await trio.lowlevel.open_process(cmd, stdin=-1, stdout=-1, stderr=log_file)
         self._buf = bytearray()
         with trio.move_on_after(START_TIMEOUT_S):
             msg = await self._read()
