@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     _tui_args(tui)
 
     peer = sub.add_parser("peer", help="run this machine's peer: join a party, serve and fetch scenes")
-    peer.add_argument("--headless", action="store_true", help="no TUI (the only mode until the TUI lands)")
+    headless_help = "no TUI: events on stdout (without it, on a terminal, the TUI shows the peer)"
+    peer.add_argument("--headless", action="store_true", help=headless_help)
     _party_args(peer)
     peer.add_argument("--home", help="peer state folder (default $MESHRENDER_HOME)")
     peer.add_argument("--json", action="store_true", help="one JSON line per event on stdout")
@@ -182,6 +183,8 @@ async def _with_signals(cancel_scope) -> None:
 
 
 def cmd_peer(args: argparse.Namespace) -> int:
+    if not args.headless and not args.json and sys.stdout.isatty():
+        return cmd_tui(args)  # the same peer, with the TUI on it
     import trio
 
     from .home import meshrender_home
@@ -594,7 +597,8 @@ def cmd_tui(args: argparse.Namespace) -> int:
         return peer_in_thread(lambda: Peer(
             home=home, party=args.party, secret=secret, listen=args.listen, bootstrap=args.bootstrap,
             backend=args.backend, threads=args.threads, mdns=args.mdns, run_queue=True,
-            local_socket=socket_path(home), render_log=home / "tui.log"))  # fmt: skip
+            verify=getattr(args, "verify", 0.0), local_socket=socket_path(home),
+            render_log=home / "tui.log"))  # fmt: skip
 
     MeshrenderApp(home, attach_or_start(home, start_peer)).run()
     return 0
