@@ -162,6 +162,7 @@ class MeshrenderApp(App):
         self.seen: dict[str, dict | None] = {}  # every member ever seen, with its last status
         self.jobs: list = []
         self.gone_reason = ""
+        self._detaching = False
         self.log_lines: deque[str] = deque(maxlen=LOG_LINES)  # what the Log tab shows, as text
 
     # ------------------------------------------------------------------ layout
@@ -192,8 +193,10 @@ class MeshrenderApp(App):
             "Job", "Scene", "Frames", "Priority", "State", "Progress", "ETA", "Submitted"
         )
         self.query_one("#transfers-main", DataTable).add_columns("Peer", "Sent to it", "Received from it")
-        self.set_interval(REFRESH_S, self.refresh_jobs)
-        self.refresh_jobs()
+        self._queue = QueueThread(self.home, lambda jobs: self._from_thread(self._show_jobs, jobs),
+                                  lambda what: self._from_thread(self._queue_failed, what))  # fmt: skip
+        self._queue.start()
+        self._queue.do(None)
         self.run_worker(self._connect, thread=True, name="attach")
 
     def _connect(self) -> None:
@@ -202,19 +205,23 @@ class MeshrenderApp(App):
         except Exception as exc:  # no peer, and none could be started: say so and stay open
             self.call_from_thread(self._gone, f"cannot attach to a peer: {exc}")
 
-    def _item_from_thread(self, item: dict) -> None:
+    def _from_thread(self, fn, *args) -> None:
+        if self._detaching or not self.is_running:
+            return
         try:
-            self.call_from_thread(self.apply, item)
+            self.call_from_thread(fn, *args)
         except RuntimeError:  # the app has stopped
             pass
 
+    def _item_from_thread(self, item: dict) -> None:
+        self._from_thread(self.apply, item)
+
     def _gone_from_thread(self, reason: str) -> None:
-        try:
-            self.call_from_thread(self._gone, reason)
-        except RuntimeError:
-            pass
+        self._from_thread(self._gone, reason)
 
     def on_unmount(self) -> None:
+        self._detaching = True  # the threads stop sending; one already sending may still race
+        self._queue.stop()
         if self._detach is not None:
             self._detach()
 
@@ -315,15 +322,14 @@ class MeshrenderApp(App):
 
     # ------------------------------------------------------------------ the queue
     def refresh_jobs(self) -> None:
-        from meshrender.cli_jobs import _local_db
-        from meshrender.service import listing
+        """Have the queue thread read the queue again now (it does every REFRESH_S anyway)."""
+        self._queue.do(None)
 
-        try:
-            with _local_db(self.home) as db:
-                self.jobs = listing(db)
-        except Exception as exc:  # a locked or broken queue: show it, keep the rest running
-            self.query_one("#summary", Static).update(Text(f"queue unreadable: {exc}", style="bold red"))
-            return
+    def _queue_failed(self, what: str) -> None:
+        self.query_one("#summary", Static).update(Text(what, style="bold red"))
+
+    def _show_jobs(self, jobs: list) -> None:
+        self.jobs = jobs
         table = self.query_one("#queue-main", DataTable)
         cursor = table.cursor_row
         table.clear()
@@ -384,36 +390,69 @@ class MeshrenderApp(App):
                                               "reason": str(exc)})  # fmt: skip
             return
         self.call_from_thread(self._log, {"event": "submitted", "t": time.time(), "job": info.id})
-        self.call_from_thread(self.refresh_jobs)
+        self.refresh_jobs()
 
     def action_cancel_job(self) -> None:
         job = self._selected_job()
-        if job is None:
-            return
-        from meshrender.cli_jobs import _local_db
-
-        try:
-            with _local_db(self.home) as db:
-                db.cancel(job, now=time.time())
-        except Exception as exc:
-            self._log({"event": "cancel-failed", "t": time.time(), "job": job, "reason": str(exc)})
-            return
-        self._log({"event": "cancel", "t": time.time(), "job": job})
-        self.refresh_jobs()
+        if job is not None:
+            self._log({"event": "cancel", "t": time.time(), "job": job})
+            self._queue.do(lambda db: db.cancel(job, now=time.time()), f"cancel {job[:12]}")
 
     def action_priority(self, delta: int) -> None:
         job = self._selected_job()
-        if job is None:
-            return
+        if job is not None:
+            bump = lambda db: db.set_priority(job, db.get(job).priority + delta)  # noqa: E731
+            self._queue.do(bump, f"priority {job[:12]}")
+
+
+class QueueThread:
+    """This machine's queue, read and changed on a thread of its own with one connection, so a
+    busy or locked `jobs.sqlite` never stalls the app: `do(fn)` runs `fn(db)` there, then the queue
+    is read again; it is also read every REFRESH_S. `show(jobs)` and `failed(message)` are called
+    on that thread (the app passes them through call_from_thread)."""
+
+    def __init__(self, home: Path, show: Callable[[list], None], failed: Callable[[str], None]):
+        import queue
+
+        self.home, self.show, self.failed = home, show, failed
+        self._todo: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="meshrender-queue", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def do(self, fn: Callable | None, what: str = "") -> None:
+        self._todo.put((fn, what))
+
+    def stop(self) -> None:
+        self._todo.put(None)
+
+    def _run(self) -> None:
+        import queue
+
         from meshrender.cli_jobs import _local_db
+        from meshrender.service import listing
 
         try:
-            with _local_db(self.home) as db:
-                db.set_priority(job, db.get(job).priority + delta)
+            db = _local_db(self.home)
         except Exception as exc:
-            self._log({"event": "priority-failed", "t": time.time(), "job": job, "reason": str(exc)})
+            self.failed(f"queue unreadable: {exc}")
             return
-        self.refresh_jobs()
+        with db:
+            while True:
+                try:
+                    item = self._todo.get(timeout=REFRESH_S)
+                except queue.Empty:
+                    item = (None, "")
+                if item is None:
+                    return
+                fn, what = item
+                try:
+                    if fn is not None:
+                        fn(db)
+                    self.show(listing(db))
+                except Exception as exc:  # a locked or broken queue, a job gone: show it, go on
+                    self.failed(f"{what or 'queue'}: {exc}")
 
 
 def submit_scene(home: Path, scene: str):
