@@ -98,15 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     headless_help = "no TUI: events on stdout (without it, on a terminal, the TUI shows the peer)"
     peer.add_argument("--headless", action="store_true", help=headless_help)
     _party_args(peer)
-    peer.add_argument("--home", help="peer state folder (default $MESHRENDER_HOME)")
     peer.add_argument("--json", action="store_true", help="one JSON line per event on stdout")
-    peer.add_argument("--backend", choices=("auto", "cpu", "gpu"), default="auto", help="what renders here")
-    peer.add_argument("--threads", type=_positive_int, help="CPU threads to render with (default: all cores)")
-    peer.add_argument("--verify", type=_fraction, default=0.0, metavar="F", help=VERIFY_HELP)
-    peer.add_argument(
-        "--mdns", action=argparse.BooleanOptionalAction, default=False,
-        help="find party members on the LAN by mDNS, on the interfaces of --listen (off by default)",
-    )  # fmt: skip
+    _peer_args(peer)
 
     for sp in ss.choices.values():
         sp.add_argument("--home", help="peer state folder (default $MESHRENDER_HOME)")
@@ -565,13 +558,21 @@ def _first_user_error(exc: BaseException) -> MeshrenderError | None:
     return None
 
 
-def _tui_args(p: argparse.ArgumentParser) -> None:
-    _party_args(p, party_required=False)
+def _peer_args(p: argparse.ArgumentParser) -> None:
+    """How this machine's peer runs: `meshrender peer` and `meshrender tui` (which may start it)."""
     p.add_argument("--home", help="peer state folder (default $MESHRENDER_HOME)")
     p.add_argument("--backend", choices=("auto", "cpu", "gpu"), default="auto", help="what renders here")
     p.add_argument("--threads", type=_positive_int, help="CPU threads to render with (default: all cores)")
-    p.add_argument("--mdns", action=argparse.BooleanOptionalAction, default=False,
-                   help="find party members on the LAN by mDNS (off by default)")  # fmt: skip
+    p.add_argument("--verify", type=_fraction, default=0.0, metavar="F", help=VERIFY_HELP)
+    p.add_argument(
+        "--mdns", action=argparse.BooleanOptionalAction, default=False,
+        help="find party members on the LAN by mDNS, on the interfaces of --listen (off by default)",
+    )  # fmt: skip
+
+
+def _tui_args(p: argparse.ArgumentParser) -> None:
+    _party_args(p, party_required=False)
+    _peer_args(p)
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
@@ -597,7 +598,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
         return peer_in_thread(lambda: Peer(
             home=home, party=args.party, secret=secret, listen=args.listen, bootstrap=args.bootstrap,
             backend=args.backend, threads=args.threads, mdns=args.mdns, run_queue=True,
-            verify=getattr(args, "verify", 0.0), local_socket=socket_path(home),
+            verify=args.verify, local_socket=socket_path(home),
             render_log=home / "tui.log"))  # fmt: skip
 
     MeshrenderApp(home, attach_or_start(home, start_peer)).run()
