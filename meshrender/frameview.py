@@ -30,14 +30,15 @@ class FrameView:
         self.width, self.height = width, height
         self.pass_count = pass_count
         self.exposure = exposure
-        self.buckets: dict[tuple[int, int], int] = {}  # (x0, y0) -> bucket index, row-major
+        self.peers: list[str] = []  # peer ids in order of first lease: the map's colour indices
+        self._peer_index: dict[str, int] = {}
         self.frames: dict[int, int] = {}  # frame -> passes still to accept, over all its buckets
         rects = set()
         for u in units:
             rects.add((u.y0, u.x0, u.width, u.height))
             self.frames[u.frame] = self.frames.get(u.frame, 0) + u.pass_count
         self.rects = [(x, y, w, h) for y, x, w, h in sorted(rects)]
-        self.buckets = {(x, y): i for i, (x, y, _, _) in enumerate(self.rects)}
+        self.buckets = {(x, y): i for i, (x, y, _, _) in enumerate(self.rects)}  # row-major
         cols = min(PREVIEW_COLS, width)
         rows = min(PREVIEW_ROWS, height)
         self.preview_size = (cols, rows)
@@ -45,7 +46,6 @@ class FrameView:
         self._py = (np.arange(height) * rows // height).astype(np.intp)
         self.frame = min(self.frames) if self.frames else 0
         self._reset_frame()
-        self.peers: list[str] = []  # peer ids in order of first lease: the map's colour indices
 
     def _reset_frame(self) -> None:
         n = len(self.rects)
@@ -56,9 +56,11 @@ class FrameView:
         self._samples = np.zeros((rows, cols), np.float64)
 
     def _peer(self, peer: str) -> int:
-        if peer not in self.peers:
+        i = self._peer_index.get(peer)
+        if i is None:
+            i = self._peer_index[peer] = len(self.peers)
             self.peers.append(peer)
-        return self.peers.index(peer)
+        return i
 
     def leased(self, peer: str, units: Iterable) -> None:
         i = self._peer(peer)
