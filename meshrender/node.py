@@ -117,6 +117,7 @@ class Member:
     since: float
     bytes_served: int = 0
     bytes_received: int = 0
+    chunks_serving: int = 0  # asked of us by it and not yet sent
 
 
 @dataclass
@@ -253,6 +254,8 @@ class Peer:
                     "since": m.since,
                     "bytes_served": m.bytes_served,
                     "bytes_received": m.bytes_received,
+                    "chunks_serving": m.chunks_serving,
+                    "chunks_fetching": len(link.pending) if (link := self._links.get(p)) else 0,
                     "status": self.statuses.get(p),
                     "have": sorted(self.have_of.get(p, ())),
                 }
@@ -284,6 +287,7 @@ class Peer:
             renders=self.render,
             units=self.units_rendered,
             reason=self.backend_reason,
+            activity="rendering" if self.busy else "fetching" if self._fetching else "",
         )
 
     def held_scenes(self) -> list[str]:
@@ -766,9 +770,20 @@ class Peer:
                 return
             self._alive(remote)
             if isinstance(msg, Want):
-                for h in msg.hashes:
-                    await write_msg(stream, self._serve(h, remote))
-                    self._alive(remote)  # it took the bytes: its window opened again
+                m = self.members.get(remote)
+                left = len(msg.hashes)
+                if m is not None:
+                    m.chunks_serving += left
+                try:
+                    for h in msg.hashes:
+                        await write_msg(stream, self._serve(h, remote))
+                        left -= 1
+                        if m is not None:
+                            m.chunks_serving -= 1
+                        self._alive(remote)  # it took the bytes: its window opened again
+                finally:  # a stream that fails mid-Want: what was left is no longer in flight
+                    if m is not None:
+                        m.chunks_serving -= left
             elif isinstance(msg, ChunkMapQuery):
                 await write_msg(stream, self._chunk_map(msg.scene_id))
             else:

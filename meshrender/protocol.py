@@ -324,6 +324,7 @@ class Status(Msg, tag="status"):
     renders: bool = True  # takes leases (a `store fetch` or `submit` client does not)
     units: Annotated[int, Meta(ge=0)] = 0  # units rendered since the peer started
     reason: Reason = ""  # why it renders where it does (why it fell back to the CPU)
+    activity: Label = ""  # "rendering", "fetching" (a scene's chunks), "" when idle: finer than `state`
 
 
 class Have(Msg, tag="have"):

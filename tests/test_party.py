@@ -225,6 +225,7 @@ def test_gossip_status_and_have_reach_members(tmp_path, peers):
     b = peers(tmp_path / "b", "--bootstrap", a.addr, "--threads", "3")
     st = b.wait_for("peer-status", timeout=10, peer=a.peer_id)
     assert st["state"] == "idle" and st["version"] and st["free_mem"] > 0 and st["scenes"] == 1
+    assert st["activity"] == ""  # neither rendering nor fetching
     have = b.wait_for("have", timeout=10, peer=a.peer_id)
     assert have["scene_ids"] == [scene]
     assert a.wait_for("peer-status", timeout=10, peer=b.peer_id)["threads"] == 3
