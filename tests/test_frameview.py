@@ -11,7 +11,7 @@ import numpy as np
 
 from meshrender.frameview import FrameView
 from meshrender.units import WorkUnit
-from tui.app import frame_text
+from tui.widgets import frame_text
 
 
 def units(frames=(0,), size=64, bucket=32, passes=2):

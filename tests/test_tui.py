@@ -18,7 +18,8 @@ from conftest import REPO
 from party import PeerProc
 from rich.text import Text
 
-from tui.app import MeshrenderApp, attach_or_start, backend_text
+from tui.app import MeshrenderApp, attach_or_start
+from tui.widgets import backend_text
 
 CORNELL = REPO / "meshrender" / "data" / "cornell"
 
@@ -75,7 +76,7 @@ def test_a_departed_member_stays_listed_as_lost(tmp_path):
             await pilot.pause(0.1)
             rows = cells(table)
             assert len(rows) == 2
-            assert rows[1][0] == ("other" * 8)[-10:] and rows[1][1] == "GPU" and rows[1][7] == "lost"
+            assert rows[1][0] == "  " + ("other" * 8)[-10:] and rows[1][1] == "GPU" and rows[1][6] == "lost"
             assert rows[1][5] == "7"
 
     asyncio.run(go())
@@ -108,7 +109,7 @@ def test_the_tui_attaches_to_a_real_peer_submits_watches_and_cancels(tmp_path):
                 await until(pilot, lambda: app.snapshot.get("peer_id") == peer.peer_id, 30, "the snapshot")
                 await until(pilot, lambda: party.row_count >= 1, 10, "the party table")
                 me = cells(party)[0]
-                assert me[0] == peer.peer_id[-10:] and "this peer" in me[7]
+                assert me[0] == "▸ " + peer.peer_id[-10:]  # this peer, marked
                 await until(pilot, lambda: cells(party)[0][1] in ("CPU", "CPU (fell back)", "GPU"), 60,
                             "the renderer's backend")  # fmt: skip
                 # a long job: submitted, picked up, then cancelled from the queue tab
@@ -121,6 +122,7 @@ def test_the_tui_attaches_to_a_real_peer_submits_watches_and_cancels(tmp_path):
                     return (app.snapshot.get("frames") or [{}])[0]
 
                 await until(pilot, lambda: sum(frame().get("done", [])) > 0, 60, "a pass in the frame view")
+                await until(pilot, lambda: cells(party)[0][6] == "rendering", 30, "this peer rendering")
                 view = frame()
                 assert view["job"] == app.jobs[0].id and view["peers"] == [peer.peer_id]
                 await pilot.press("5")
@@ -133,7 +135,7 @@ def test_the_tui_attaches_to_a_real_peer_submits_watches_and_cancels(tmp_path):
                 await pilot.press("s")
                 await pilot.press(*str(small), "enter")
                 await until(pilot, lambda: any(j.state == "done" for j in app.jobs), 120, "the small job")
-                states = {row[4] for row in cells(queue)}
+                states = {row[7] for row in cells(queue)}
                 assert states == {"done", "cancelled"}, states
                 log = "\n".join(app.log_lines)
                 assert "job-started" in log and "job-done" in log and "submitted" in log

@@ -31,100 +31,12 @@ from textual.containers import Vertical
 from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Header, Input, RichLog, Static, TabbedContent, TabPane
 
+from .screens import ScenePicker
+from .widgets import SceneInput, backend_text, brief, frame_text, human_bytes, human_s, member_state, short
+
 REFRESH_S = 1.0  # the queue is re-read this often
 LOG_LINES = 2000
 FRAME_CHROME_ROWS = 8  # header, summary, tab bar, the frame tab's title line, footer
-PEER_COLOURS = [(66, 133, 244), (52, 168, 83), (251, 188, 5), (171, 71, 188), (0, 172, 193), (255, 112, 67),
-                (158, 157, 36), (236, 64, 122)]  # fmt: skip
-
-
-def short(peer_id: str) -> str:
-    return peer_id[-10:] if peer_id else "?"
-
-
-def human_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
-def backend_text(status: dict | None) -> Text:
-    """GPU, CPU, or "CPU (fell back: why)" in the warning colour; "starting" before the renderer
-    has said; "no renderer" for a client."""
-    if not status:
-        return Text("?", style="dim")
-    if not status.get("renders", True):
-        return Text("client", style="dim")
-    if status.get("gpu") is None:
-        return Text("starting", style="dim")
-    if status.get("fell_back"):
-        return Text("CPU (fell back)", style="bold yellow")
-    return Text("GPU" if status.get("gpu") else "CPU", style="green" if status.get("gpu") else "")
-
-
-def frame_text(view: dict, width: int, height: int) -> Text:
-    """The Frame tab: a bucket map (each bucket coloured by the peer that holds it, brighter as its
-    passes come in; dots where nobody has it yet) beside the preview drawn in half blocks, two
-    pixels per character. Fits width x height cells."""
-    import base64
-
-    import numpy as np
-
-    peers = view.get("peers", [])
-    out = Text()
-    out.append(f"job {view['job'][:12]}  frame {view['frame']}  {view['width']}x{view['height']}  ", "bold")
-    for i, p in enumerate(peers):
-        r, g, b = PEER_COLOURS[i % len(PEER_COLOURS)]
-        out.append("■ ", style=f"rgb({r},{g},{b})")
-        out.append(f"{short(p)}  ")
-    out.append("\n")
-    lines: list[Text] = []
-    if "buckets" in view:
-        xs = sorted({b[0] for b in view["buckets"]})
-        ys = sorted({b[1] for b in view["buckets"]})
-        col_of, row_of = {x: i for i, x in enumerate(xs)}, {y: i for i, y in enumerate(ys)}
-        grid = [[None] * len(xs) for _ in ys]
-        for (x, y, _, _), owner, done in zip(view["buckets"], view["owner"], view["done"], strict=True):
-            grid[row_of[y]][col_of[x]] = (owner, done)
-        step = max(1, -(-len(xs) * 2 // max(8, width // 2)), -(-len(ys) // max(4, height - 2)))
-        for row in grid[::step]:
-            line = Text()
-            for owner, done in row[::step]:
-                if owner < 0:
-                    line.append("··", style="dim")
-                    continue
-                r, g, b = PEER_COLOURS[owner % len(PEER_COLOURS)]
-                k = 0.35 + 0.65 * min(1.0, done / max(1, view["passes"]))
-                line.append("██", style=f"rgb({int(r * k)},{int(g * k)},{int(b * k)})")
-            lines.append(line)
-    p = view["preview"]
-    img = np.frombuffer(base64.b64decode(p["rgb"]), np.uint8).reshape(p["rows"], p["cols"], 3)
-    map_w = max((len(line) for line in lines), default=0)
-    room_w = max(8, width - map_w - 2)
-    room_h = max(4, height - 2) * 2
-    scale = max(img.shape[1] / room_w, img.shape[0] / room_h, 1.0)
-    cols, rows = max(1, int(img.shape[1] / scale)), max(2, int(img.shape[0] / scale) // 2 * 2)
-    sy = (np.arange(rows) * img.shape[0] // rows).astype(int)
-    sx = (np.arange(cols) * img.shape[1] // cols).astype(int)
-    small = img[sy][:, sx]
-    pic = []
-    for y in range(0, rows, 2):
-        line = Text()
-        for x in range(cols):
-            (r0, g0, b0), (r1, g1, b1) = small[y, x], small[y + 1, x]
-            line.append("▀", style=f"rgb({r0},{g0},{b0}) on rgb({r1},{g1},{b1})")
-        pic.append(line)
-    for i in range(max(len(lines), len(pic))):
-        left = lines[i] if i < len(lines) else Text(" " * map_w)
-        left.pad_right(map_w - len(left))
-        out.append_text(left)
-        out.append("  ")
-        if i < len(pic):
-            out.append_text(pic[i])
-        out.append("\n")
-    return out
 
 
 class MeshrenderApp(App):
@@ -132,30 +44,34 @@ class MeshrenderApp(App):
     a worker thread and may start one) and returns a function that detaches."""
 
     TITLE = "meshrender"
-    CSS = """
-    DataTable { height: 1fr; }
-    #submit { dock: bottom; }
-    #summary { height: auto; padding: 0 1; color: $text-muted; }
-    """
+    CSS_PATH = "app.tcss"
+    # the tabs' keys are shown on the tabs themselves, leaving the footer room at 80 columns
     BINDINGS = [
-        Binding("1", "tab('party')", "Party"),
-        Binding("2", "tab('queue')", "Queue"),
-        Binding("3", "tab('transfers')", "Transfers"),
-        Binding("4", "tab('log')", "Log"),
-        Binding("5", "tab('frame')", "Frame"),
+        Binding("1", "tab('party')", "Party", show=False),
+        Binding("2", "tab('queue')", "Queue", show=False),
+        Binding("3", "tab('transfers')", "Transfers", show=False),
+        Binding("4", "tab('log')", "Log", show=False),
+        Binding("5", "tab('frame')", "Frame", show=False),
         Binding("s", "submit", "Submit"),
+        Binding("o", "pick", "Open file"),
         Binding("c", "cancel_job", "Cancel"),
-        Binding("plus,equals_sign", "priority(1)", "Pri +"),
-        Binding("minus", "priority(-1)", "Pri -"),
+        Binding("plus,equals_sign", "priority(1)", "Pri+"),
+        Binding("minus", "priority(-1)", "Pri-"),
         Binding("q", "quit", "Quit"),
         Binding("escape", "leave_input", "Back", show=False),
     ]
+    QUEUE_ACTIONS = ("cancel_job", "priority")  # only on the Queue tab, where the job chosen is seen
 
-    def __init__(self, home: Path, attach: Callable, *, submit: Callable | None = None):
+    def __init__(self, home: Path, attach: Callable, *, submit: Callable | None = None,
+                 clock: Callable[[], float] = time.time, cwd: Path | None = None):  # fmt: skip
+        """`clock` gives the wall time for ETAs and the log (a test fixes it); `cwd` is where
+        relative scene paths and the file picker start."""
         super().__init__()
         self.home = Path(home)
         self._attach = attach
         self._submit = submit
+        self.clock = clock
+        self.cwd = Path.cwd() if cwd is None else Path(cwd)
         self._detach: Callable[[], None] | None = None
         self.snapshot: dict = {}
         self.lost: dict[str, float] = {}  # members seen once and gone since, with when
@@ -170,29 +86,33 @@ class MeshrenderApp(App):
         yield Header()
         yield Static("attaching to this machine's peer…", id="summary")
         with TabbedContent(initial="party"):
-            with TabPane("Party", id="party"):
+            with TabPane("1 Party", id="party"):
                 yield DataTable(id="party-main", cursor_type="row", zebra_stripes=True)
-            with TabPane("Queue", id="queue"):
+            with TabPane("2 Queue", id="queue"):
                 with Vertical():
                     yield DataTable(id="queue-main", cursor_type="row", zebra_stripes=True)
-                    yield Input(placeholder="scene to submit: a .toml, a mesh, or a built-in name (cornell)",
-                                id="submit")  # fmt: skip
-            with TabPane("Transfers", id="transfers"):
-                yield DataTable(id="transfers-main", cursor_type="row", zebra_stripes=True)
-            with TabPane("Log", id="log"):
+                    hint = "scene to submit: .toml, mesh or built-in name; tab completes"
+                    yield SceneInput(self.cwd, id="submit", placeholder=hint)
+            with TabPane("3 Transfers", id="transfers"):
+                with Vertical():
+                    yield Static("", id="transfers-summary")
+                    yield DataTable(id="transfers-main", cursor_type="row", zebra_stripes=True)
+            with TabPane("4 Log", id="log"):
                 yield RichLog(id="log-main", max_lines=LOG_LINES, wrap=True)
-            with TabPane("Frame", id="frame"):
+            with TabPane("5 Frame", id="frame"):
                 yield Static("no job is rendering here", id="frame-main")
         yield Footer()
 
     def on_mount(self) -> None:
+        # columns that fit 80 cells; the one that may run long (why, a job's error) comes last
         self.query_one("#party-main", DataTable).add_columns(
-            "Peer", "Backend", "Speed", "Threads", "Load", "Units", "Scenes", "State", "Why"
+            "Peer", "Backend", "Speed", "Threads", "Load", "Units", "State", "Why"
         )
         self.query_one("#queue-main", DataTable).add_columns(
-            "Job", "Scene", "Frames", "Priority", "State", "Progress", "ETA", "Submitted"
+            "Job", "Scene", "Frames", "Pri", "Progress", "ETA", "Submitted", "State"
         )
-        self.query_one("#transfers-main", DataTable).add_columns("Peer", "Sent to it", "Received from it")
+        transfers = self.query_one("#transfers-main", DataTable)
+        transfers.add_columns("Peer", "Fetching", "Serving", "Received", "Sent")
         self._queue = QueueThread(self.home, lambda jobs: self._from_thread(self._show_jobs, jobs),
                                   lambda what: self._from_thread(self._queue_failed, what))  # fmt: skip
         self._queue.start()
@@ -239,12 +159,12 @@ class MeshrenderApp(App):
             self.query_one("#summary", Static).update(Text(f"detached: {reason}", style="bold red"))
         except NoMatches:  # the app is closing: the watcher ends with it
             return
-        self._log({"event": "detached", "t": time.time(), "reason": reason})
+        self._log({"event": "detached", "t": self.clock(), "reason": reason})
 
     def _snapshot(self, snap: dict) -> None:
         self.snapshot = snap
         members = snap.get("members", {})
-        now = time.time()
+        now = self.clock()
         for p, m in members.items():
             self.seen[p] = m.get("status")
             self.lost.pop(p, None)
@@ -273,19 +193,17 @@ class MeshrenderApp(App):
         rows += [(p, self.seen.get(p), "lost") for p in sorted(self.lost)]
         table.clear()
         for peer, st, note in rows:
+            me = note == "this peer"
             st = st or {}
-            state = note if note == "lost" else st.get("state", "?")
-            if note == "this peer":
-                state = f"{state} (this peer)"
+            state = note if note == "lost" else member_state(st)
             speed = st.get("speed")
             table.add_row(
-                Text(short(peer), style="bold" if note == "this peer" else ""),
+                Text(("▸ " if me else "  ") + short(peer), style="bold" if me else ""),
                 backend_text(st) if st else Text("?", style="dim"),
-                "-" if speed is None else f"{speed:.2f} Ms/s",
+                "-" if speed is None else f"{speed:.1f} Ms/s",
                 str(st.get("threads", "?")),
                 str(st.get("load", "?")),
                 str(st.get("units", 0)),
-                str(st.get("scenes", "?")),
                 Text(state, style="red" if note == "lost" else ""),
                 Text(st.get("reason", "") if st.get("fell_back") else "", style="yellow"),
                 key=peer,
@@ -304,17 +222,28 @@ class MeshrenderApp(App):
     def _transfer_table(self, snap: dict) -> None:
         table = self.query_one("#transfers-main", DataTable)
         table.clear()
+        fetching = serving = 0
         for p, m in sorted(snap.get("members", {}).items()):
-            served, received = human_bytes(m.get("bytes_served", 0)), human_bytes(m.get("bytes_received", 0))
-            table.add_row(short(p), served, received)
+            fetching += m.get("chunks_fetching", 0)
+            serving += m.get("chunks_serving", 0)
+            table.add_row(
+                short(p),
+                count(m.get("chunks_fetching", 0)),
+                count(m.get("chunks_serving", 0)),
+                human_bytes(m.get("bytes_received", 0)),
+                human_bytes(m.get("bytes_served", 0)),
+            )
         t = snap.get("transfers", {})
-        out = f"{human_bytes(t.get('bytes_out', 0))} in {t.get('chunks_out', 0)} chunks"
-        got = f"{human_bytes(t.get('bytes_in', 0))} in {t.get('chunks_in', 0)} chunks"
-        table.add_row(Text("all", style="bold"), out, got)
+        table.add_row(Text("all", style="bold"), count(fetching), count(serving),
+                      human_bytes(t.get("bytes_in", 0)), human_bytes(t.get("bytes_out", 0)))  # fmt: skip
+        self.query_one("#transfers-summary", Static).update(
+            f"Fetching/Serving: chunks in flight now.  In all: {t.get('chunks_in', 0)} chunks "
+            f"received, {t.get('chunks_out', 0)} sent."
+        )
 
     def _log(self, ev: dict) -> None:
-        when = datetime.datetime.fromtimestamp(ev.get("t", time.time())).strftime("%H:%M:%S")
-        rest = " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("event", "t"))
+        when = datetime.datetime.fromtimestamp(ev.get("t", self.clock())).strftime("%H:%M:%S")
+        rest = " ".join(f"{k}={brief(v)}" for k, v in ev.items() if k not in ("event", "t"))
         style = "yellow" if ev["event"] in ("penalty", "worker-lost", "job-failed", "detached") else ""
         line = Text.assemble((when, "dim"), " ", (ev["event"], "bold " + style), " ", rest)
         self.log_lines.append(line.plain)
@@ -333,23 +262,23 @@ class MeshrenderApp(App):
         table = self.query_one("#queue-main", DataTable)
         cursor = table.cursor_row
         table.clear()
-        now = time.time()
+        now = self.clock()
         for r in self.jobs:
             done, total = r.units_done, r.units_total
-            progress = f"{done}/{total} ({100 * done // total}%)" if total else "-"
+            progress = f"{done}/{total} {100 * done // total}%" if total else "-"
             eta = "-"
             if r.state == "running" and r.started_s and done and total:
-                eta = f"{(now - r.started_s) * (total - done) / done:.0f} s"
+                eta = human_s((now - r.started_s) * (total - done) / done)
             style = {"failed": "red", "cancelled": "dim", "done": "green", "running": "bold"}.get(r.state, "")
             table.add_row(
-                r.id[:12],
-                r.spec.scene_id[:12],
+                r.id[:8],
+                r.spec.scene_id[:8],
                 f"{r.spec.first_frame}..{r.spec.last_frame}",
                 str(r.priority),
-                Text(r.state + (f": {r.error}" if r.error else ""), style=style),
                 progress,
                 eta,
                 datetime.datetime.fromtimestamp(r.submitted_s).strftime("%H:%M:%S"),
+                Text(r.state + (f": {r.error}" if r.error else ""), style=style),
                 key=r.id,
             )
         if self.jobs:
@@ -370,6 +299,29 @@ class MeshrenderApp(App):
     def action_submit(self) -> None:
         self.action_tab("queue", "#submit")
 
+    def action_pick(self) -> None:
+        self.action_tab("queue")
+        self.push_screen(ScenePicker(self.cwd), self._picked)
+
+    def _picked(self, path: str | None) -> None:
+        if path:
+            self._submit_from_ui(path)
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        """Cancel and priority act on the job under the Queue tab's cursor: shown only there. Over
+        the scene picker, only quitting."""
+        if isinstance(self.screen, ScenePicker):
+            return action == "quit"
+        if action in self.QUEUE_ACTIONS:
+            try:
+                return self.query_one(TabbedContent).active == "queue"
+            except NoMatches:
+                return False
+        return True
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        self.refresh_bindings()
+
     def action_leave_input(self) -> None:
         self.query_one("#queue-main", DataTable).focus()
 
@@ -379,23 +331,30 @@ class MeshrenderApp(App):
         if not scene:
             return
         message.input.value = ""
-        self._log({"event": "submitting", "t": time.time(), "scene": scene})
+        self._submit_from_ui(scene)
+
+    def _submit_from_ui(self, scene: str) -> None:
+        # a relative path is taken from where the app started, as the CLI would take it
+        path = Path(scene).expanduser()
+        if not path.is_absolute() and (self.cwd / path).exists():
+            scene = str(self.cwd / path)
+        self._log({"event": "submitting", "t": self.clock(), "scene": scene})
         self.run_worker(lambda: self._submit_scene(scene), thread=True, name="submit")
 
     def _submit_scene(self, scene: str) -> None:
         try:
             info = (self._submit or submit_scene)(self.home, scene)
         except Exception as exc:  # a bad scene: its message, nothing queued
-            self.call_from_thread(self._log, {"event": "submit-failed", "t": time.time(), "scene": scene,
+            self.call_from_thread(self._log, {"event": "submit-failed", "t": self.clock(), "scene": scene,
                                               "reason": str(exc)})  # fmt: skip
             return
-        self.call_from_thread(self._log, {"event": "submitted", "t": time.time(), "job": info.id})
+        self.call_from_thread(self._log, {"event": "submitted", "t": self.clock(), "job": info.id})
         self.refresh_jobs()
 
     def action_cancel_job(self) -> None:
         job = self._selected_job()
         if job is not None:
-            self._log({"event": "cancel", "t": time.time(), "job": job})
+            self._log({"event": "cancel", "t": self.clock(), "job": job})
             self._queue.do(lambda db: db.cancel(job, now=time.time()), f"cancel {job[:12]}")
 
     def action_priority(self, delta: int) -> None:
@@ -403,6 +362,10 @@ class MeshrenderApp(App):
         if job is not None:
             bump = lambda db: db.set_priority(job, db.get(job).priority + delta)  # noqa: E731
             self._queue.do(bump, f"priority {job[:12]}")
+
+
+def count(n: int) -> str:
+    return str(n) if n else "-"
 
 
 class QueueThread:
