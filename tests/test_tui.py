@@ -127,7 +127,7 @@ def test_the_tui_attaches_to_a_real_peer_submits_watches_and_cancels(tmp_path):
                 assert view["job"] == app.jobs[0].id and view["peers"] == [peer.peer_id]
                 await pilot.press("5")
                 await pilot.pause(1.2)
-                assert "frame 0" in str(app.query_one("#frame-main").render())
+                assert "frame 0" in app.query_one("#frame-main").render_line(0).text
                 await pilot.press("2")
                 await pilot.press("c")
                 await until(pilot, lambda: app.jobs[0].state == "cancelled", 10, "the cancel")

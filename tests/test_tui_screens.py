@@ -18,7 +18,7 @@ from test_tui import cells, until
 
 from tui.app import MeshrenderApp
 from tui.screens import ScenePicker, SceneTree
-from tui.widgets import SceneInput, complete_scene
+from tui.widgets import LiveTable, SceneInput, complete_scene
 
 SIZE = (80, 24)  # the smallest terminal the app is laid out for
 
@@ -166,5 +166,32 @@ def test_a_job_chosen_with_the_mouse_is_cancelled(party_app):
             await pilot.press("1", "c")  # not on the Queue tab: cancel does nothing
             await pilot.pause(0.3)
             assert [j.state for j in app.jobs].count("running") == 1
+
+    asyncio.run(go())
+
+
+def test_a_live_table_updates_changed_cells_in_place_and_keeps_the_cursor():
+    from textual.app import App
+
+    class One(App):
+        def compose(self):
+            yield LiveTable(id="t")
+
+    async def go():
+        app = One()
+        async with app.run_test(size=SIZE) as pilot:
+            table = app.query_one(LiveTable)
+            table.add_columns("Peer", "State")
+            table.show([("a", ("a", "idle")), ("b", ("b", "idle")), ("c", ("c", "idle"))])
+            await pilot.pause()
+            table.move_cursor(row=2)
+            table.show([("a", ("a", "idle")), ("b", ("b", "rendering")), ("c", ("c", "idle"))])
+            await pilot.pause()
+            assert cells(table) == [["a", "idle"], ["b", "rendering"], ["c", "idle"]]
+            assert table.cursor_row == 2
+            assert table.ordered_columns[1].content_width >= len("rendering")  # wider: refilled
+            table.show([("a", ("a", "idle")), ("c", ("c", "fetching"))])  # a member gone
+            await pilot.pause()
+            assert cells(table) == [["a", "idle"], ["c", "fetching"]] and table.cursor_row == 1
 
     asyncio.run(go())

@@ -32,11 +32,21 @@ from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Header, Input, RichLog, Static, TabbedContent, TabPane
 
 from .screens import ScenePicker
-from .widgets import SceneInput, backend_text, brief, frame_text, human_bytes, human_s, member_state, short
+from .widgets import (
+    FramePanel,
+    LiveTable,
+    SceneInput,
+    backend_text,
+    brief,
+    human_bytes,
+    human_s,
+    member_state,
+    short,
+)
 
 REFRESH_S = 1.0  # the queue is re-read this often
 LOG_LINES = 2000
-FRAME_CHROME_ROWS = 8  # header, summary, tab bar, the frame tab's title line, footer
+NO_FRAME = "no job is being coordinated here; a job's frame shows while it renders"
 
 
 class MeshrenderApp(App):
@@ -87,20 +97,20 @@ class MeshrenderApp(App):
         yield Static("attaching to this machine's peer…", id="summary")
         with TabbedContent(initial="party"):
             with TabPane("1 Party", id="party"):
-                yield DataTable(id="party-main", cursor_type="row", zebra_stripes=True)
+                yield LiveTable(id="party-main")
             with TabPane("2 Queue", id="queue"):
                 with Vertical():
-                    yield DataTable(id="queue-main", cursor_type="row", zebra_stripes=True)
+                    yield LiveTable(id="queue-main")
                     hint = "scene to submit: .toml, mesh or built-in name; tab completes"
                     yield SceneInput(self.cwd, id="submit", placeholder=hint)
             with TabPane("3 Transfers", id="transfers"):
                 with Vertical():
                     yield Static("", id="transfers-summary")
-                    yield DataTable(id="transfers-main", cursor_type="row", zebra_stripes=True)
+                    yield LiveTable(id="transfers-main")
             with TabPane("4 Log", id="log"):
                 yield RichLog(id="log-main", max_lines=LOG_LINES, wrap=True)
             with TabPane("5 Frame", id="frame"):
-                yield Static("no job is rendering here", id="frame-main")
+                yield FramePanel(NO_FRAME, id="frame-main")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -187,17 +197,16 @@ class MeshrenderApp(App):
         self._frame(snap)
 
     def _party_table(self, snap: dict, me: dict) -> None:
-        table = self.query_one("#party-main", DataTable)
-        rows = [(snap.get("peer_id", ""), me, "this peer")]
-        rows += [(p, m.get("status"), "") for p, m in sorted(snap.get("members", {}).items())]
-        rows += [(p, self.seen.get(p), "lost") for p in sorted(self.lost)]
-        table.clear()
-        for peer, st, note in rows:
+        members = [(snap.get("peer_id", ""), me, "this peer")]
+        members += [(p, m.get("status"), "") for p, m in sorted(snap.get("members", {}).items())]
+        members += [(p, self.seen.get(p), "lost") for p in sorted(self.lost)]
+        rows = []
+        for peer, st, note in members:
             me = note == "this peer"
             st = st or {}
             state = note if note == "lost" else member_state(st)
             speed = st.get("speed")
-            table.add_row(
+            cells = (
                 Text(("▸ " if me else "  ") + short(peer), style="bold" if me else ""),
                 backend_text(st) if st else Text("?", style="dim"),
                 "-" if speed is None else f"{speed:.1f} Ms/s",
@@ -206,36 +215,32 @@ class MeshrenderApp(App):
                 str(st.get("units", 0)),
                 Text(state, style="red" if note == "lost" else ""),
                 Text(st.get("reason", "") if st.get("fell_back") else "", style="yellow"),
-                key=peer,
             )
+            rows.append((peer, cells))
+        self.query_one("#party-main", LiveTable).show(rows)
 
     def _frame(self, snap: dict) -> None:
         frames = snap.get("frames") or []
-        widget = self.query_one("#frame-main", Static)
-        if not frames:
-            widget.update(Text("no job is being coordinated here; a job's frame shows while it renders",
-                               style="dim"))  # fmt: skip
-            return
-        # the room left by the header, summary, tabs and footer (the widget grows with its text)
-        widget.update(frame_text(frames[0], self.size.width - 2, self.size.height - FRAME_CHROME_ROWS))
+        self.query_one("#frame-main", FramePanel).show(frames[0] if frames else None, NO_FRAME)
 
     def _transfer_table(self, snap: dict) -> None:
-        table = self.query_one("#transfers-main", DataTable)
-        table.clear()
+        rows = []
         fetching = serving = 0
         for p, m in sorted(snap.get("members", {}).items()):
             fetching += m.get("chunks_fetching", 0)
             serving += m.get("chunks_serving", 0)
-            table.add_row(
+            cells = (
                 short(p),
                 count(m.get("chunks_fetching", 0)),
                 count(m.get("chunks_serving", 0)),
                 human_bytes(m.get("bytes_received", 0)),
                 human_bytes(m.get("bytes_served", 0)),
             )
+            rows.append((p, cells))
         t = snap.get("transfers", {})
-        table.add_row(Text("all", style="bold"), count(fetching), count(serving),
-                      human_bytes(t.get("bytes_in", 0)), human_bytes(t.get("bytes_out", 0)))  # fmt: skip
+        got, sent = human_bytes(t.get("bytes_in", 0)), human_bytes(t.get("bytes_out", 0))
+        rows.append(("", (Text("all", style="bold"), count(fetching), count(serving), got, sent)))
+        self.query_one("#transfers-main", LiveTable).show(rows)
         self.query_one("#transfers-summary", Static).update(
             f"Fetching/Serving: chunks in flight now.  In all: {t.get('chunks_in', 0)} chunks "
             f"received, {t.get('chunks_out', 0)} sent."
@@ -259,9 +264,7 @@ class MeshrenderApp(App):
 
     def _show_jobs(self, jobs: list) -> None:
         self.jobs = jobs
-        table = self.query_one("#queue-main", DataTable)
-        cursor = table.cursor_row
-        table.clear()
+        rows = []
         now = self.clock()
         for r in self.jobs:
             done, total = r.units_done, r.units_total
@@ -270,7 +273,7 @@ class MeshrenderApp(App):
             if r.state == "running" and r.started_s and done and total:
                 eta = human_s((now - r.started_s) * (total - done) / done)
             style = {"failed": "red", "cancelled": "dim", "done": "green", "running": "bold"}.get(r.state, "")
-            table.add_row(
+            cells = (
                 r.id[:8],
                 r.spec.scene_id[:8],
                 f"{r.spec.first_frame}..{r.spec.last_frame}",
@@ -279,10 +282,9 @@ class MeshrenderApp(App):
                 eta,
                 datetime.datetime.fromtimestamp(r.submitted_s).strftime("%H:%M:%S"),
                 Text(r.state + (f": {r.error}" if r.error else ""), style=style),
-                key=r.id,
             )
-        if self.jobs:
-            table.move_cursor(row=min(cursor, len(self.jobs) - 1))
+            rows.append((r.id, cells))
+        self.query_one("#queue-main", LiveTable).show(rows)
 
     def _selected_job(self) -> str | None:
         table = self.query_one("#queue-main", DataTable)

@@ -4,9 +4,11 @@ scene input that completes names and paths.
 How it works
   * Everything here is a pure function of the plain dicts the peer's snapshot is made of (or of
     the file system, for completion), so it is tested without an app.
-  * `frame_text` draws the bucket map with two characters per bucket, coloured by the peer holding
-    it and brighter as its passes come in, and the preview with half blocks, two pixels per
-    character, both scaled down to fit the room given.
+  * `frame_lines` draws the bucket map with two characters per bucket, coloured by the peer
+    holding it and brighter as its passes come in, and the preview with half blocks, two pixels
+    per character, both scaled down to fit the room given; as segments with cached styles, which
+    `FramePanel` turns into the lines Textual asks for (a styled Text of thousands of spans costs
+    the event loop tens of milliseconds a second).
   * `complete_scene` gives the first built-in name, folder or scene file that begins with what
     was typed (folders end in "/"); `SceneInput` shows it greyed while typing and takes it on tab
     or right arrow.
@@ -15,17 +17,29 @@ How it works
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
 import os
 from pathlib import Path
 
+import numpy as np
+from rich.cells import cell_len
+from rich.color import Color
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding
+from textual.coordinate import Coordinate
+from textual.strip import Strip
 from textual.suggester import Suggester
-from textual.widgets import Input
+from textual.widget import Widget
+from textual.widgets import DataTable, Input
 
 PEER_COLOURS = [(66, 133, 244), (52, 168, 83), (251, 188, 5), (171, 71, 188), (0, 172, 193), (255, 112, 67),
                 (158, 157, 36), (236, 64, 122)]  # fmt: skip
 SCENE_SUFFIXES = (".toml", ".obj", ".ply", ".gltf", ".glb")  # what `load_scene` takes, besides names
+STYLES_CACHED = 1 << 16  # colour styles kept: a preview's cells repeat from one second to the next
+BOLD, DIM = Style(bold=True), Style(dim=True)
 DIR_ENTRIES_MAX = 10_000  # a folder is read this far for completion, so a huge one never stalls it
 
 
@@ -75,23 +89,23 @@ def backend_text(status: dict | None) -> Text:
     return Text("GPU" if status.get("gpu") else "CPU", style="green" if status.get("gpu") else "")
 
 
-def frame_text(view: dict, width: int, height: int) -> Text:
-    """The Frame tab: a bucket map (each bucket coloured by the peer that holds it, brighter as its
-    passes come in; dots where nobody has it yet) beside the preview drawn in half blocks, two
-    pixels per character. Fits width x height cells."""
-    import base64
+@functools.lru_cache(maxsize=STYLES_CACHED)
+def _rgb(r: int, g: int, b: int, on: tuple[int, int, int] | None = None) -> Style:
+    return Style(color=Color.from_rgb(r, g, b), bgcolor=None if on is None else Color.from_rgb(*on))
 
-    import numpy as np
 
+def frame_lines(view: dict, width: int, height: int) -> list[list[Segment]]:
+    """The Frame tab, a line of segments per row: a title (job, frame, size, the peers' colours),
+    then a bucket map (each bucket coloured by the peer that holds it, brighter as its passes
+    come in; dots where nobody has it yet) beside the preview drawn in half blocks, two pixels
+    per character. Fits width x height cells (a grid too big for it is sampled)."""
     peers = view.get("peers", [])
-    out = Text()
-    out.append(f"job {view['job'][:12]}  frame {view['frame']}  {view['width']}x{view['height']}  ", "bold")
+    what = f"job {view['job'][:12]}  frame {view['frame']}  {view['width']}x{view['height']}  "
+    title = [Segment(what, BOLD)]
     for i, p in enumerate(peers):
-        r, g, b = PEER_COLOURS[i % len(PEER_COLOURS)]
-        out.append("■ ", style=f"rgb({r},{g},{b})")
-        out.append(f"{short(p)}  ")
-    out.append("\n")
-    lines: list[Text] = []
+        title += [Segment("■ ", _rgb(*PEER_COLOURS[i % len(PEER_COLOURS)])), Segment(f"{short(p)}  ")]
+    body_h = max(4, height - 1)
+    lines: list[list[Segment]] = []
     if "buckets" in view:
         xs = sorted({b[0] for b in view["buckets"]})
         ys = sorted({b[1] for b in view["buckets"]})
@@ -99,43 +113,110 @@ def frame_text(view: dict, width: int, height: int) -> Text:
         grid = [[None] * len(xs) for _ in ys]
         for (x, y, _, _), owner, done in zip(view["buckets"], view["owner"], view["done"], strict=True):
             grid[row_of[y]][col_of[x]] = (owner, done)
-        step = max(1, -(-len(xs) * 2 // max(8, width // 2)), -(-len(ys) // max(4, height - 2)))
+        step = max(1, -(-len(xs) * 2 // max(8, width // 2)), -(-len(ys) // body_h))
         for row in grid[::step]:
-            line = Text()
+            line = []
             for owner, done in row[::step]:
                 if owner < 0:
-                    line.append("··", style="dim")
+                    line.append(Segment("··", DIM))
                     continue
                 r, g, b = PEER_COLOURS[owner % len(PEER_COLOURS)]
                 k = 0.35 + 0.65 * min(1.0, done / max(1, view["passes"]))
-                line.append("██", style=f"rgb({int(r * k)},{int(g * k)},{int(b * k)})")
+                line.append(Segment("██", _rgb(int(r * k), int(g * k), int(b * k))))
             lines.append(line)
     p = view["preview"]
     img = np.frombuffer(base64.b64decode(p["rgb"]), np.uint8).reshape(p["rows"], p["cols"], 3)
-    map_w = max((len(line) for line in lines), default=0)
+    map_w = max((2 * len(line) for line in lines), default=0)
     room_w = max(8, width - map_w - 2)
-    room_h = max(4, height - 2) * 2
-    scale = max(img.shape[1] / room_w, img.shape[0] / room_h, 1.0)
+    scale = max(img.shape[1] / room_w, img.shape[0] / (body_h * 2), 1.0)
     cols, rows = max(1, int(img.shape[1] / scale)), max(2, int(img.shape[0] / scale) // 2 * 2)
     sy = (np.arange(rows) * img.shape[0] // rows).astype(int)
     sx = (np.arange(cols) * img.shape[1] // cols).astype(int)
-    small = img[sy][:, sx]
-    pic = []
-    for y in range(0, rows, 2):
-        line = Text()
-        for x in range(cols):
-            (r0, g0, b0), (r1, g1, b1) = small[y, x], small[y + 1, x]
-            line.append("▀", style=f"rgb({r0},{g0},{b0}) on rgb({r1},{g1},{b1})")
-        pic.append(line)
+    small = img[sy][:, sx].tolist()
+    pic = [
+        [Segment("▀", _rgb(*top, tuple(bottom))) for top, bottom in zip(small[y], small[y + 1], strict=True)]
+        for y in range(0, rows, 2)
+    ]
+    out = [title]
     for i in range(max(len(lines), len(pic))):
-        left = lines[i] if i < len(lines) else Text(" " * map_w)
-        left.pad_right(map_w - len(left))
-        out.append_text(left)
-        out.append("  ")
-        if i < len(pic):
-            out.append_text(pic[i])
+        left = lines[i] if i < len(lines) else []
+        pad = map_w - 2 * len(left)
+        out.append(left + [Segment(" " * (pad + 2))] + (pic[i] if i < len(pic) else []))
+    return out
+
+
+def frame_text(view: dict, width: int, height: int) -> Text:
+    """`frame_lines` as one rich Text (what a test or a log can print)."""
+    out = Text()
+    for line in frame_lines(view, width, height):
+        for seg in line:
+            out.append(seg.text, seg.style)
         out.append("\n")
     return out
+
+
+class LiveTable(DataTable):
+    """A table shown afresh every second: `show(rows)` with (key, cells) per row. When the same
+    keys come in the same order only the cells that changed are updated (and the cursor stays
+    where it was); otherwise the table is refilled. Refilling 1000 rows every second would cost
+    the event loop a fifth of its time."""
+
+    def __init__(self, **kwargs):
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        self._shown: list[tuple[str, tuple]] = []
+
+    def show(self, rows: list[tuple[str, tuple]]) -> None:
+        changed = None
+        if [k for k, _ in rows] == [k for k, _ in self._shown]:
+            changed = [(i, j, a) for i, ((_, new), (_, old)) in enumerate(zip(rows, self._shown, strict=True))
+                       for j, (a, b) in enumerate(zip(new, old, strict=True)) if a != b]  # fmt: skip
+            # DataTable re-measures a whole column for each cell updated with update_width: a cell
+            # wider than its column refills the table instead
+            widths = [c.content_width for c in self.ordered_columns]
+            if any(cell_len(a.plain if isinstance(a, Text) else str(a)) > widths[j] for _, j, a in changed):
+                changed = None
+        if changed is None:
+            cursor = self.cursor_row
+            self.clear()
+            for key, cells in rows:
+                self.add_row(*cells, key=key)
+            if rows:
+                self.move_cursor(row=min(max(cursor, 0), len(rows) - 1))
+        else:
+            for i, j, a in changed:
+                self.update_cell_at(Coordinate(i, j), a)
+        self._shown = rows
+
+
+class FramePanel(Widget):
+    """The Frame tab's picture. `show(view)` keeps the view; its lines are drawn when Textual
+    asks for them (never while the tab is hidden), at the panel's own size, once per change."""
+
+    DEFAULT_CSS = "FramePanel { height: 1fr; width: 1fr; padding: 0 1; }"
+
+    def __init__(self, note: str, **kwargs):
+        super().__init__(**kwargs)
+        self._view: dict | None = None
+        self._note = note
+        self._drawn: tuple[tuple[int, int], list[Strip]] | None = None
+
+    def show(self, view: dict | None, note: str = "") -> None:
+        """Draw `view`, or `note` when there is none."""
+        if view == self._view and note == self._note:
+            return
+        self._view, self._note, self._drawn = view, note, None
+        self.refresh()
+
+    def render_line(self, y: int) -> Strip:
+        width, height = self.content_size
+        if self._drawn is None or self._drawn[0] != (width, height):
+            if self._view is None:
+                lines = [[Segment(self._note, DIM)]]
+            else:
+                lines = frame_lines(self._view, width, height)
+            self._drawn = ((width, height), [Strip(line).crop_extend(0, width, None) for line in lines])
+        strips = self._drawn[1]
+        return strips[y] if y < len(strips) else Strip.blank(width)
 
 
 def member_state(status: dict | None) -> str:
