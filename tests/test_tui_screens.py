@@ -195,3 +195,16 @@ def test_a_live_table_updates_changed_cells_in_place_and_keeps_the_cursor():
             assert cells(table) == [["a", "idle"], ["c", "fetching"]] and table.cursor_row == 1
 
     asyncio.run(go())
+
+
+def test_typing_a_scene_types_plus_and_minus(party_app):
+    async def go():
+        app = party_app
+        async with app.run_test(size=SIZE) as pilot:
+            await settled(pilot)
+            await pilot.press("s", "a", "plus", "minus")
+            assert app.query_one(SceneInput).value == "a+-"
+            assert [j.priority for j in app.jobs] == [0, 2, 0, 0]  # no job moved
+            assert app.check_action("priority", (1,)) is False
+
+    asyncio.run(go())

@@ -310,11 +310,13 @@ class MeshrenderApp(App):
             self._submit_from_ui(path)
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
-        """Cancel and priority act on the job under the Queue tab's cursor: shown only there. Over
-        the scene picker, only quitting."""
+        """Cancel and priority act on the job under the Queue tab's cursor: shown only there, and
+        not while a scene is typed. Over the scene picker, only quitting."""
         if isinstance(self.screen, ScenePicker):
             return action == "quit"
         if action in self.QUEUE_ACTIONS:
+            if isinstance(self.focused, Input):  # typing a scene: + and - are characters
+                return False
             try:
                 return self.query_one(TabbedContent).active == "queue"
             except NoMatches:
@@ -322,6 +324,9 @@ class MeshrenderApp(App):
         return True
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        self.refresh_bindings()
+
+    def on_descendant_focus(self, event) -> None:
         self.refresh_bindings()
 
     def action_leave_input(self) -> None:
