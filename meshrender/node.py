@@ -770,20 +770,17 @@ class Peer:
                 return
             self._alive(remote)
             if isinstance(msg, Want):
-                m = self.members.get(remote)
+                m = self.members.get(remote) or Member(remote, [], 0.0)  # gone meanwhile: counted nowhere
                 left = len(msg.hashes)
-                if m is not None:
-                    m.chunks_serving += left
+                m.chunks_serving += left
                 try:
                     for h in msg.hashes:
                         await write_msg(stream, self._serve(h, remote))
                         left -= 1
-                        if m is not None:
-                            m.chunks_serving -= 1
+                        m.chunks_serving -= 1
                         self._alive(remote)  # it took the bytes: its window opened again
                 finally:  # a stream that fails mid-Want: what was left is no longer in flight
-                    if m is not None:
-                        m.chunks_serving -= left
+                    m.chunks_serving -= left
             elif isinstance(msg, ChunkMapQuery):
                 await write_msg(stream, self._chunk_map(msg.scene_id))
             else:

@@ -60,6 +60,17 @@ async def settled(pilot) -> None:
     await pilot.pause()
 
 
+def with_party(app: MeshrenderApp, body) -> None:
+    """Run `await body(pilot)` in the app at 80x24 once the party and its queue are in."""
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await settled(pilot)
+            await body(pilot)
+
+    asyncio.run(go())
+
+
 def tab(key: str):
     async def run_before(pilot) -> None:
         await settled(pilot)
@@ -128,46 +139,44 @@ def test_tab_completes_and_the_picker_submits_into_the_real_queue(party_app):
     """Tab completes the input; a scene picked in the file picker is compiled and queued in this
     machine's jobs.sqlite, where the queue tab shows it."""
 
-    async def go():
-        app = party_app
-        async with app.run_test(size=SIZE) as pilot:
-            await settled(pilot)
-            await pilot.press("s", "t", "e", "tab")
-            assert app.query_one(SceneInput).value == "teapot.obj"
-            await pilot.press("escape")
-            await pilot.press("o")
-            tree = app.screen.query_one(SceneTree)
-            await until(pilot, lambda: len(tree.root.children) == 2, 10, "the picker's folder")
-            await pilot.press("down", "enter")
-            await until(pilot, lambda: tree.root.children[0].children, 10, "the cornell folder")
-            await pilot.press("down", "enter")  # cornell/cornell.toml
-            await until(pilot, lambda: len(app.jobs) == 5, 60, "the picked scene in the queue")
-            assert not isinstance(app.screen, ScenePicker)  # it closed on the pick
-            log = "\n".join(app.log_lines)
-            assert "submitted job=" in log and "cornell.toml" in log, log
+    app = party_app
 
-    asyncio.run(go())
+    async def body(pilot):
+        await pilot.press("s", "t", "e", "tab")
+        assert app.query_one(SceneInput).value == "teapot.obj"
+        await pilot.press("escape")
+        await pilot.press("o")
+        tree = app.screen.query_one(SceneTree)
+        await until(pilot, lambda: len(tree.root.children) == 2, 10, "the picker's folder")
+        await pilot.press("down", "enter")
+        await until(pilot, lambda: tree.root.children[0].children, 10, "the cornell folder")
+        await pilot.press("down", "enter")  # cornell/cornell.toml
+        await until(pilot, lambda: len(app.jobs) == 5, 60, "the picked scene in the queue")
+        assert not isinstance(app.screen, ScenePicker)  # it closed on the pick
+        log = "\n".join(app.log_lines)
+        assert "submitted job=" in log and "cornell.toml" in log, log
+
+    with_party(app, body)
 
 
 def test_a_job_chosen_with_the_mouse_is_cancelled(party_app):
-    async def go():
-        app = party_app
-        async with app.run_test(size=SIZE) as pilot:
-            await settled(pilot)
-            assert await pilot.click("#--content-tab-queue")
-            await until(pilot, lambda: app.query_one("TabbedContent").active == "queue", 5, "the queue tab")
-            table = app.query_one("#queue-main")
-            queued = next(i for i, r in enumerate(cells(table)) if r[7] == "queued")
-            assert await pilot.click("#queue-main", offset=(2, 1 + queued))  # under the header row
-            assert table.cursor_row == queued
-            await pilot.press("c")
-            await until(pilot, lambda: any(j.state == "cancelled" for j in app.jobs), 10, "the cancel")
-            assert [j.state for j in app.jobs].count("queued") == 0
-            await pilot.press("1", "c")  # not on the Queue tab: cancel does nothing
-            await pilot.pause(0.3)
-            assert [j.state for j in app.jobs].count("running") == 1
+    app = party_app
 
-    asyncio.run(go())
+    async def body(pilot):
+        assert await pilot.click("#--content-tab-queue")
+        await until(pilot, lambda: app.query_one("TabbedContent").active == "queue", 5, "the queue tab")
+        table = app.query_one("#queue-main")
+        queued = next(i for i, r in enumerate(cells(table)) if r[7] == "queued")
+        assert await pilot.click("#queue-main", offset=(2, 1 + queued))  # under the header row
+        assert table.cursor_row == queued
+        await pilot.press("c")
+        await until(pilot, lambda: any(j.state == "cancelled" for j in app.jobs), 10, "the cancel")
+        assert [j.state for j in app.jobs].count("queued") == 0
+        await pilot.press("1", "c")  # not on the Queue tab: cancel does nothing
+        await pilot.pause(0.3)
+        assert [j.state for j in app.jobs].count("running") == 1
+
+    with_party(app, body)
 
 
 def test_a_live_table_updates_changed_cells_in_place_and_keeps_the_cursor():
@@ -198,13 +207,12 @@ def test_a_live_table_updates_changed_cells_in_place_and_keeps_the_cursor():
 
 
 def test_typing_a_scene_types_plus_and_minus(party_app):
-    async def go():
-        app = party_app
-        async with app.run_test(size=SIZE) as pilot:
-            await settled(pilot)
-            await pilot.press("s", "a", "plus", "minus")
-            assert app.query_one(SceneInput).value == "a+-"
-            assert [j.priority for j in app.jobs] == [0, 2, 0, 0]  # no job moved
-            assert app.check_action("priority", (1,)) is False
+    app = party_app
 
-    asyncio.run(go())
+    async def body(pilot):
+        await pilot.press("s", "a", "plus", "minus")
+        assert app.query_one(SceneInput).value == "a+-"
+        assert [j.priority for j in app.jobs] == [0, 2, 0, 0]  # no job moved
+        assert app.check_action("priority", (1,)) is False
+
+    with_party(app, body)
