@@ -4,7 +4,9 @@ How: `tomllib` parses the text (a syntax error is reported with its line), every
 checked to be finite, then msgspec converts the tables into the Structs below, which forbid
 unknown keys, so a typo is an error naming the key and where it is (`render: unknown key
 `spq``). Cross-references (material names, transform keys, camera geometry) are checked here
-too; nothing in this module touches the files the scene names — `load.py` does that.
+too; nothing in this module touches the files the scene names — `load.py` does that. Budgets:
+the file's size (read through `SceneFiles`, so it must be a regular file) and the nesting depth
+of its tables and arrays (a 3000-deep nesting is an error naming the limit, not a RecursionError).
 
 Format (paths are relative to the scene file; every table and key is optional unless marked):
 
@@ -80,15 +82,18 @@ from msgspec import Meta, Struct
 
 from ..errors import SceneError
 from ..settings import RenderSettings
+from .confine import SceneFiles
 from .types import CameraDesc, MeshData
 
 SCENE_BYTES_MAX = 16 << 20  # a hand-written (or generated) scene file is kilobytes; 16 MiB is a mistake
+TOML_DEPTH_MAX = 16  # tables and arrays inside each other: the format needs 4 (camera.keyframes[i].position)
 ENTRIES_MAX = 100_000  # meshes + lights per scene; each is a file to open
 MATERIALS_MAX = 100_000  # named materials per scene file
 NAME_CHARS_MAX = 256  # names and paths are for humans and the file system
 KEYFRAMES_MAX = 10_000  # camera keyframes per scene: more is a baked path, not keyframes
 FRAME_MAX = 100_000  # jobs.FRAMES_PER_JOB_MAX: a frame number beyond is a typo
 MESH_SUFFIXES = (".obj", ".ply", ".gltf", ".glb")
+_EYE4, _EYE3 = np.eye(4), np.eye(3)
 UP_PARALLEL_SIN_MIN = 1e-6  # |up x view| below this (unit vectors): up gives no roll, the frame is undefined
 
 Name = Annotated[str, Meta(min_length=1, max_length=NAME_CHARS_MAX)]
@@ -183,6 +188,7 @@ class SceneFile:
     lights: list[LightEntry]
     camera_keys: list[tuple[int, CameraDesc]] = field(default_factory=list)  # (frame, camera), by frame
     frames: tuple[int, int] | None = None  # the default frame range, when the scene says
+    matrices: list[np.ndarray] = field(default_factory=list)  # each entry's placement, as `entries()`
 
     def entries(self) -> list[tuple[str, MeshEntry | LightEntry]]:
         """(label for messages, entry) for every mesh and light, in file order."""
@@ -191,25 +197,22 @@ class SceneFile:
         ]
 
 
-def parse_scene_file(path: str | Path) -> SceneFile:
+def parse_scene_file(path: str | Path, *, files: SceneFiles | None = None) -> SceneFile:
     path = Path(path)
     src = str(path)
+    files = files or SceneFiles.beside(path)
+    data = files.read(path, SCENE_BYTES_MAX, "scene file", src)
     try:
-        size = path.stat().st_size
-        if size > SCENE_BYTES_MAX:
-            raise SceneError(src, f"scene file is {size} bytes; the limit is {SCENE_BYTES_MAX}")
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise SceneError(src, "scene file not found") from None
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise SceneError(src, f"scene file is not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise SceneError(src, f"cannot read scene file: {e.strerror or e}") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SceneError(src, f"TOML syntax error: {e}") from None
-    _check_finite(raw, "", src)
+    except RecursionError:
+        raise SceneError(src, f"tables or arrays nested more deeply than {TOML_DEPTH_MAX} levels") from None
+    _check_finite(raw, src)
     tables = _convert(raw, _SceneTables, "", src)
     materials = {}
     for mname, table in tables.materials.items():
@@ -247,7 +250,7 @@ def parse_scene_file(path: str | Path) -> SceneFile:
             raise SceneError(
                 src, f"{label} ({e.file}): material '{e.material}' is not defined (defined: {defined})"
             )
-        entry_matrix(e, f"{label} ({e.file})", src)  # validates the placement
+        scene.matrices.append(entry_matrix(e, f"{label} ({e.file})", src))  # validates the placement
     return scene
 
 
@@ -307,17 +310,22 @@ def entry_matrix(e: MeshEntry | LightEntry, label: str, src: str) -> np.ndarray:
         m = np.array(e.matrix, np.float64).reshape(4, 4)
         if not np.array_equal(m[3], [0.0, 0.0, 0.0, 1.0]):
             raise SceneError(src, f"{label}: matrix must be affine (its last row 0 0 0 1)")
+        det = float(np.linalg.det(m[:3, :3]))
     else:
-        s = np.full(3, e.scale, np.float64) if isinstance(e.scale, float) else np.array(e.scale, np.float64)
-        rx, ry, rz = np.radians(e.rotate_deg)
-        cx, sx, cy, sy, cz, sz = np.cos(rx), np.sin(rx), np.cos(ry), np.sin(ry), np.cos(rz), np.sin(rz)
-        r_x = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-        r_y = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-        r_z = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+        s = (e.scale,) * 3 if isinstance(e.scale, float) else e.scale
         m = np.eye(4)
-        m[:3, :3] = r_z @ r_y @ r_x @ np.diag(s)
+        if e.rotate_deg == (0.0, 0.0, 0.0):  # the usual case, and a scene of 100,000 entries: no trig
+            m[0, 0], m[1, 1], m[2, 2] = s
+        else:
+            rx, ry, rz = np.radians(e.rotate_deg)
+            cx, sx, cy, sy, cz, sz = np.cos(rx), np.sin(rx), np.cos(ry), np.sin(ry), np.cos(rz), np.sin(rz)
+            r_x = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+            r_y = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+            r_z = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+            m[:3, :3] = r_z @ r_y @ r_x @ np.diag(s)
         m[:3, 3] = e.translate
-    if abs(np.linalg.det(m[:3, :3])) < 1e-300:
+        det = s[0] * s[1] * s[2]  # a rotation's determinant is 1
+    if not abs(det) >= 1e-300:
         raise SceneError(src, f"{label}: the placement is singular (a zero scale?)")
     return m
 
@@ -325,17 +333,21 @@ def entry_matrix(e: MeshEntry | LightEntry, label: str, src: str) -> np.ndarray:
 def apply_transform(mesh: MeshData, m: np.ndarray) -> MeshData:
     """The mesh placed by the affine 4x4 `m`: normals by the inverse transpose, and the winding
     flipped when `m` mirrors, so the face normal keeps pointing out of the same side."""
-    if np.array_equal(m, np.eye(4)):
+    if np.array_equal(m, _EYE4):
         return mesh
     lin = m[:3, :3]
-    positions = (mesh.positions.astype(np.float64) @ lin.T + m[:3, 3]).astype(np.float32)
+    moved_only = np.array_equal(lin, _EYE3)  # a translation (the usual placement): no products to take
+    p64 = mesh.positions.astype(np.float64)
+    positions = ((p64 if moved_only else p64 @ lin.T) + m[:3, 3]).astype(np.float32)
     normals = mesh.normals
     if normals is not None:
-        n = normals.astype(np.float64) @ np.linalg.inv(lin)
+        n = normals.astype(np.float64)
+        if not moved_only:
+            n = n @ np.linalg.inv(lin)
         length = np.linalg.norm(n, axis=1, keepdims=True)
         normals = np.divide(n, length, out=np.zeros_like(n), where=length > 0).astype(np.float32)
     indices = mesh.indices
-    if np.linalg.det(lin) < 0:
+    if not moved_only and np.linalg.det(lin) < 0:
         indices = np.ascontiguousarray(indices[:, [0, 2, 1]])
     return replace(mesh, positions=positions, normals=normals, indices=indices)
 
@@ -369,14 +381,30 @@ def _convert(obj: Any, typ: type, where: str, src: str):
         raise SceneError(src, f"{path or 'top level'}: {msg}") from None
 
 
-def _check_finite(obj: Any, path: str, src: str) -> None:
-    """TOML allows nan and inf; no value in a scene file may be either."""
-    if isinstance(obj, float):
-        if not math.isfinite(obj):
-            raise SceneError(src, f"{path or 'top level'}: {obj} is not a finite number")
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            _check_finite(v, f"{path}.{k}" if path else str(k), src)
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            _check_finite(v, f"{path}[{i}]", src)
+def _check_finite(raw: Any, src: str) -> None:
+    """TOML allows nan and inf; no value in a scene file may be either. Nesting deeper than
+    TOML_DEPTH_MAX is refused here too (iteratively: no recursion to run out of)."""
+    stack: list[tuple[Any, Any, int]] = [(raw, None, 0)]  # (value, where, depth); where is built lazily
+    while stack:
+        obj, where, depth = stack.pop()
+        if isinstance(obj, float):
+            if not math.isfinite(obj):
+                raise SceneError(src, f"{_where(where) or 'top level'}: {obj} is not a finite number")
+        elif isinstance(obj, dict | list):
+            if depth >= TOML_DEPTH_MAX:
+                problem = f"tables or arrays nested more deeply than {TOML_DEPTH_MAX} levels"
+                raise SceneError(src, f"{_where(where)[:80]}: {problem}")
+            items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+            is_dict = isinstance(obj, dict)
+            for k, v in items:
+                if isinstance(v, float | dict | list):
+                    stack.append((v, (where, k, is_dict), depth + 1))
+
+
+def _where(where) -> str:
+    """`meshes[3].translate` from the (parent, key, parent is a table) chain."""
+    parts = []
+    while where is not None:
+        where, k, is_dict = where
+        parts.append(f".{k}" if is_dict else f"[{k}]")
+    return "".join(reversed(parts)).lstrip(".")

@@ -15,7 +15,11 @@ its mean, which keeps e.g. a leather material with a metal factor of 1 (the defa
 KHR_texture_transform and texCoord sets are applied to each primitive's UVs.
 
 Anything that would render wrongly is a SceneError naming the file and the feature: required
-extensions we lack (Draco, meshopt, BasisU, ...), point/line modes, remote URIs. What can be
+extensions we lack (Draco, meshopt, BasisU, ...), point/line modes, URIs with a scheme other
+than `data:` (remote or `file:`). Files are read through `SceneFiles`: a buffer or image URI
+that leads outside the scene's folder tree (absolute, `../`, a symlink) is refused. Budgets
+checked before allocating: the JSON's size and container count, each buffer's and all buffers'
+bytes, accessor counts (x stride within their bufferView), node depth and cycles. What can be
 rendered without (normal/occlusion maps, alpha, skins, morph targets, cameras, animations,
 punctual lights, other material extensions) is listed in `warnings`.
 
@@ -30,6 +34,7 @@ import base64
 import binascii
 import math
 import os
+import re
 import struct
 from pathlib import Path
 from typing import Annotated, Any
@@ -40,6 +45,7 @@ import numpy as np
 from msgspec import Meta, Struct
 
 from ..errors import MissingAssetsError, SceneError
+from .confine import SceneFiles
 from .images import TextureCache, decode_image_bytes, srgb_to_linear
 from .obj import TRIS_MAX
 from .types import MaterialDesc, MeshData, TextureImage
@@ -48,6 +54,10 @@ GLB_MAGIC = b"glTF"
 GLB_JSON, GLB_BIN = 0x4E4F534A, 0x004E4942
 GLTF_JSON_BYTES_MAX = 64 << 20  # the JSON of even a huge scene is a few MB; more is garbage
 GLTF_BUFFER_BYTES_MAX = 1 << 32  # GLB lengths are 32-bit; no valid buffer is larger
+GLTF_BUFFERS_BYTES_MAX = 1 << 33  # all buffers of one asset: twice the largest GLB
+GLB_BYTES_MAX = GLTF_BUFFER_BYTES_MAX + GLTF_JSON_BYTES_MAX + 64  # a whole GLB: JSON + BIN + headers
+GLTF_JSON_CONTAINERS_MAX = 1 << 21  # '{' and '[' in the JSON: each decodes to a Python object (~200 B)
+ZERO_ACCESSOR_ELEMENTS_MAX = 1 << 22  # an accessor with no bufferView is zeros: allocated from nothing
 ACCESSOR_COUNT_MAX = 1 << 28  # elements per accessor; 268M is far past TRIS_MAX's worth of vertices
 NODE_DEPTH_MAX = 1024  # node trees deeper than this are cycles or machine-made garbage
 
@@ -217,51 +227,60 @@ def load_gltf(
     *,
     warnings: list[str] | None = None,
     textures: TextureCache | None = None,
+    files: SceneFiles | None = None,
 ) -> list[MeshData]:
-    """Every mesh instance of the default scene, in world space. Missing files: one MissingAssetsError."""
-    return _Loader(Path(path), warnings if warnings is not None else [], textures or TextureCache()).load()
+    """Every mesh instance of the default scene, in world space. Missing files: one MissingAssetsError.
+    `files` confines what it reads (default: to the asset's own folder)."""
+    path = Path(path)
+    files = files or (textures.files if textures is not None else None) or SceneFiles.beside(path)
+    warn = warnings if warnings is not None else []
+    return _Loader(path, warn, textures or TextureCache(files), files).load()
 
 
-def referenced_files(path: str | os.PathLike) -> list[Path]:
+def referenced_files(path: str | os.PathLike, *, files: SceneFiles | None = None) -> list[Path]:
     """External files the asset needs: buffers, and the images of the textures we sample."""
     path = Path(path)
-    doc, _ = _read_document(path, json_only=True)
+    files = files or SceneFiles.beside(path)
+    doc, _ = _read_document(path, files, json_only=True)
     return [p for p in _external_files(doc, path) if p is not None]
 
 
 # ---------------------------------------------------------------------------------- reading
 
 
-def _read_document(path: Path, json_only: bool = False) -> tuple[_Doc, bytes | None]:
+def _read_document(path: Path, files: SceneFiles, json_only: bool = False) -> tuple[_Doc, bytes | None]:
     """The decoded JSON and, for a GLB, its BIN chunk (None when json_only or absent)."""
     src = str(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(12)
-            if head[:4] == GLB_MAGIC:
-                data = head + (f.read(8) if json_only else f.read())
-                if json_only and len(data) >= 20:
-                    (jlen,) = struct.unpack_from("<I", data, 12)
-                    data += f.read(min(jlen, GLTF_JSON_BYTES_MAX + 1))
-            else:
-                if os.fstat(f.fileno()).st_size > GLTF_JSON_BYTES_MAX:
-                    raise SceneError(src, f"glTF JSON is larger than {GLTF_JSON_BYTES_MAX} bytes")
-                data = head + f.read()
-    except FileNotFoundError:
-        raise SceneError(src, "glTF file not found") from None
-    except OSError as e:
-        raise SceneError(src, f"cannot read glTF file: {e.strerror or e}") from None
+    head = files.read(path, GLB_BYTES_MAX, "glTF file", src, head=12)
+    if head[:4] == GLB_MAGIC:
+        if json_only:
+            data = files.read(path, GLB_BYTES_MAX, "glTF file", src, head=20)
+            if len(data) >= 20:
+                (jlen,) = struct.unpack_from("<I", data, 12)
+                want = 20 + min(jlen, GLTF_JSON_BYTES_MAX + 1)
+                data = files.read(path, GLB_BYTES_MAX, "glTF file", src, head=want)
+        else:
+            data = files.read(path, GLB_BYTES_MAX, "glTF file", src)
+    else:
+        data = files.read(path, GLTF_JSON_BYTES_MAX, "glTF JSON", src)
     bin_chunk = None
     if data[:4] == GLB_MAGIC:
         json_bytes, bin_chunk = _split_glb(data, src, json_only)
     else:
         json_bytes = data
+    containers = json_bytes.count(b"{") + json_bytes.count(b"[")
+    if containers > GLTF_JSON_CONTAINERS_MAX:
+        raise SceneError(
+            src, f"glTF JSON has {containers} objects and arrays; the limit is {GLTF_JSON_CONTAINERS_MAX}"
+        )
     try:
         doc = msgspec.json.decode(json_bytes, type=_Doc)
     except msgspec.ValidationError as e:
         raise SceneError(src, f"invalid glTF: {e}") from None
     except msgspec.DecodeError as e:
         raise SceneError(src, f"invalid glTF JSON: {e}") from None
+    except RecursionError:
+        raise SceneError(src, "invalid glTF JSON: nested too deeply") from None
     if not doc.asset.version.startswith("2."):
         raise SceneError(src, f"glTF version {doc.asset.version} is not supported (only 2.x)")
     if doc.asset.minVersion and doc.asset.minVersion not in ("2.0",):
@@ -299,13 +318,17 @@ def _split_glb(data: bytes, src: str, json_only: bool) -> tuple[bytes, bytes | N
     return json_bytes, bin_chunk
 
 
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
 def _uri_path(uri: str, base: Path, src: str) -> Path | None:
     """The local file a URI names, or None for a data: URI."""
     if uri.startswith("data:"):
         return None
-    if "://" in uri:
+    if _SCHEME.match(uri) or uri.startswith("//"):
+        shown = uri if len(uri) <= 80 else uri[:77] + "..."
         raise SceneError(
-            src, f"remote URI '{uri}' is not supported (only files beside the asset and data: URIs)"
+            src, f"URI '{shown}' is not supported (only relative file paths and data: URIs)"
         )
     return base / unquote(uri)
 
@@ -344,10 +367,13 @@ def _get(items: list, i: int, what: str, src: str):
 
 
 class _Loader:
-    def __init__(self, path: Path, warnings: list[str], textures: TextureCache):
+    def __init__(self, path: Path, warnings: list[str], textures: TextureCache, files: SceneFiles):
         self.path, self.src, self.base = path, str(path), path.parent
         self.warn = warnings
         self.textures = textures
+        self.files = files
+        self._files_read: dict[str, bytes] = {}  # by real path: buffers naming one file share it
+        self._buffer_bytes = 0
         self._notes: dict[str, int] = {}
         self._buffers: dict[int, bytes] = {}
         self._images: dict[int, TextureImage] = {}
@@ -359,13 +385,17 @@ class _Loader:
         self._notes[what] = self._notes.get(what, 0) + 1
 
     def load(self) -> list[MeshData]:
-        doc, self.bin = _read_document(self.path)
+        doc, self.bin = _read_document(self.path, self.files)
         self.doc = doc
         unsupported = [e for e in doc.extensionsRequired if e not in SUPPORTED_REQUIRED]
         if unsupported:
             raise SceneError(self.src, f"requires unsupported glTF extension(s): {', '.join(unsupported)}")
         missing = sorted(
-            {str(p) for p in _external_files(doc, self.path) if p is not None and not p.is_file()}
+            {
+                str(p)
+                for p in _external_files(doc, self.path)
+                if p is not None and not self.files.exists(p, "glTF buffer or image", self.src)
+            }
         )
         if missing:
             raise MissingAssetsError(self.src, missing)
@@ -610,10 +640,15 @@ class _Loader:
         else:
             p = _uri_path(b.uri, self.base, self.src)
             assert p is not None
-            try:
-                data = p.read_bytes()
-            except OSError as e:
-                raise SceneError(str(p), f"cannot read glTF buffer: {e.strerror or e}") from None
+            real = os.fspath(self.files.resolve(p, "glTF buffer", self.src))
+            data = self._files_read.get(real)
+            if data is None:
+                data = self.files.read(p, GLTF_BUFFER_BYTES_MAX, "glTF buffer", self.src)
+                self._buffer_bytes += len(data)
+                if self._buffer_bytes > GLTF_BUFFERS_BYTES_MAX:
+                    limit = GLTF_BUFFERS_BYTES_MAX
+                    raise SceneError(self.src, f"the buffers add up to more than {limit} bytes")
+                self._files_read[real] = data
             where = f"'{b.uri}'"
         if len(data) < b.byteLength:
             raise SceneError(
@@ -671,9 +706,17 @@ class _Loader:
         if a.bufferView is not None:
             arr = self._read(a.bufferView, a.byteOffset, a.count, dtype, ncomp, what)
         else:
+            if a.count > ZERO_ACCESSOR_ELEMENTS_MAX:
+                raise SceneError(
+                    self.src,
+                    f"{what}: {a.count} elements with no bufferView; "
+                    f"the limit is {ZERO_ACCESSOR_ELEMENTS_MAX}",
+                )
             arr = np.zeros((a.count, ncomp), dtype)
         if a.sparse is not None:
             sp = a.sparse
+            if sp.count > a.count:
+                raise SceneError(self.src, f"{what}: {sp.count} sparse elements in an accessor of {a.count}")
             idt = _COMPONENTS.get(sp.indices.componentType)
             if sp.indices.componentType not in (5121, 5123, 5125) or idt is None:
                 raise SceneError(self.src, f"{what}: sparse index component type {sp.indices.componentType}")
@@ -786,6 +829,7 @@ class _Loader:
             else:
                 raise SceneError(self.src, f"image {i} has neither a uri nor a bufferView")
             tex = decode_image_bytes(data, f"{self.path.name}:{label}", self.src)
+            self.textures.add_pixels(tex, self.src)
         self._images[i] = tex
         return tex
 

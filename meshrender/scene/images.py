@@ -4,8 +4,10 @@
 and palette images are expanded to RGB. EXR and Radiance HDR are linear, so they come back as
 float32 (H, W, 3); a luminance-only (Y) EXR becomes grey. The size is read from the header and
 checked against the limits below before any pixel is decoded, so an absurd image is refused
-without allocating it. `TextureCache` loads each file once per scene, so materials that share
-an image share one `TextureImage` object (the compiler stores it once).
+without allocating it (Pillow is only ever asked for PNG or JPEG, and its own decompression-bomb
+error is reported like ours). Files are read through `SceneFiles` (confined to the scene's
+folder, regular files only, a byte budget). `TextureCache` loads each file once per scene, so
+materials that share an image share one `TextureImage` object (the compiler stores it once).
 """
 
 from __future__ import annotations
@@ -13,38 +15,47 @@ from __future__ import annotations
 import io
 import os
 import re
+import struct
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import SceneError
+from .confine import SceneFiles
 from .types import TextureImage
 
 TEXTURE_SIDE_PX_MAX = 32768  # wider than any texture or environment map in use (16k equirect)
 TEXTURE_PIXELS_MAX = 1 << 27  # 134M pixels: 16k x 8k; 1.6 GB as float32 RGB, beyond that is a mistake
 HDR_HEADER_BYTES_MAX = 64 << 10  # a Radiance header is a few lines of text
+TEXTURES_PIXELS_MAX = 1 << 30  # every image of one scene together: the compiled texel table's int32 offsets
+DEFLATE_RATIO_MAX = 1032  # zlib's best case: a PNG smaller than its pixels / this cannot hold them
+JPEG_PIXELS_PER_BYTE_MAX = 4096  # a JPEG needs about a bit per 8x8 block and scan; 8x that, for safety
+IMAGE_BYTES_MAX = 1 << 31  # a 16k x 8k float RGBA EXR stored uncompressed; more is no texture
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".exr", ".hdr")
 
 
-def load_image(path: str | os.PathLike, name: str | None = None) -> TextureImage:
-    """Load an image file; the format is chosen by its suffix. Errors name the file."""
+def load_image(
+    path: str | os.PathLike,
+    name: str | None = None,
+    *,
+    files: SceneFiles | None = None,
+    src: str | None = None,
+) -> TextureImage:
+    """Load an image file; the format is chosen by its suffix. Errors name the file. `files`
+    confines it (default: to its own folder); `src` is the file that names it, for messages."""
     path = Path(path)
     name = name or path.name
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         expected = ", ".join(IMAGE_SUFFIXES)
         raise SceneError(str(path), f"unsupported image type '{suffix}' (expected {expected})")
-    if not path.is_file():
-        raise SceneError(str(path), "image file not found")
+    files = files or SceneFiles.beside(path)
+    data = files.read(path, IMAGE_BYTES_MAX, "image file", src or str(path))
     if suffix == ".exr":
-        return TextureImage(name, _load_exr(path))
+        return TextureImage(name, _load_exr(data, str(path), path.name))
     if suffix == ".hdr":
-        return TextureImage(name, _load_hdr(path))
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise SceneError(str(path), f"cannot read image: {e.strerror or e}") from None
+        return TextureImage(name, _load_hdr(data, str(path), path.name))
     return decode_image_bytes(data, name, str(path))
 
 
@@ -53,22 +64,36 @@ def decode_image_bytes(data: bytes, name: str, source: str) -> TextureImage:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        im = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data), formats=("PNG", "JPEG"))
     except UnidentifiedImageError:
         raise SceneError(source, f"image '{name}' is not a PNG or JPEG file, or it is corrupt") from None
-    except OSError as e:
+    except Image.DecompressionBombError:  # Pillow's own check, at open: past twice its pixel limit
+        raise SceneError(
+            source, f"image '{name}' declares more than {TEXTURE_PIXELS_MAX} pixels (the limit)"
+        ) from None
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as e:
         raise SceneError(source, f"image '{name}' cannot be read: {e}") from None
     if im.format not in ("PNG", "JPEG"):
         raise SceneError(source, f"image '{name}' is {im.format}; textures must be PNG or JPEG (or EXR/HDR)")
     _check_size(im.width, im.height, source, name)
+    if (im.format == "PNG" and len(data) * DEFLATE_RATIO_MAX < im.height * (1 + (im.width + 7) // 8)) or (
+        im.format == "JPEG" and len(data) * JPEG_PIXELS_PER_BYTE_MAX < im.width * im.height
+    ):
+        size = f"{im.width}x{im.height}"
+        raise SceneError(source, f"image '{name}' is truncated: {len(data)} bytes cannot hold {size} pixels")
     try:
         with warnings.catch_warnings():
             # our own limit above replaces Pillow's decompression-bomb heuristic
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError, Image.DecompressionBombError) as e:
         raise SceneError(source, f"image '{name}' is corrupt or truncated: {e}") from None
-    return TextureImage(name, _pil_to_rgb8(im))
+    try:
+        return TextureImage(name, _pil_to_rgb8(im))
+    except (OSError, ValueError) as e:
+        raise SceneError(source, f"image '{name}' cannot be converted to RGB: {e}") from None
 
 
 def _pil_to_rgb8(im) -> np.ndarray:
@@ -96,15 +121,14 @@ def _check_size(width: int, height: int, source: str, name: str) -> None:
         )
 
 
-def _load_exr(path: Path) -> np.ndarray:
+def _load_exr(data: bytes, src: str, name: str) -> np.ndarray:
     import OpenEXR
 
-    src = str(path)
     try:
-        with OpenEXR.File(src, header_only=True) as f:
+        with OpenEXR.File(io.BytesIO(data), header_only=True) as f:
             (x0, y0), (x1, y1) = f.header()["dataWindow"]  # the header dict empties on close
-        _check_size(int(x1) - int(x0) + 1, int(y1) - int(y0) + 1, src, path.name)
-        with OpenEXR.File(src, separate_channels=True) as f:
+        _check_size(int(x1) - int(x0) + 1, int(y1) - int(y0) + 1, src, name)
+        with OpenEXR.File(io.BytesIO(data), separate_channels=True) as f:
             channels = {k: np.asarray(v.pixels) for k, v in f.channels().items()}
     except SceneError:
         raise
@@ -125,13 +149,8 @@ def _load_exr(path: Path) -> np.ndarray:
 _HDR_RES = re.compile(rb"^([-+])Y\s+(\d+)\s+([-+])X\s+(\d+)\s*$")
 
 
-def _load_hdr(path: Path) -> np.ndarray:
+def _load_hdr(data: bytes, src: str, name: str) -> np.ndarray:
     """Radiance RGBE (.hdr/.pic): flat or new-style run-length scanlines, -Y H +X W orientation."""
-    src = str(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise SceneError(src, f"cannot read HDR image: {e.strerror or e}") from None
     if not (data.startswith(b"#?RADIANCE") or data.startswith(b"#?RGBE")):
         raise SceneError(src, "not a Radiance HDR file (no '#?RADIANCE' signature)")
     end = data.find(b"\n\n", 0, HDR_HEADER_BYTES_MAX)
@@ -147,8 +166,14 @@ def _load_hdr(path: Path) -> np.ndarray:
     if m is None or m.group(1) != b"-" or m.group(3) != b"+":
         raise SceneError(src, "HDR resolution line is missing or not in the standard '-Y H +X W' order")
     height, width = int(m.group(2)), int(m.group(4))
-    _check_size(width, height, src, path.name)
+    _check_size(width, height, src, name)
     body = np.frombuffer(data, np.uint8, offset=res_end + 1)
+    # the smallest a scanline can be: flat (4 bytes a pixel) or run-length (128 pixels in 2 bytes
+    # per channel at best): a short file cannot make us allocate the image it declares
+    row_min = 4 + 8 * -(-width // 128) if 8 <= width < 0x8000 else 4 * width
+    if len(body) < height * row_min:
+        need = height * row_min
+        raise SceneError(src, f"HDR image is truncated: {width}x{height} needs at least {need} bytes")
     rgbe = np.empty((height, width, 4), np.uint8)
     pos = 0
     try:
@@ -208,14 +233,25 @@ def srgb_to_linear(pixels: np.ndarray) -> np.ndarray:
 
 
 class TextureCache:
-    """Loads each image file once; the same path gives the same `TextureImage` object."""
+    """Loads each image file once; the same path gives the same `TextureImage` object. `files`
+    confines every image to one scene's folder (default: each image to its own folder)."""
 
-    def __init__(self) -> None:
+    def __init__(self, files: SceneFiles | None = None) -> None:
+        self.files = files
         self._by_path: dict[str, TextureImage] = {}
+        self._pixels = 0
 
-    def load(self, path: str | os.PathLike) -> TextureImage:
+    def load(self, path: str | os.PathLike, *, src: str | None = None) -> TextureImage:
         key = os.path.normcase(os.path.abspath(path))
         tex = self._by_path.get(key)
         if tex is None:
-            tex = self._by_path[key] = load_image(path)
+            tex = load_image(path, files=self.files, src=src)
+            self.add_pixels(tex, src or str(path))
+            self._by_path[key] = tex
         return tex
+
+    def add_pixels(self, tex: TextureImage, src: str) -> None:
+        """Count an image (loaded here or elsewhere, e.g. embedded in a GLB) against the scene's budget."""
+        self._pixels += tex.pixels.shape[0] * tex.pixels.shape[1]
+        if self._pixels > TEXTURES_PIXELS_MAX:
+            raise SceneError(src, f"the scene's images add up to more than {TEXTURES_PIXELS_MAX} pixels")

@@ -9,6 +9,10 @@ colours; shading normals of zero length are replaced by face-area-weighted ones.
 (ignored features, repaired data) are collected on `LoadedScene.warnings` and logged to the
 `meshrender.scene` logger.
 
+Every file is read through one `SceneFiles` (`confine.py`): what the scene names must lie in
+the scene file's folder tree (a bare mesh's own folder) unless `allow_outside` is given, and must
+be a regular file within its decoder's byte budget.
+
 A bare mesh gets a camera framed on its bounding box (from the front, a little above and to
 the right, fov 40, the bounding sphere filling the smaller image axis), a constant white
 environment and default render settings. Built-in scenes are TOML files in `meshrender/data`.
@@ -16,6 +20,7 @@ environment and default render settings. Built-in scenes are TOML files in `mesh
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -27,7 +32,8 @@ import numpy as np
 from ..errors import MissingAssetsError, SceneError
 from ..settings import RenderSettings
 from . import gltf, obj, ply
-from .file import MESH_SUFFIXES, SceneFile, apply_transform, check_camera, entry_matrix, parse_scene_file
+from .confine import SceneFiles
+from .file import MESH_SUFFIXES, SceneFile, apply_transform, check_camera, parse_scene_file
 from .images import TextureCache, srgb_to_linear
 from .types import CameraDesc, EnvironmentDesc, LoadedScene, MaterialDesc, MeshData, TextureImage
 
@@ -36,6 +42,7 @@ log = logging.getLogger("meshrender.scene")
 BUILTIN_PREFIX = "builtin:"
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 SCENE_TRIS_MAX = 1 << 27  # 134M triangles in one scene: beyond what a peer can compile and hold
+SCENE_MESHES_MAX = 1 << 17  # meshes after placement (glTF nodes included): the manifest's segments per array
 AUTO_FOV_DEG = 40.0
 AUTO_VIEW_DIR = (0.35, 0.45, 1.0)  # from the front (+z), a little above (+y) and to the right (+x)
 AUTO_MARGIN = 1.05  # the bounding sphere fills 1/1.05 of the smaller image axis
@@ -60,8 +67,9 @@ def list_builtins() -> list[str]:
     return sorted(d.name for d in DATA_DIR.iterdir() if (d / f"{d.name}.toml").is_file())
 
 
-def load_scene(spec: str | os.PathLike) -> LoadedScene:
-    """Load a `.toml` scene file, a bare `.obj`/`.ply`/`.gltf`/`.glb`, or a built-in scene name."""
+def load_scene(spec: str | os.PathLike, *, allow_outside: bool = False) -> LoadedScene:
+    """Load a `.toml` scene file, a bare `.obj`/`.ply`/`.gltf`/`.glb`, or a built-in scene name.
+    `allow_outside` lets the scene read files outside its own folder tree (`--allow-outside`)."""
     text = os.fspath(spec)
     builtin = None
     if text.startswith(BUILTIN_PREFIX):
@@ -71,19 +79,23 @@ def load_scene(spec: str | os.PathLike) -> LoadedScene:
     if builtin is not None:
         if builtin not in list_builtins():
             raise SceneError(text, f"no built-in scene '{builtin}' (built-ins: {', '.join(list_builtins())})")
-        scene = _load_scene_file(DATA_DIR / builtin / f"{builtin}.toml")
+        files = SceneFiles(DATA_DIR)  # a built-in may use the meshes of another
+        scene = _load_scene_file(DATA_DIR / builtin / f"{builtin}.toml", files)
         scene.source = f"{BUILTIN_PREFIX}{builtin}"
         return scene
     path = Path(text)
-    if not path.exists():
+    if "\0" in text or not (path.exists() or path.is_symlink()):
         raise SceneError(text, "file not found")
     if path.is_dir():
         raise SceneError(text, "is a directory, not a scene or mesh file")
     suffix = path.suffix.lower()
+    files = SceneFiles.beside(path, allow_outside=allow_outside)
+    if Path(os.path.realpath(path)).is_relative_to(DATA_DIR):  # a built-in named by its path
+        files = SceneFiles(DATA_DIR, allow_outside=allow_outside, top=path)
     if suffix == ".toml":
-        return _load_scene_file(path)
+        return _load_scene_file(path, files)
     if suffix in MESH_SUFFIXES:
-        return _load_bare_mesh(path)
+        return _load_bare_mesh(path, files)
     kinds = ", ".join((".toml",) + MESH_SUFFIXES)
     raise SceneError(text, f"unknown file type '{path.suffix}' (expected {kinds}, or a built-in scene name)")
 
@@ -93,45 +105,51 @@ def load_mesh_file(
     *,
     warnings: list[str] | None = None,
     textures: TextureCache | None = None,
+    files: SceneFiles | None = None,
 ) -> list[MeshData]:
-    """The meshes of one file, by its suffix; glTF may give several, OBJ and PLY one."""
+    """The meshes of one file, by its suffix; glTF may give several, OBJ and PLY one. `files`
+    confines what it reads (default: to the file's own folder)."""
     path = Path(path)
+    files = files or SceneFiles.beside(path)
+    textures = textures or TextureCache(files)
     suffix = path.suffix.lower()
     if suffix == ".obj":
-        return [obj.load_obj(path, warnings=warnings, textures=textures)]
+        return [obj.load_obj(path, warnings=warnings, textures=textures, files=files)]
     if suffix == ".ply":
-        return [ply.load_ply(path, warnings=warnings)]
+        return [ply.load_ply(path, warnings=warnings, files=files)]
     if suffix in (".gltf", ".glb"):
-        return gltf.load_gltf(path, warnings=warnings, textures=textures)
+        return gltf.load_gltf(path, warnings=warnings, textures=textures, files=files)
     raise SceneError(str(path), f"unknown mesh type '{path.suffix}' (expected {', '.join(MESH_SUFFIXES)})")
 
 
-def mesh_dependencies(path: str | os.PathLike) -> list[Path]:
+def mesh_dependencies(path: str | os.PathLike, files: SceneFiles | None = None) -> list[Path]:
     """Files a mesh file needs besides itself (MTLs, textures, buffers, images)."""
     path = Path(path)
+    files = files or SceneFiles.beside(path)
     suffix = path.suffix.lower()
     if suffix == ".obj":
-        return obj.referenced_files(path)
+        return obj.referenced_files(path, files=files)
     if suffix in (".gltf", ".glb"):
-        return gltf.referenced_files(path)
+        return gltf.referenced_files(path, files=files)
     return []
 
 
 # ------------------------------------------------------------------------------ scene kinds
 
 
-def _load_bare_mesh(path: Path) -> LoadedScene:
+def _load_bare_mesh(path: Path, files: SceneFiles) -> LoadedScene:
     src = str(path)
-    missing = [str(p) for p in mesh_dependencies(path) if not p.is_file()]
+    missing = [str(p) for p in mesh_dependencies(path, files) if not files.exists(p, "named file", src)]
     if missing:
         raise MissingAssetsError(src, sorted(set(missing)))
     warnings: list[str] = []
-    meshes = load_mesh_file(path, warnings=warnings)
+    meshes = load_mesh_file(path, warnings=warnings, files=files)
     emitters: dict = {}
+    tris = 0
     for m in meshes:
         _check_mesh(m, src, warnings, emitters)
+        tris = _check_total(tris, m, len(meshes), src)
     _check_emitters(emitters)
-    _check_total(meshes, src)
     scene = LoadedScene(
         source=src,
         meshes=meshes,
@@ -142,25 +160,29 @@ def _load_bare_mesh(path: Path) -> LoadedScene:
     return _finish(scene, warnings)
 
 
-def _load_scene_file(path: Path) -> LoadedScene:
-    sf = parse_scene_file(path)
+def _load_scene_file(path: Path, files: SceneFiles) -> LoadedScene:
+    sf = parse_scene_file(path, files=files)
     src = str(path)
-    _check_missing(sf)
+    _check_missing(sf, files)
     warnings: list[str] = []
-    cache = TextureCache()
-    materials = {name: _material(name, t, sf.base, cache) for name, t in sf.materials.items()}
+    cache = TextureCache(files)
+    materials = {name: _material(name, t, sf.base, cache, src) for name, t in sf.materials.items()}
 
     meshes: list[MeshData] = []
+    tris = 0
     emitters: dict = {}
-    files: dict[Path, list[MeshData]] = {}  # a file placed several times is read once
-    for label, e in sf.entries():
+    real_of: dict[str, str] = {}  # as written -> real path: each name resolved once
+    loaded_of: dict[str, list[MeshData]] = {}  # by real path: a file placed several times is read once
+    checked: set[int] = set()  # id() of loaded meshes whose indices, UVs and materials were checked
+    for (label, e), m4 in zip(sf.entries(), sf.matrices, strict=True):
         is_light = label.startswith("lights")
         file = sf.base / e.file
-        key = file.resolve()
-        if key not in files:
-            files[key] = load_mesh_file(file, warnings=warnings, textures=cache)
-        loaded = [dataclasses.replace(m) for m in files[key]]  # arrays shared, never written in place
-        m4 = entry_matrix(e, f"{label} ({e.file})", src)
+        key = real_of.get(e.file)
+        if key is None:
+            key = real_of[e.file] = os.fspath(files.resolve(file, f"{label}.file", src))
+        if key not in loaded_of:
+            loaded_of[key] = load_mesh_file(file, warnings=warnings, textures=cache, files=files)
+        loaded = [copy.copy(m) for m in loaded_of[key]]  # arrays shared, never written in place
         override = materials[e.material] if e.material is not None else None
         if is_light:
             base = override or MaterialDesc(name="black", base_color=(0.0, 0.0, 0.0))
@@ -169,7 +191,7 @@ def _load_scene_file(path: Path) -> LoadedScene:
             )
             if max(e.radiance) == 0.0:
                 warnings.append(f"{src}: light '{e.name or e.file}' has zero radiance")
-        for m in loaded:
+        for source_mesh, m in zip(loaded_of[key], loaded, strict=True):
             if override is not None:
                 m.materials = [override]
                 m.material_ids = np.zeros(len(m.indices), np.int32)
@@ -178,15 +200,19 @@ def _load_scene_file(path: Path) -> LoadedScene:
                 m.name = e.name if len(loaded) == 1 else f"{e.name}:{m.name.rpartition(':')[2]}"
             elif file.suffix.lower() not in (".gltf", ".glb"):
                 m.name = e.file
-            _check_mesh(m, str(file), warnings, emitters, light_name=(e.name or e.file) if is_light else None)
+            light_name = (e.name or e.file) if is_light else None
+            seen = override is None and id(source_mesh) in checked
+            _check_mesh(m, str(file), warnings, emitters, light_name=light_name, placed_again=seen)
+            if override is None:
+                checked.add(id(source_mesh))
             meshes.append(m)
-            _check_total(meshes, src)
+            tris = _check_total(tris, m, len(meshes), src)
     _check_emitters(emitters)
 
     env = sf.environment
     image = None
     if env.image is not None:
-        tex = cache.load(sf.base / env.image)
+        tex = cache.load(sf.base / env.image, src=src)
         image = TextureImage(tex.name, srgb_to_linear(tex.pixels))
     if env.color is None and image is None:
         environment = default_environment()
@@ -205,36 +231,42 @@ def _load_scene_file(path: Path) -> LoadedScene:
     return _finish(scene, warnings)
 
 
-def _check_missing(sf: SceneFile) -> None:
-    """Every file the scene needs, checked before anything loads; all missing ones in one error."""
+def _check_missing(sf: SceneFile, files: SceneFiles) -> None:
+    """Every file the scene needs, checked before anything loads; all missing ones in one error.
+    A file outside the scene's folder tree, or not a regular file, is a SceneError at once."""
     missing: list[str] = []
+    src = str(sf.path)
+    checked: set[str] = set()
 
-    def need(p: Path) -> bool:
-        if p.is_file():
+    def need(p: Path, what: str) -> bool:
+        if files.exists(p, what, src):
             return True
         missing.append(str(p))
         return False
 
-    for _, e in sf.entries():
+    for label, e in sf.entries():
+        if e.file in checked:  # a file placed many times is looked at once
+            continue
+        checked.add(e.file)
         f = sf.base / e.file
-        if need(f):
-            for dep in mesh_dependencies(f):
-                need(dep)
-    for t in sf.materials.values():
+        if need(f, f"{label}.file"):
+            for dep in mesh_dependencies(f, files):
+                need(dep, f"a file that {e.file} names")
+    for name, t in sf.materials.items():
         if t.base_color_texture is not None:
-            need(sf.base / t.base_color_texture)
+            need(sf.base / t.base_color_texture, f"materials.{name}.base_color_texture")
     if sf.environment.image is not None:
-        need(sf.base / sf.environment.image)
+        need(sf.base / sf.environment.image, "environment.image")
     if missing:
         raise MissingAssetsError(str(sf.path), sorted(set(missing)))
 
 
-def _material(name: str, t, base: Path, cache: TextureCache) -> MaterialDesc:
+def _material(name: str, t, base: Path, cache: TextureCache, src: str) -> MaterialDesc:
     return MaterialDesc(
         name=name,
         kind=t.type,
         base_color=tuple(t.base_color),
-        base_color_texture=cache.load(base / t.base_color_texture) if t.base_color_texture else None,
+        base_color_texture=cache.load(base / t.base_color_texture, src=src) if t.base_color_texture else None,
         roughness=t.roughness,
         emission=tuple(t.emission),
         two_sided_emission=t.two_sided_emission,
@@ -258,10 +290,14 @@ def _check_emitters(emitters: dict) -> None:
             raise SceneError(src, f"light '{label}' has zero area (mesh '{mesh_name}')")
 
 
-def _check_total(meshes: list[MeshData], src: str) -> None:
-    total = sum(len(m.indices) for m in meshes)
-    if total > SCENE_TRIS_MAX:
+def _check_total(tris: int, mesh: MeshData, meshes: int, src: str) -> int:
+    """The running triangle count with `mesh` added (kept by the caller: no re-summing)."""
+    tris += len(mesh.indices)
+    if tris > SCENE_TRIS_MAX:
         raise SceneError(src, f"the scene has more than {SCENE_TRIS_MAX} triangles")
+    if meshes > SCENE_MESHES_MAX:
+        raise SceneError(src, f"the scene has more than {SCENE_MESHES_MAX} meshes (after placement)")
+    return tris
 
 
 def _check_color(c, what: str, src: str) -> None:
@@ -270,25 +306,31 @@ def _check_color(c, what: str, src: str) -> None:
 
 
 def _check_mesh(
-    mesh: MeshData, src: str, warnings: list[str], emitters: dict, light_name: str | None = None
+    mesh: MeshData,
+    src: str,
+    warnings: list[str],
+    emitters: dict,
+    light_name: str | None = None,
+    placed_again: bool = False,
 ) -> None:
     """Reject what cannot render; repair shading normals that cannot be normalised. The area of
     each emitting material is added up in `emitters` (by material object: a light's meshes share
-    one) for `_check_emitters`."""
+    one) for `_check_emitters`. `placed_again`: the same file's mesh, with the same materials,
+    was checked at another placement; only what the placement changes is checked again."""
     name = mesh.name
     nt, nv = len(mesh.indices), len(mesh.positions)
     if nt == 0:
         raise SceneError(src, f"mesh '{name}' has no triangles")
-    if mesh.indices.min() < 0 or mesh.indices.max() >= nv:
+    if not placed_again and (mesh.indices.min() < 0 or mesh.indices.max() >= nv):
         raise SceneError(src, f"mesh '{name}': a triangle index is out of range ({nv} vertices)")
-    bad = int(np.count_nonzero(~np.isfinite(mesh.positions).all(axis=1)))
-    if bad:
+    if not np.isfinite(mesh.positions).all():
+        bad = int(np.count_nonzero(~np.isfinite(mesh.positions).all(axis=1)))
         raise SceneError(src, f"mesh '{name}': {bad} of {nv} vertex positions are NaN or infinite")
-    if mesh.uvs is not None:
+    if mesh.uvs is not None and not placed_again:
         bad = int(np.count_nonzero(~np.isfinite(mesh.uvs).all(axis=1)))
         if bad:
             raise SceneError(src, f"mesh '{name}': {bad} of {nv} texture coordinates are NaN or infinite")
-    for mat in mesh.materials:
+    for mat in () if placed_again else mesh.materials:
         what = f"mesh '{name}' material '{mat.name}'"
         _check_color(mat.base_color, f"{what}: base colour", src)
         _check_color(mat.emission, f"{what}: emission", src)

@@ -15,6 +15,9 @@ vt/vn indices differ from the position index. OBJ texture coordinates have v up;
 flipped to the glTF convention (v down) that `MeshData.uvs` uses. MTL: `Kd`, `Ke`, `map_Kd`
 (path relative to the MTL; `-s`/`-o`/... options are parsed and ignored), `Pm`/`Pr` (PBR
 extension: Pm >= 0.5 is a conductor with roughness Pr). Other MTL statements are ignored.
+
+Every file is read through `SceneFiles`: MTLs and textures must lie in the scene's folder tree
+(`mtllib ../../etc/passwd` is refused, not read), and each kind of file has a byte budget.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingAssetsError, SceneError
+from .confine import SceneFiles
 from .images import TextureCache
 from .types import MaterialDesc, MeshData
 
@@ -35,6 +39,8 @@ MTL_BYTES_MAX = 16 << 20  # material libraries are small text; more is not an MT
 GATHER_RUNS_MAX = 4096  # past this many separate runs of one line kind, gather by byte mask
 DECIMAL_CHARS_MAX = 20  # sign, dot and 18 digits: the longest decimal that still parses exactly as int64
 DEFAULT_MATERIAL = "default"  # faces before any `usemtl`, or naming an undefined material
+STATEMENTS_MAX = 1 << 20  # lines other than v/vt/vn/f (usemtl, g, o, s, ...): each costs Python time
+MTLLIBS_MAX = 256  # distinct material libraries one OBJ names; each is a file to open and parse
 
 _V, _T, _N, _F, _SP, _NL, _SLASH = (ord(c) for c in "vtnf \n/")
 _POW10 = 10.0 ** np.arange(DECIMAL_CHARS_MAX)  # exact in float64 up to 1e22
@@ -75,31 +81,34 @@ def load_obj(
     name: str | None = None,
     warnings: list[str] | None = None,
     textures: TextureCache | None = None,
+    files: SceneFiles | None = None,
 ) -> MeshData:
-    """Load an OBJ file and the MTL libraries it names. Missing MTLs/textures: one MissingAssetsError."""
+    """Load an OBJ file and the MTL libraries it names. Missing MTLs/textures: one MissingAssetsError.
+    `files` confines what it reads (default: to the OBJ's own folder)."""
     path = Path(path)
     src = str(path)
     warn = warnings if warnings is not None else []
-    data = _read_bytes(path, OBJ_BYTES_MAX, "OBJ")
+    files = files or (textures.files if textures is not None else None) or SceneFiles.beside(path)
+    data = files.read(path, OBJ_BYTES_MAX, "OBJ file", src)
     geo = _parse_obj(data, src, warn)
 
     mtl_defs: dict[str, _Mtl] = {}
     missing: list[str] = []
     for lib in geo.mtllibs:
         lib_path = path.parent / lib
-        if not lib_path.is_file():
+        if not files.exists(lib_path, "MTL library", src):
             missing.append(str(lib_path))
             continue
-        for mname, m in parse_mtl(lib_path, warn).items():
+        for mname, m in parse_mtl(lib_path, warn, files=files).items():
             mtl_defs.setdefault(mname, m)  # the first library to define a name wins
     for mname in geo.used_names:
         m = mtl_defs.get(mname)
-        if m is not None and m.map_kd is not None and not m.map_kd.is_file():
+        if m is not None and m.map_kd is not None and not files.exists(m.map_kd, "texture", m.source):
             missing.append(str(m.map_kd))
     if missing:
         raise MissingAssetsError(src, sorted(set(missing)))
 
-    cache = textures or TextureCache()
+    cache = textures or TextureCache(files)
     materials: list[MaterialDesc] = []
     undefined = []
     for mname in geo.material_names:
@@ -124,21 +133,28 @@ def load_obj(
     )
 
 
-def referenced_files(path: str | os.PathLike) -> list[Path]:
+def referenced_files(path: str | os.PathLike, *, files: SceneFiles | None = None) -> list[Path]:
     """Every file the OBJ needs besides itself: its MTLs and the textures of materials it uses.
 
     Cheap (a substring search, no parsing of geometry), for listing all missing assets at once.
-    MTLs that do not exist are listed without looking further."""
+    MTLs that do not exist are listed without looking further; one outside the scene's folder
+    tree (or a device, FIFO, ...) is a SceneError at once."""
     path = Path(path)
-    data = _read_bytes(path, OBJ_BYTES_MAX, "OBJ")
+    src = str(path)
+    files = files or SceneFiles.beside(path)
+    data = files.read(path, OBJ_BYTES_MAX, "OBJ file", src)
     out: list[Path] = []
-    used = set(_directive_values(data, b"usemtl"))
-    for value in _directive_values(data, b"mtllib"):
-        for lib in _split_mtllib(value, path.parent):
-            lib_path = path.parent / lib
-            out.append(lib_path)
-            if lib_path.is_file():
-                out.extend(m.map_kd for n, m in parse_mtl(lib_path, []).items() if n in used and m.map_kd)
+    used = set(_directive_values(data, b"usemtl", src))
+    values = _directive_values(data, b"mtllib", src)
+    libs = list(dict.fromkeys(lib for v in values for lib in _split_mtllib(v, path.parent)))
+    if len(libs) > MTLLIBS_MAX:
+        raise SceneError(src, f"the OBJ names {len(libs)} material libraries; the limit is {MTLLIBS_MAX}")
+    for lib in libs:
+        lib_path = path.parent / lib
+        out.append(lib_path)
+        if files.exists(lib_path, "MTL library", src):
+            mtl = parse_mtl(lib_path, [], files=files)
+            out.extend(m.map_kd for n, m in mtl.items() if n in used and m.map_kd)
     return out
 
 
@@ -148,6 +164,7 @@ def referenced_files(path: str | os.PathLike) -> list[Path]:
 @dataclass
 class _Mtl:
     name: str
+    source: str = ""  # the MTL file, for messages
     kd: tuple[float, float, float] = (0.8, 0.8, 0.8)
     ke: tuple[float, float, float] = (0.0, 0.0, 0.0)
     map_kd: Path | None = None
@@ -159,16 +176,17 @@ class _Mtl:
             name=self.name,
             kind="conductor" if self.pm >= 0.5 else "diffuse",
             base_color=self.kd,
-            base_color_texture=cache.load(self.map_kd) if self.map_kd is not None else None,
+            base_color_texture=cache.load(self.map_kd, src=self.source) if self.map_kd is not None else None,
             roughness=self.pr,
             emission=self.ke,
         )
 
 
-def parse_mtl(path: Path, warnings: list[str]) -> dict[str, _Mtl]:
+def parse_mtl(path: Path, warnings: list[str], *, files: SceneFiles | None = None) -> dict[str, _Mtl]:
     """Parse an MTL library; only the statements a diffuse/conductor/emitter model uses."""
     src = str(path)
-    text = _read_bytes(path, MTL_BYTES_MAX, "MTL").decode("utf-8", errors="replace")
+    files = files or SceneFiles.beside(path)
+    text = files.read(path, MTL_BYTES_MAX, "MTL library", src).decode("utf-8", errors="replace")
     out: dict[str, _Mtl] = {}
     cur: _Mtl | None = None
     ignored_maps: set[str] = set()
@@ -181,7 +199,7 @@ def parse_mtl(path: Path, warnings: list[str]) -> dict[str, _Mtl]:
         if kw == "newmtl":
             if not rest:
                 raise SceneError(src, f"line {lineno}: 'newmtl' without a name")
-            cur = out[rest] = _Mtl(rest)
+            cur = out[rest] = _Mtl(rest, src)
             continue
         if cur is None:
             if kw in ("Kd", "Ke", "map_Kd", "Pm", "Pr"):
@@ -193,6 +211,8 @@ def parse_mtl(path: Path, warnings: list[str]) -> dict[str, _Mtl]:
                 warnings.append(f"{src}:{lineno}: '{kw} {vals[0]}' is not supported; using the default")
                 continue
             rgb = _floats(vals, src, lineno, kw, 1, 3)
+            if len(rgb) == 2:
+                raise SceneError(src, f"line {lineno}: '{kw}' needs 1 or 3 numbers, got 2")
             color = (rgb[0],) * 3 if len(rgb) == 1 else (rgb[0], rgb[1], rgb[2])
             if kw == "Kd":
                 cur.kd = color
@@ -292,6 +312,8 @@ class _Lines:
             nxt2 = buf[np.minimum(bs + 2, len(buf) - 1)]
             bs = bs[(nxt == _NL) | ((nxt == _SP) & (nxt2 == _NL))]  # also '\' CR LF
             nl_pos = np.where(buf[bs + 1] == _NL, bs + 1, bs + 2)
+            last = nl_pos < len(buf) - 1  # the final newline (ours) ends the file, continued or not
+            bs, nl_pos = bs[last], nl_pos[last]
             buf[bs] = _SP
             buf[nl_pos] = _SP
             self.joins = nl_pos
@@ -355,7 +377,11 @@ def _parse_obj(data: bytes, src: str, warn: list[str]) -> _ObjGeometry:
     usemtl_names: list[str] = []
     mtllibs: list[str] = []
     skipped: dict[str, int] = {}
-    for i in np.flatnonzero(other):
+    rare = np.flatnonzero(other)
+    if len(rare) > STATEMENTS_MAX:
+        problem = f"{len(rare)} lines other than v/vt/vn/f (usemtl, g, o, ...); the limit is {STATEMENTS_MAX}"
+        raise SceneError(src, problem)
+    for i in rare:
         line = L.text(i)
         kw, _, rest = line.partition(" ")
         kwb = kw.encode()
@@ -365,7 +391,11 @@ def _parse_obj(data: bytes, src: str, warn: list[str]) -> _ObjGeometry:
         elif kw == "mtllib":
             if not rest.strip():
                 raise SceneError(src, f"line {L.lineno(i)}: 'mtllib' without a file name")
-            mtllibs.extend(_split_mtllib(rest.strip(), Path(src).parent))
+            for lib in _split_mtllib(rest.strip(), Path(src).parent):
+                if lib not in mtllibs:
+                    mtllibs.append(lib)
+            if len(mtllibs) > MTLLIBS_MAX:
+                raise SceneError(src, f"the OBJ names more than {MTLLIBS_MAX} material libraries")
         elif kwb in _SKIPPED:
             skipped[_SKIPPED[kwb]] = skipped.get(_SKIPPED[kwb], 0) + 1
         elif kwb in _IGNORED:
@@ -597,8 +627,8 @@ def _parse_faces_slow(L: _Lines, f_lines: np.ndarray, total: int, src: str):
                     if not parts[2]:
                         raise ValueError
                     out[j, 2] = int(parts[2])
-            except ValueError:
-                problem = f"cannot parse face vertex {tok!r} in {line[:80]!r}"
+            except (ValueError, OverflowError):  # overflow: an index past int64, out of range anyway
+                problem = f"cannot parse face vertex {tok[:40]!r} in {line[:80]!r}"
                 raise SceneError(src, f"line {L.lineno(i)}: {problem}") from None
             j += 1
     vt = out[:, 1] if out[:, 1].any() else None
@@ -644,20 +674,6 @@ def _resolve(
 # ----------------------------------------------------------------------------------- helpers
 
 
-def _read_bytes(path: Path, limit: int, what: str) -> bytes:
-    try:
-        size = path.stat().st_size
-        if size > limit:
-            raise SceneError(str(path), f"{what} file is {size} bytes, more than the limit of {limit}")
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise SceneError(str(path), f"{what} file not found") from None
-    except IsADirectoryError:
-        raise SceneError(str(path), f"is a directory, not an {what} file") from None
-    except OSError as e:
-        raise SceneError(str(path), f"cannot read {what} file: {e.strerror or e}") from None
-
-
 def _split_mtllib(value: str, base: Path) -> list[str]:
     """`mtllib a.mtl b.mtl` names several files; a single name with spaces is kept whole if it exists."""
     value = value.replace("\\", "/")
@@ -666,10 +682,13 @@ def _split_mtllib(value: str, base: Path) -> list[str]:
     return value.split()
 
 
-def _directive_values(data: bytes, kw: bytes) -> list[str]:
+def _directive_values(data: bytes, kw: bytes, src: str) -> list[str]:
     """Rest-of-line values of every line that starts with `kw` (found by substring search)."""
-    out, pos = [], 0
+    out, pos, seen = [], 0, 0
     while (pos := data.find(kw, pos)) >= 0:
+        seen += 1
+        if seen > STATEMENTS_MAX:
+            raise SceneError(src, f"more than {STATEMENTS_MAX} '{kw.decode()}' statements")
         line_start = data.rfind(b"\n", 0, pos) + 1
         end = data.find(b"\n", pos)
         end = len(data) if end < 0 else end

@@ -2,19 +2,25 @@
 
 `import_scene` cuts the scene (`manifest.chunk_scene`), writes only chunks the store lacks,
 and records the scene's membership and human names; it reports the total bytes and the bytes
-that were new. `load_compiled` rebuilds the compiled scene, array for array, or raises one
+that were new. Chunks go in batches bounded in bytes and in count (a scene of 100,000 tiny
+meshes is 100,000 tiny chunks: one index transaction, and one batched flush to disk, per batch).
+The human names are cut short, with a note, when they would not fit the store's meta limit:
+they only label messages. `load_compiled` rebuilds the compiled scene, array for array, or raises one
 error listing every missing chunk by name.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from ..compiled import CompiledScene
-from .chunkstore import ChunkStore, MissingChunkError
+from .chunkstore import META_BYTES_MAX, PUT_MANY_CHUNKS_MAX, ChunkStore, MissingChunkError
 from .manifest import ManifestError, MissingChunksError, assemble, chunk_scene
 
 PUT_BATCH_BYTES = 64 << 20  # chunks written per index transaction: bounds memory held for one batch
+PUT_BATCH_CHUNKS = min(PUT_MANY_CHUNKS_MAX, 8192)  # ... and their count: one transaction, one flush
+NAMES_KEYS = ("mesh_names", "material_names", "texture_names")
 
 
 @dataclass(frozen=True)
@@ -48,11 +54,34 @@ def import_scene(store: ChunkStore, scene: CompiledScene) -> ImportReport:
             continue
         batch.append((data, h))
         size += len(data)
-        if size >= PUT_BATCH_BYTES:
+        if size >= PUT_BATCH_BYTES or len(batch) >= PUT_BATCH_CHUNKS:
             flush()
     flush()
-    store.add_scene(cut.scene_id, list(cut.chunks), total_bytes=cut.total_bytes, meta=cut.meta)
+    meta = bounded_meta(cut.meta)
+    store.add_scene(cut.scene_id, list(cut.chunks), total_bytes=cut.total_bytes, meta=meta)
     return ImportReport(cut.scene_id, cut.total_bytes, new_bytes, len(cut.chunks), new_chunks)
+
+
+def bounded_meta(meta: dict) -> dict:
+    """`meta` with its name lists cut short until it fits META_BYTES_MAX (noted in `names_cut`)."""
+
+    def size(m: dict) -> int:
+        return len(json.dumps(m, sort_keys=True, ensure_ascii=False).encode())
+
+    if size(meta) <= META_BYTES_MAX:
+        return meta
+    out = dict(meta)
+    out["source"] = str(out.get("source", ""))[:1024]
+    out["names_cut"] = True
+    keep = max((len(out.get(k) or []) for k in NAMES_KEYS), default=0)
+    while keep > 0:
+        keep //= 2
+        for k in NAMES_KEYS:
+            if k in meta:
+                out[k] = [str(n)[:256] for n in (meta[k] or [])[:keep]]
+        if size(out) <= META_BYTES_MAX:
+            break
+    return out
 
 
 def load_compiled(store: ChunkStore, scene_id: str) -> CompiledScene:
