@@ -7,19 +7,14 @@ look like a clean EOF on yamux). `FrameDecoder` does this over any byte source.
 
 Messages are one frozen, tagged union (`Msg`); every field that comes off the wire is bounded.
 
-Party handshake. A party is a name and a secret. Both derive the party key with BLAKE3's
-key-derivation mode; nobody sends the secret or the key. On a fresh connection the dialer sends
-`Hello` (its nonce), the listener answers `HelloReply` (its nonce and a MAC proving the key), the
-dialer answers `HelloFinish` (its MAC). Each MAC covers the role, the party tag, both peer IDs and
-both nonces; the peer IDs come from the Noise-authenticated connection, not from the messages, so
-a proof cannot be replayed on another connection, reflected back, or claimed for another peer.
-`Handshake` is the state machine for one side; an illegal step raises LocalProtocolError, a
-wrong proof or a message out of turn raises RemoteProtocolError (the peer's fault: drop it).
+Party handshake. A party is a name and a secret. Its messages (Hello, HelloReply, HelloFinish,
+HelloConfirm, Refused) are here; the state machine, a SPAKE2 exchange bound to both Noise peer
+IDs that gives an outsider nothing to test a guess of the secret against, is
+meshrender.peer.membership. `party_tag` is the public label of a party (a hash of its name).
 """
 
 from __future__ import annotations
 
-import hmac
 import struct
 from typing import Annotated, Literal
 
@@ -30,18 +25,18 @@ from msgspec import Meta
 from .settings import RenderSettings
 from .units import WorkUnit
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the SPAKE2 handshake (1 sent a keyed proof to anyone who asked)
 FRAME_HEADER = struct.Struct(">I")
 CHUNK_WIRE_BYTES_MAX = 16 << 20  # one stored chunk (the store's CHUNK_BYTES_MAX), compressed or not
 FRAME_BYTES_MAX = CHUNK_WIRE_BYTES_MAX + (64 << 10)  # a chunk plus its envelope
 WANT_HASHES_MAX = 64  # hashes in one request: bounds the work one message can ask for
 CHUNKS_PER_SCENE_MAX = 1 << 20  # a manifest lists no more chunks (the exchange's CHUNKS_MAX)
-NONCE_BYTES = 32
+SPAKE_MSG_BYTES = 33  # spake2's message: a side byte and an Ed25519 group element
 MAC_BYTES = 32
 REASON_CHARS_MAX = 400
 
 Hash = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
-Nonce = Annotated[bytes, Meta(min_length=NONCE_BYTES, max_length=NONCE_BYTES)]
+SpakeMsg = Annotated[bytes, Meta(min_length=SPAKE_MSG_BYTES, max_length=SPAKE_MSG_BYTES)]
 Mac = Annotated[bytes, Meta(min_length=MAC_BYTES, max_length=MAC_BYTES)]
 Reason = Annotated[str, Meta(max_length=REASON_CHARS_MAX)]
 
@@ -59,18 +54,29 @@ class Msg(msgspec.Struct, frozen=True, kw_only=True, tag_field="t"):
 
 
 class Hello(Msg, tag="hello"):
+    """The dialer's first message: which party, and its SPAKE2 message (side A)."""
+
     version: Annotated[int, Meta(ge=0, le=1 << 16)]
     party_tag: Hash  # which party the dialer means (public: a hash of the name)
-    nonce: Nonce
+    spake: SpakeMsg
 
 
 class HelloReply(Msg, tag="hello-reply"):
-    nonce: Nonce
-    proof: Mac
+    """The listener's SPAKE2 message (side B): nothing keyed, the dialer has proven nothing yet."""
+
+    spake: SpakeMsg
 
 
 class HelloFinish(Msg, tag="hello-finish"):
-    proof: Mac
+    """The dialer's key confirmation."""
+
+    confirm: Mac
+
+
+class HelloConfirm(Msg, tag="hello-confirm"):
+    """The listener's key confirmation, sent only once the dialer's has checked out."""
+
+    confirm: Mac
 
 
 class Refused(Msg, tag="refused"):
@@ -277,6 +283,7 @@ AnyMsg = (
     Hello
     | HelloReply
     | HelloFinish
+    | HelloConfirm
     | Refused
     | Peers
     | Want
@@ -356,12 +363,6 @@ def decode_gossip(body: bytes) -> Status | Have:
         raise RemoteProtocolError(f"malformed gossip: {exc}") from None
 
 
-def gossip_topic(name: str, secret: bytes) -> str:
-    """The party's gossip topic: derived from its key, so only members can name it."""
-    key = party_key(name, secret)
-    return blake3.blake3(key, derive_key_context="meshrender gossip topic v1").hexdigest()[:32]
-
-
 def encode_frame(msg: Msg) -> bytes:
     body = _encoder.encode(msg)
     if len(body) > FRAME_BYTES_MAX:
@@ -424,91 +425,3 @@ class FrameDecoder:
 def party_tag(name: str) -> str:
     """Public label of a party (which party a Hello means); reveals nothing about the secret."""
     return blake3.blake3(name.encode(), derive_key_context="meshrender party tag v1").hexdigest()
-
-
-def party_key(name: str, secret: bytes) -> bytes:
-    if not secret:
-        raise LocalProtocolError("a party needs a non-empty secret")
-    h = blake3.blake3(derive_key_context="meshrender party key v1")
-    h.update(len(name.encode()).to_bytes(4, "big") + name.encode() + secret)
-    return h.digest()
-
-
-def _mac(key: bytes, role: bytes, tag: str, dialer: str, listener: str, n_d: bytes, n_l: bytes) -> bytes:
-    h = blake3.blake3(key=key)
-    for part in (role, tag.encode(), dialer.encode(), listener.encode(), n_d, n_l):
-        h.update(len(part).to_bytes(4, "big") + part)
-    return h.digest()
-
-
-class Handshake:
-    """One side of the party handshake on one connection.
-
-    dialer:   start() -> Hello;  receive(HelloReply) -> HelloFinish (and `member` becomes True)
-    listener: receive(Hello) -> HelloReply;  receive(HelloFinish) -> None (`member` True)
-    """
-
-    def __init__(
-        self,
-        role: Literal["dialer", "listener"],
-        name: str,
-        secret: bytes,
-        local_id: str,
-        remote_id: str,
-        nonce: bytes,
-    ):
-        if len(nonce) != NONCE_BYTES:
-            raise LocalProtocolError("the nonce must be 32 fresh random bytes")
-        self.role = role
-        self.tag = party_tag(name)
-        self._key = party_key(name, secret)
-        self._dialer, self._listener = (local_id, remote_id) if role == "dialer" else (remote_id, local_id)
-        self._nonce = nonce
-        self._peer_nonce: bytes | None = None
-        self.state = "new"
-        self.member = False
-
-    def _proof(self, role: bytes) -> bytes:
-        n_d, n_l = (
-            (self._nonce, self._peer_nonce) if self.role == "dialer" else (self._peer_nonce, self._nonce)
-        )
-        return _mac(self._key, role, self.tag, self._dialer, self._listener, n_d, n_l)
-
-    def start(self) -> Hello:
-        if self.role != "dialer" or self.state != "new":
-            raise LocalProtocolError(f"start() on a {self.role} in state {self.state}")
-        self.state = "sent-hello"
-        return Hello(version=PROTOCOL_VERSION, party_tag=self.tag, nonce=self._nonce)
-
-    def receive(self, msg: Msg) -> Msg | None:
-        if isinstance(msg, Refused):
-            self.state = "refused"
-            raise RemoteProtocolError(f"refused: {msg.reason}")
-        if self.role == "listener" and self.state == "new" and isinstance(msg, Hello):
-            if msg.version != PROTOCOL_VERSION:
-                raise RemoteProtocolError(f"protocol version {msg.version}, we speak {PROTOCOL_VERSION}")
-            if msg.party_tag != self.tag:
-                raise RemoteProtocolError("the peer asked for another party")
-            if msg.nonce == self._nonce:
-                raise RemoteProtocolError("the peer echoed our nonce")
-            self._peer_nonce = msg.nonce
-            self.state = "sent-reply"
-            return HelloReply(nonce=self._nonce, proof=self._proof(b"listener"))
-        if self.role == "dialer" and self.state == "sent-hello" and isinstance(msg, HelloReply):
-            if msg.nonce == self._nonce:
-                raise RemoteProtocolError("the peer echoed our nonce")
-            self._peer_nonce = msg.nonce
-            if not hmac.compare_digest(msg.proof, self._proof(b"listener")):
-                self.state = "failed"
-                raise RemoteProtocolError("the peer does not know the party secret")
-            self.state = "done"
-            self.member = True
-            return HelloFinish(proof=self._proof(b"dialer"))
-        if self.role == "listener" and self.state == "sent-reply" and isinstance(msg, HelloFinish):
-            if not hmac.compare_digest(msg.proof, self._proof(b"dialer")):
-                self.state = "failed"
-                raise RemoteProtocolError("the peer does not know the party secret")
-            self.state = "done"
-            self.member = True
-            return None
-        raise RemoteProtocolError(f"{type(msg).__name__} out of turn in handshake state {self.state}")

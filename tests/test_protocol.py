@@ -1,4 +1,4 @@
-"""Frames and the party handshake, without any network."""
+"""Frames and messages, without any network (the party handshake: test_membership.py)."""
 
 from __future__ import annotations
 
@@ -12,21 +12,14 @@ from meshrender.protocol import (
     FRAME_HEADER,
     Chunk,
     FrameDecoder,
-    Handshake,
-    Hello,
-    HelloFinish,
-    HelloReply,
-    LocalProtocolError,
     NotFound,
     RemoteProtocolError,
     Want,
     decode_body,
     encode_frame,
-    party_tag,
 )
 
 H = "ab" * 32
-A, B = "12D3KooWA", "12D3KooWB"
 
 
 def test_frames_survive_any_split():
@@ -60,63 +53,6 @@ def test_oversized_truncated_and_garbage_frames_are_the_peers_fault():
             FrameDecoder().feed(FRAME_HEADER.pack(len(body)) + body)
     with pytest.raises(RemoteProtocolError):  # a hash that is not a hash
         FrameDecoder().feed(encode_frame(NotFound(hash=H)).replace(H.encode(), b"zz" * 32))
-
-
-def pair(secret_a=b"s3cret", secret_b=b"s3cret", name_a="lan", name_b="lan"):
-    d = Handshake("dialer", name_a, secret_a, A, B, os.urandom(32))
-    lis = Handshake("listener", name_b, secret_b, B, A, os.urandom(32))
-    return d, lis
-
-
-def test_members_prove_the_secret_to_each_other():
-    d, lis = pair()
-    reply = lis.receive(d.start())
-    finish = d.receive(reply)
-    assert d.member and not lis.member
-    assert lis.receive(finish) is None and lis.member
-
-
-def test_wrong_secret_or_party_is_refused_on_both_sides():
-    d, lis = pair(secret_b=b"other")
-    reply = lis.receive(d.start())  # the listener cannot tell yet: the dialer checks its proof
-    with pytest.raises(RemoteProtocolError, match="secret"):
-        d.receive(reply)
-    assert not d.member
-    # an outsider dialing us: its finish cannot be right
-    d, lis = pair(secret_a=b"guess")
-    reply = lis.receive(d.start())
-    forged = HelloFinish(proof=reply.proof)  # reflecting our own proof back does not work either
-    with pytest.raises(RemoteProtocolError, match="secret"):
-        lis.receive(forged)
-    assert not lis.member
-    d, lis = pair(name_b="other-party")
-    with pytest.raises(RemoteProtocolError, match="another party"):
-        lis.receive(d.start())
-
-
-def test_proofs_are_bound_to_the_connection_peers():
-    d, lis = pair()
-    hello = d.start()
-    reply = lis.receive(hello)
-    # the same reply replayed to a dialer that talks to someone else (another listener id) fails
-    other = Handshake("dialer", "lan", b"s3cret", A, "12D3KooWC", os.urandom(32))
-    other.start()
-    with pytest.raises(RemoteProtocolError, match="secret"):
-        other.receive(HelloReply(nonce=reply.nonce, proof=reply.proof))
-
-
-def test_out_of_turn_and_misuse():
-    d, lis = pair()
-    with pytest.raises(RemoteProtocolError, match="out of turn"):
-        lis.receive(HelloFinish(proof=b"x" * 32))
-    with pytest.raises(LocalProtocolError):
-        lis.start()
-    d.start()
-    with pytest.raises(LocalProtocolError):
-        d.start()
-    with pytest.raises(RemoteProtocolError, match="version"):
-        pair()[1].receive(Hello(version=99, party_tag=party_tag("lan"), nonce=b"n" * 32))
-    assert party_tag("lan") != party_tag("lan2") and len(party_tag("lan")) == 64
 
 
 def test_chunk_map_bits_round_trip_and_are_checked():

@@ -6,11 +6,15 @@ exception in its stream handler (one malformed frame) ends the process. So here:
   * the router heartbeats every second (a joining member is grafted into the mesh at once) and
     takes up to RATE_MAX messages a second from a sender; our own messages stay under
     GOSSIP_BYTES_MAX and the inbound RPC limit is set near it;
-  * the topic is derived from the party's key (`gossip_topic`), so an outsider cannot name it;
+  * the topic is derived from the party's slow password (`membership.gossip_topic`), and pubsub
+    hears of a peer only when it joins the party (`join`), never on a bare connection: as it comes,
+    pubsub opens a stream to every connected peer and sends it our subscriptions, the topic
+    included, so an outsider that merely completed Noise would learn it;
   * every message is signed by its author (strict signing); a validator rejects what does not
     decode as one of our gossip messages, and only messages authored by members are delivered;
   * the pubsub stream handler is wrapped: a stream from a peer that has not become a member
-    within a few seconds is reset, and nothing raised inside it escapes;
+    within MEMBER_WAIT_S is reset unread (pubsub never answers on it anyway: it writes only on
+    streams it opened itself), and nothing raised inside it escapes;
   * one task drains the subscription as messages come, so the 32-message queue never fills.
 """
 
@@ -20,9 +24,11 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import trio
+from libp2p.abc import INotifee
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.pubsub_notifee import PubsubNotifee
 from libp2p.tools.anyio_service import background_trio_service
 
 from ..protocol import GOSSIP_BYTES_MAX, Have, RemoteProtocolError, Status, decode_gossip, encode_gossip
@@ -32,7 +38,33 @@ log = logging.getLogger("meshrender.gossip")
 HEARTBEAT_S = 1  # gossipsub's default is 120 s: a new member would wait minutes to hear anything
 RATE_MAX = 50.0  # messages a second from one sender (status every 2 s, have on change: far below)
 RPC_BYTES_MAX = 4 * GOSSIP_BYTES_MAX  # one inbound pubsub RPC: a few of our messages, batched
-MEMBER_WAIT_S = 6.0  # a pubsub stream may open before the party handshake ends; wait this long
+MEMBER_WAIT_S = 3.0  # a member's stream may beat our end of the handshake by a moment (join: 2 s)
+JOIN_STREAM_S = 15.0  # a joined member's pubsub stream is retried this long (slow stream negotiation)
+
+
+class _MembersOnly(INotifee):
+    """Pubsub's own notifee without `connected`: pubsub learns of a peer from `Gossip.join`."""
+
+    def __init__(self, inner: INotifee):
+        self.inner = inner
+
+    async def connected(self, network, conn) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def disconnected(self, network, conn) -> None:
+        await self.inner.disconnected(network, conn)
+
+    async def opened_stream(self, network, stream) -> None:
+        await self.inner.opened_stream(network, stream)
+
+    async def closed_stream(self, network, stream) -> None:
+        await self.inner.closed_stream(network, stream)
+
+    async def listen(self, network, multiaddr) -> None:
+        await self.inner.listen(network, multiaddr)
+
+    async def listen_close(self, network, multiaddr) -> None:
+        await self.inner.listen_close(network, multiaddr)
 
 
 class Gossip:
@@ -60,7 +92,13 @@ class Gossip:
             heartbeat_interval=HEARTBEAT_S,
             max_messages_per_topic_per_second=RATE_MAX,
         )
+        network = host.get_network()
+        before = list(network.notifees)
         self.pubsub = Pubsub(host, self.router, strict_signing=True, max_inbound_rpc_size=RPC_BYTES_MAX)
+        added = [n for n in network.notifees if n not in before and isinstance(n, PubsubNotifee)]
+        if len(added) != 1:  # a py-libp2p that registers its peers otherwise: refuse to leak the topic
+            raise RuntimeError("pubsub did not register the one notifee expected (py-libp2p changed?)")
+        network.notifees[network.notifees.index(added[0])] = _MembersOnly(added[0])
         handler = self.pubsub.stream_handler
 
         async def members_only(stream, remote: str) -> None:
@@ -110,6 +148,16 @@ class Gossip:
                     self.on_message(author, decoded)
                 except Exception:  # a bug in bookkeeping must not stop the gossip
                     log.exception("gossip handler failed")
+
+    async def join(self, peer: str) -> None:
+        """`peer` joined the party: open our pubsub stream to it (it hears our subscriptions now,
+        and only now). Retried while it stays connected, for up to JOIN_STREAM_S."""
+        try:
+            await self.pubsub.ensure_peer_stream(ID.from_base58(peer), timeout=JOIN_STREAM_S)
+        except trio.Cancelled:
+            raise
+        except Exception as exc:  # pubsub stopped, or the peer went: its next join tries again
+            log.debug("no pubsub stream to %s: %s: %s", peer, type(exc).__name__, exc)
 
     async def publish(self, msg: Status | Have) -> None:
         await self.pubsub.publish(self.topic, encode_gossip(msg))
