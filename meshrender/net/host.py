@@ -6,7 +6,11 @@ py-libp2p 0.8.1 facts that shape this (measured; see issue 4):
   * every connect() waits 250 ms unless max_connections_per_peer is 1;
   * TCP + Noise + yamux is the stack that keeps bytes at stream ends (QUIC lost some, mplex was slow);
   * new_stream to a frozen peer can ignore cancellation: `open_stream` runs it in its own task
-    and gives up waiting after a deadline, closing the stream if it turns up later.
+    and gives up waiting after a deadline, closing the stream if it turns up later;
+  * it reads unbounded lengths before anyone has authenticated (GHSA-hmjq-g7pp-rw3x and more):
+    `build_host` swaps in the bounded pieces of `meshrender.net.libp2p_fixes` (see there);
+  * identify and multistream `ls` list every protocol to anyone: a peer that has not joined gets
+    only `open_protocols` (the party handshake), gossip, and an identify that lists just those.
 """
 
 from __future__ import annotations
@@ -22,18 +26,24 @@ from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.identity.identify.identify import ID as IDENTIFY_PROTOCOL_ID
+from libp2p.identity.identify.identify import identify_handler_for
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 
 from ..errors import MeshrenderError
+from . import libp2p_fixes as fixes
 
 log = logging.getLogger("meshrender.net")
 
 IDENTITY_FILE = "identity.ed25519"
 DIAL_TIMEOUT_S = 5.0  # a LAN peer answers in milliseconds; a dead address should not hold us long
 STREAM_OPEN_TIMEOUT_S = 5.0
+UPGRADE_TIMEOUT_S = 5.0  # Noise + yamux take milliseconds on a LAN; an idle socket is let go after this
+OUTSIDER_PROTOCOL_PREFIXES = ("/meshsub/",)  # gossip answers outsiders itself (it checks membership)
 
 
 class IdentityError(MeshrenderError):
@@ -64,11 +74,73 @@ def load_or_create_identity(home: Path) -> KeyPair:
     return KeyPair(priv, priv.get_public_key())
 
 
-def build_host(key_pair: KeyPair):
-    """TCP + Noise (only) + yamux, one connection per peer."""
+def _nobody(peer_id: str) -> bool:
+    return False
+
+
+def build_host(key_pair: KeyPair, *, is_member: fixes.IsMember = _nobody, open_protocols=()):
+    """TCP + Noise (only) + yamux (only, no mplex), one connection per peer, every read before
+    the party handshake bounded, inbound connections admitted per source address.
+
+    `is_member(peer_id)` says whether a peer has joined the party: until it has, its streams may
+    negotiate only `open_protocols`, gossip and a reduced identify, and the tighter yamux limits
+    and the admission table apply to its connection."""
     security = {NOISE_PROTOCOL_ID: NoiseTransport(key_pair, noise_privkey=new_x25519_key_pair().private_key)}
-    config = ConnectionConfig(max_connections_per_peer=1, dial_timeout=DIAL_TIMEOUT_S)
-    return new_host(key_pair=key_pair, sec_opt=security, muxer_preference="YAMUX", connection_config=config)
+    config = ConnectionConfig(
+        max_connections_per_peer=1, dial_timeout=DIAL_TIMEOUT_S, inbound_upgrade_timeout=UPGRADE_TIMEOUT_S,
+        outbound_upgrade_timeout=UPGRADE_TIMEOUT_S,
+    )  # fmt: skip
+    muxers = {TProtocol(YAMUX_PROTOCOL_ID): fixes.bounded_yamux(is_member)}
+    host = new_host(key_pair=key_pair, sec_opt=security, muxer_opt=muxers, connection_config=config)
+    swarm = host.get_network()
+    upgrader = swarm.upgrader
+    fixes.bound_selector(upgrader.security_multistream._selector)
+    upgrader.muxer_multistream = fixes.BoundedMuxerMultistream(
+        muxers, upgrader.muxer_multistream.negotiate_timeout
+    )
+    fixes.install_admission(swarm, fixes.AdmissionTable(is_member, total_max=fixes.fd_limited_total()))
+    fixes.install_accept_error_filter()
+    outsider_identify = identify_handler_for(_OutsiderView(host, open_protocols), use_varint_format=True)
+    open_set = frozenset(open_protocols)
+
+    def offered(stream, handlers: dict) -> dict:
+        conn = getattr(stream, "muxed_conn", None)
+        if conn is not None and is_member(str(conn.peer_id)):
+            return handlers
+        shown = {
+            p: h
+            for p, h in handlers.items()
+            if p in open_set or str(p).startswith(OUTSIDER_PROTOCOL_PREFIXES)
+        }
+        shown[IDENTIFY_PROTOCOL_ID] = outsider_identify
+        return shown
+
+    host.multiselect = fixes.BoundedMultiselect(host.multiselect.handlers, offered)
+    host.multiselect_client = fixes.BoundedMultiselectClient()
+    return host
+
+
+class _OutsiderView:
+    """The host as identify describes it to a peer that has not joined: only the protocols open
+    to it (identify asks `get_mux().get_protocols()`; everything else is the host's)."""
+
+    def __init__(self, host, open_protocols):
+        self._host = host
+        self._open = tuple(open_protocols)
+
+    def get_mux(self):
+        return self
+
+    def get_protocols(self):
+        shown = [
+            p
+            for p in self._host.multiselect.handlers
+            if p is not None and str(p).startswith(OUTSIDER_PROTOCOL_PREFIXES)
+        ]
+        return (*self._open, *shown, IDENTIFY_PROTOCOL_ID)
+
+    def __getattr__(self, name):
+        return getattr(self._host, name)
 
 
 def parse_multiaddr(text: str) -> multiaddr.Multiaddr:
