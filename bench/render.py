@@ -24,6 +24,9 @@ from meshrender.scene.compile import compile_scene
 from meshrender.scene.load import load_scene
 from meshrender.units import frame_units, whole_frame_unit
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scene_files import scene_file  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 
 COLD = """
@@ -80,11 +83,11 @@ def main() -> None:
     ap.add_argument("--res", type=int, default=256)
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
+    bunny = scene_file("bunny/bunny.ply")  # before the kernel timings: say at once if it is missing
     with tempfile.TemporaryDirectory() as cold:
         cold_s = kernel_compile_s(cold, args.threads)
         warm_s = kernel_compile_s(cold, args.threads)
     print(f"kernel compile: cold {cold_s:.2f} s, from disk cache {warm_s:.2f} s")
-    bunny = REPO.parent / "shared" / "scenes" / "bunny" / "bunny.ply"
     for spec in ["cornell", str(bunny)]:
         row = bench_scene(spec, args.spp, args.threads, args.res)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))

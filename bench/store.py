@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +32,11 @@ from meshrender.store.chunkstore import ZSTD_LEVEL, ChunkStore
 from meshrender.store.manifest import chunk_scene
 from meshrender.store.scenes import import_scene
 
-SCENES = Path(__file__).resolve().parent.parent.parent / "shared" / "scenes"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scene_files import scene_file  # noqa: E402  (the benchmark scenes beside the checkout)
+
+BUNNY = "bunny/bunny.ply"
+HELMET = "flight_helmet_gltf/glTF/FlightHelmet.gltf"
 REPEATS = 3  # best of three: the machine is shared
 
 
@@ -49,7 +54,7 @@ def subdivide(positions: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, n
 
 
 def bunny_1m() -> LoadedScene:
-    loaded = load_scene(SCENES / "bunny" / "bunny.ply")
+    loaded = load_scene(scene_file(BUNNY))
     mesh = loaded.meshes[0]
     p, f = mesh.positions, mesh.indices
     for _ in range(2):
@@ -142,7 +147,8 @@ def edits(loaded: LoadedScene) -> dict:
 
 
 def main() -> None:
-    helmet = load_scene(SCENES / "flight_helmet_gltf" / "glTF" / "FlightHelmet.gltf")
+    scene_file(BUNNY)  # both there before anything is measured, or one message saying where to get them
+    helmet = load_scene(scene_file(HELMET))
     for label, loaded in (("bunny_1m", bunny_1m()), ("FlightHelmet", helmet)):
         print(json.dumps(measure(label, loaded)))
     print(json.dumps({"edits_on": "FlightHelmet", **edits(helmet)}))

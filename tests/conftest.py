@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
-SCENES = SHARED / "scenes"
-CORNELL_REF = SCENES / "cornell_mitsuba" / "reference_4096spp_boxfilter.exr"
+DATA = REPO / "tests" / "data"  # every file a test reads is in the repository (each folder's ORIGIN.md)
+CORNELL_DIR = DATA / "cornell_mitsuba"
+CORNELL_REF = CORNELL_DIR / "reference_4096spp_boxfilter.exr"
+BUNNY = DATA / "bunny" / "bunny.ply"
+TEXTURED = DATA / "textured_gltf" / "textured.gltf"  # tests/textured.py made it
+BIG_TEXTURE_PX = (2048, 1024)  # noise base colour textures: 5 x 6 MiB of texels, about 90 chunks
 
 # keep test kernels out of the user's cache but shared across the test run's processes
 os.environ.setdefault("MESHRENDER_CACHE", str(REPO / ".pytest_cache" / "meshrender"))
@@ -47,3 +50,12 @@ def cornell():
     from meshrender.scene.load import load_scene
 
     return compile_scene(load_scene("cornell"))
+
+
+@pytest.fixture(scope="session")
+def big_textured(tmp_path_factory) -> Path:
+    """The textured asset with 2048x1024 noise textures: a scene of many content-defined chunks
+    (about 32 MB) for the store and swarm tests, written once per run; returns the .gltf path."""
+    from textured import write_textured
+
+    return write_textured(tmp_path_factory.mktemp("big_textured"), texture_px=BIG_TEXTURE_PX)

@@ -10,12 +10,11 @@ from functools import cache
 
 import numpy as np
 import pytest
-from conftest import SCENES
+from conftest import BUNNY
 from plyfile import PlyData
 
 from meshrender.bvh import BVH, INTERSECT_COST, LEAF_TRIS_MAX, build_bvh, intersect_closest, sah_cost
 
-BUNNY_PLY = SCENES / "bunny" / "bunny.ply"
 REL_TOL = 1e-9  # t from the BVH walk vs brute force: one formula, two float64 codings, rounding apart
 
 
@@ -30,7 +29,7 @@ def random_soup(n: int, seed: int, size: float = 0.05, dtype=np.float64):
 
 @cache
 def bunny():
-    ply = PlyData.read(str(BUNNY_PLY))
+    ply = PlyData.read(str(BUNNY))
     verts = np.stack([ply["vertex"][k] for k in "xyz"], axis=1).astype(np.float32)
     faces = np.vstack(ply["face"]["vertex_indices"]).astype(np.int64)
     return verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]

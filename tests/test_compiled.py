@@ -9,7 +9,7 @@ import sys
 import msgspec
 import numpy as np
 import pytest
-from conftest import REPO, SCENES
+from conftest import CORNELL_DIR, REPO
 
 from meshrender.compiled import ARRAY_SPECS, FORMAT_VERSION, ArrayRecord, CompiledScene, SceneRecord
 from meshrender.scene.compile import compile_scene
@@ -27,11 +27,11 @@ def test_round_trip_is_exact(cornell):
 
 
 def test_compiling_is_deterministic_and_ignores_file_names(tmp_path):
-    a = compile_scene(load_scene(SCENES / "cornell_mitsuba" / "cornell_box.obj"))
-    b = compile_scene(load_scene(SCENES / "cornell_mitsuba" / "cornell_box.obj"))
+    a = compile_scene(load_scene(CORNELL_DIR / "cornell_box.obj"))
+    b = compile_scene(load_scene(CORNELL_DIR / "cornell_box.obj"))
     assert a.to_bytes() == b.to_bytes()
     for ext in ("obj", "mtl"):
-        shutil.copy(SCENES / "cornell_mitsuba" / f"cornell_box.{ext}", tmp_path / f"renamed.{ext}")
+        shutil.copy(CORNELL_DIR / f"cornell_box.{ext}", tmp_path / f"renamed.{ext}")
     (tmp_path / "renamed.obj").write_text(
         (tmp_path / "renamed.obj").read_text().replace("cornell_box.mtl", "renamed.mtl")
     )

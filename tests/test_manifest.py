@@ -10,7 +10,7 @@ from functools import cache
 import msgspec
 import numpy as np
 import pytest
-from conftest import SCENES, write
+from conftest import CORNELL_DIR, TEXTURED, write
 
 from meshrender.compiled import ARRAY_SPECS
 from meshrender.scene.compile import compile_scene
@@ -28,19 +28,19 @@ from meshrender.store.manifest import (
     decode_manifest,
 )
 
-HELMET = SCENES / "flight_helmet_gltf" / "glTF" / "FlightHelmet.gltf"
-CORNELL_MESHES = SCENES / "cornell_mitsuba" / "meshes"
+CORNELL_MESHES = CORNELL_DIR / "meshes"
 WALLS = {"floor": "white", "ceiling": "white", "back": "white", "red-wall": "red", "green-wall": "green"}
 
 
 @cache
-def helmet_loaded():
-    return load_scene(HELMET)
+def loaded(path):
+    return load_scene(path)
 
 
 @cache
-def helmet_cut():
-    return chunk_scene(compile_scene(helmet_loaded()))
+def cut_of(path):
+    """The chunked scene (the small textured asset, or `big_textured`: the same with 30 MiB of texels)."""
+    return chunk_scene(compile_scene(loaded(path)))
 
 
 def assemble_from(cut, chunks=None, meta=None):
@@ -54,9 +54,9 @@ def assemble_from(cut, chunks=None, meta=None):
     )
 
 
-def test_round_trip_is_array_for_array_identical():
-    scene = compile_scene(helmet_loaded())
-    cut = helmet_cut()
+def test_round_trip_is_array_for_array_identical(big_textured):
+    scene = compile_scene(loaded(big_textured))
+    cut = cut_of(big_textured)
     back = assemble_from(cut)
     for name in ARRAY_SPECS:
         a, b = scene.arrays[name], back.arrays[name]
@@ -65,12 +65,12 @@ def test_round_trip_is_array_for_array_identical():
     assert back.to_bytes() == scene.to_bytes()
 
 
-def test_chunks_are_bounded_and_large_parts_are_cut():
-    cut = helmet_cut()
+def test_chunks_are_bounded_and_large_parts_are_cut(big_textured):
+    cut = cut_of(big_textured)
     sizes = {h: len(b) for h, b in cut.chunks.items() if h != cut.scene_id}
     assert max(sizes.values()) <= CDC_MAX_BYTES
     texels = next(a for a in cut.manifest.arrays if a.name == "tex_texels")
-    assert len(texels.segments) == len(cut.meta["texture_names"]) >= 5
+    assert len(texels.segments) == len(cut.meta["texture_names"]) == 5  # one segment per texture
     big = [c.size for s in texels.segments for c in s.chunks]
     assert len(big) > 20 and 256 << 10 <= np.mean(big) <= 1 << 20  # CDC average in range
     small = {a.name: a for a in cut.manifest.arrays}
@@ -112,35 +112,43 @@ def test_same_content_same_id_whatever_names_paths_or_order(tmp_path):
     assert chunk_scene(compile_scene(load_scene(path))).scene_id != a.scene_id
 
 
+def test_the_glb_and_the_gltf_of_one_asset_are_one_scene():
+    """Same content in another container under other names (the GLB holds its images inside):
+    the same id and the same chunks, only the human names in the meta differ."""
+    a, b = cut_of(TEXTURED), cut_of(TEXTURED.with_suffix(".glb"))
+    assert a.scene_id == b.scene_id and set(a.chunks) == set(b.chunks)
+    assert a.meta["mesh_names"] != b.meta["mesh_names"]
+
+
 def new_bytes(before, after) -> int:
     return sum(len(b) for h, b in after.chunks.items() if h not in before.chunks)
 
 
-def test_moving_the_camera_changes_only_the_camera_chunk():
-    loaded = helmet_loaded()
-    moved = dataclasses.replace(loaded, camera=dataclasses.replace(loaded.camera, position=(0.1, 0.4, 1.5)))
-    a, b = helmet_cut(), chunk_scene(compile_scene(moved))
+def test_moving_the_camera_changes_only_the_camera_chunk(big_textured):
+    scene = loaded(big_textured)
+    moved = dataclasses.replace(scene, camera=dataclasses.replace(scene.camera, position=(0.1, 0.4, 1.5)))
+    a, b = cut_of(big_textured), chunk_scene(compile_scene(moved))
     assert a.scene_id != b.scene_id
     changed = {h for h in b.chunks if h not in a.chunks} - {b.scene_id}
     camera = next(p for p in b.manifest.arrays if p.name == "camera").segments[0].chunks[0].hash
     assert changed == {camera}
 
 
-def test_changing_one_material_adds_under_one_percent():
-    loaded = helmet_loaded()
-    edited = dataclasses.replace(loaded, meshes=[dataclasses.replace(m) for m in loaded.meshes])
+def test_changing_one_material_adds_under_one_percent(big_textured):
+    scene = loaded(big_textured)
+    edited = dataclasses.replace(scene, meshes=[dataclasses.replace(m) for m in scene.meshes])
     target = edited.meshes[0].materials[0]
     recoloured = dataclasses.replace(target, base_color=(0.2, 0.5, 0.9), roughness=0.7)
     for m in edited.meshes:
         m.materials = [recoloured if x is target else x for x in m.materials]
-    a, b = helmet_cut(), chunk_scene(compile_scene(edited))
+    a, b = cut_of(big_textured), chunk_scene(compile_scene(edited))
     assert a.scene_id != b.scene_id
     added = new_bytes(a, b)
     assert 0 < added <= 0.01 * a.total_bytes, (added, a.total_bytes)
 
 
 def test_all_missing_chunks_are_named_at_once():
-    cut = helmet_cut()
+    cut = cut_of(TEXTURED)
     parts = {p.name: p for p in cut.manifest.arrays}
     tex_chunk = parts["tex_texels"].segments[2].chunks[0].hash
     pos_chunk = parts["positions"].segments[1].chunks[0].hash
@@ -156,12 +164,12 @@ def test_all_missing_chunks_are_named_at_once():
 
 
 def hostile(**changes) -> bytes:
-    cut = helmet_cut()
+    cut = cut_of(TEXTURED)
     return msgspec.msgpack.encode(msgspec.structs.replace(cut.manifest, **changes))
 
 
 def test_hostile_manifests_are_refused_before_allocation():
-    cut = helmet_cut()
+    cut = cut_of(TEXTURED)
     ref = ChunkRef("0" * 64, 12)
     huge = ArrayPart(name="positions", dtype="<f4", shape=[1 << 33, 3], segments=[Segment("all", [ref])])
     others = [a for a in cut.manifest.arrays if a.name != "positions"]

@@ -8,13 +8,10 @@ import socket
 import time
 
 import pytest
-from conftest import SCENES
 from netns import netns_unusable, party_lan
 from party import PARTY, SECRET, PeerProc, cli
 
 pytestmark = pytest.mark.slow
-
-HELMET = str(SCENES / "flight_helmet_gltf" / "glTF" / "FlightHelmet.gltf")
 
 LIAR = """
 import sys, trio, zstandard
@@ -61,8 +58,8 @@ def fetch(home, scene_id, *bootstrap, secret=SECRET):
     return cli(*args, home=home)
 
 
-def test_swarm_four_peers(tmp_path, peers):
-    scene = add(tmp_path / "a", HELMET)
+def test_swarm_four_peers(tmp_path, peers, big_textured):
+    scene = add(tmp_path / "a", big_textured)  # about 90 chunks
     a = peers(tmp_path / "a")
     for name in ("b", "c"):
         p = fetch(tmp_path / name, scene, a.addr)
@@ -84,9 +81,9 @@ def test_swarm_four_peers(tmp_path, peers):
     assert stats["complete_scenes"] == 1
 
 
-def test_a_lying_peer_is_caught_and_nothing_it_sent_is_stored(tmp_path, peers):
-    scene = add(tmp_path / "a", HELMET)
-    add(tmp_path / "liar", HELMET)
+def test_a_lying_peer_is_caught_and_nothing_it_sent_is_stored(tmp_path, peers, big_textured):
+    scene = add(tmp_path / "a", big_textured)
+    add(tmp_path / "liar", big_textured)
     a = peers(tmp_path / "a")
     liar = peers(tmp_path / "liar", "--bootstrap", a.addr, script=LIAR)
     a.wait_for("peer-joined", peer=liar.peer_id)
@@ -151,7 +148,7 @@ def test_killed_and_frozen_members_are_noticed(tmp_path, peers):
     assert a.alive()
 
 
-def test_concurrent_fetchers_trade_among_themselves(tmp_path, peers):
+def test_concurrent_fetchers_trade_among_themselves(tmp_path, peers, big_textured):
     """Three fetchers start together from one source: they serve each other what they already
     hold, so the source uploads less than three copies and each fetcher got bytes from a peer."""
     import subprocess
@@ -159,7 +156,7 @@ def test_concurrent_fetchers_trade_among_themselves(tmp_path, peers):
 
     from conftest import REPO
 
-    scene = add(tmp_path / "a", HELMET)
+    scene = add(tmp_path / "a", big_textured)
     a = peers(tmp_path / "a")
     procs = [
         subprocess.Popen(
@@ -189,7 +186,6 @@ from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 from meshrender.net.host import open_stream
 from meshrender.node import Peer
-from meshrender.protocol import gossip_topic
 args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
 async def main():
     me = Peer(home=args["--home"], party=args["--party"], secret=args["--secret"].encode(),
@@ -199,7 +195,7 @@ async def main():
         while not me.members:
             await trio.sleep(0.05)
         target = ID.from_base58(args["--bootstrap"].rsplit("/", 1)[1])
-        topic = gossip_topic(args["--party"], args["--secret"].encode())
+        topic = me.gossip.topic
         for proto in ("/meshsub/1.1.0", "/meshsub/1.2.0"):
             for payload in (os.urandom(64), b"\\xff" * 10 + os.urandom(54), b"\\x05\\x0a\\x03abc"):
                 s = await open_stream(me.host, n, target, proto)

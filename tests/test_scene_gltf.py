@@ -11,15 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SCENES
+import textured
+from conftest import TEXTURED
 from PIL import Image
 
 from meshrender.errors import MissingAssetsError, SceneError
 from meshrender.scene.gltf import load_gltf
 from meshrender.scene.load import load_scene
-
-HELMET = SCENES / "flight_helmet_gltf"
-HELMET = HELMET / "glTF" / "FlightHelmet.gltf"
 
 TRI = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32)  # CCW seen from +z
 
@@ -121,22 +119,70 @@ def png_bytes(color=(10, 200, 30, 128), size=(2, 2)) -> bytes:
     return buf.getvalue()
 
 
-def test_flight_helmet():
+def yaw(deg: float, p) -> np.ndarray:
+    """p turned by deg about +y (glTF is right-handed: +x goes to -z)."""
+    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]) @ np.asarray(p, np.float64)
+
+
+def centre(m) -> np.ndarray:
+    return (m.positions.min(0).astype(np.float64) + m.positions.max(0)) / 2
+
+
+def test_textured_asset():
+    """The committed textured asset (tests/textured.py): every mesh, material, texture and node
+    transform as written, and the features we only reduce or ignore warned."""
     warnings = []
-    meshes = load_gltf(HELMET, warnings=warnings)
-    assert len(meshes) == 6 and sum(len(m.indices) for m in meshes) == 94722
+    meshes = load_gltf(TEXTURED, warnings=warnings)
+    assert [m.name for m in meshes] == [f"textured.gltf:{n}" for n in textured.MESHES]
+    assert [len(m.indices) for m in meshes] == [textured.TRIANGLES[n] for n in textured.MESHES]
     for m in meshes:
-        assert m.name.startswith("FlightHelmet.gltf:")
         assert np.isfinite(m.positions).all() and np.isfinite(m.uvs).all() and np.isfinite(m.normals).all()
         assert m.indices.max() < len(m.positions) and m.uvs.shape == (len(m.positions), 2)
-        (mat,) = m.materials
-        tex = mat.base_color_texture
-        assert tex is not None and tex.pixels.dtype == np.uint8 and tex.pixels.ndim == 3
-        assert tex.pixels.shape[2] == 3
-    kinds = {m.materials[0].name: m.materials[0].kind for m in meshes}
-    assert kinds["MetalPartsMat"] == "conductor" and kinds["LeatherPartsMat"] == "diffuse"
+        for mat in m.materials:
+            tex = mat.base_color_texture
+            assert tex is not None and tex.pixels.dtype == np.uint8 and tex.pixels.shape[2] == 3
+        # winding and normals agree on every triangle with an area, the mirrored lens included
+        p = m.positions[m.indices].astype(np.float64)
+        face = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
+        solid = np.linalg.norm(face, axis=1) > 1e-12
+        assert ((face * m.normals[m.indices].sum(1)).sum(1)[solid] > 0).all(), m.name
+    by = {m.name.split(":")[1]: m for m in meshes}
+    mats = {x.name: x for m in meshes for x in m.materials}
+    assert mats["MetalMat"].kind == "conductor" and mats["MetalMat"].roughness == pytest.approx(77 / 255)
+    assert mats["LeatherMat"].kind == "diffuse" and mats["LeatherMat"].roughness == pytest.approx(204 / 255)
+    assert mats["LensMat"].base_color == pytest.approx((0.5, 0.8, 1.0))
+    assert mats["LensMat"].base_color_texture is mats["GlassMat"].base_color_texture  # one image, loaded once
+    strap = by["Strap"]  # two primitives, two materials, 12 triangles each
+    assert [x.name for x in strap.materials] == ["RubberMat", "MetalMat"]
+    assert np.bincount(strap.material_ids).tolist() == [12, 12]
+    rubber = mats["RubberMat"].base_color_texture.pixels
+    assert rubber.shape == (64, 128, 3) and (rubber[:, 60:68] == (240, 220, 40)).all()  # a column stays one
+    # node transforms: the stand's matrix, the helmet's translation and turn, the frame's scale
+    np.testing.assert_allclose(by["Stand"].positions.min(0), [-0.6, 0, -0.4], atol=1e-6)
+    np.testing.assert_allclose(by["Stand"].positions.max(0), [0.6, 0.1, 0.4], atol=1e-6)
+    frame_y = by["Frame"].positions[:, 1]
+    assert frame_y.min() == pytest.approx(0.45 - 0.015, abs=1e-6) and frame_y.max() == pytest.approx(0.465)
+    left, right = (m for m in meshes if m.name.endswith(":Lens"))
+    for m, x in ((left, 0.12), (right, -0.12)):
+        want = yaw(textured.ROOT_YAW_DEG, [x, 0.45, 0.3 + 0.015]) + textured.ROOT_T
+        np.testing.assert_allclose(centre(m), want, atol=1e-6)
     text = "\n".join(warnings)
-    assert "normalTexture" in text and "occlusionTexture" in text and "alphaMode BLEND" in text
+    for what in ("normalTexture", "occlusionTexture", "alphaMode BLEND", "metallicRoughnessTexture"):
+        assert what in text, text
+
+
+def test_textured_glb_is_the_same_asset():
+    """The .glb (buffer and images inside) loads to exactly what the .gltf and its files give."""
+    a, b = load_gltf(TEXTURED), load_gltf(TEXTURED.with_suffix(".glb"))
+    assert [m.name.replace(".glb:", ".gltf:") for m in b] == [m.name for m in a]
+    for x, y in zip(a, b, strict=True):
+        for k in ("positions", "normals", "uvs", "indices", "material_ids"):
+            assert np.array_equal(getattr(x, k), getattr(y, k)), (x.name, k)
+        for mx, my in zip(x.materials, y.materials, strict=True):
+            same = ("name", "kind", "base_color", "roughness", "emission")
+            assert [getattr(mx, k) for k in same] == [getattr(my, k) for k in same]
+            assert np.array_equal(mx.base_color_texture.pixels, my.base_color_texture.pixels)
 
 
 def test_small_glb_with_transforms_and_material(tmp_path):

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import OpenEXR
 import pytest
-from conftest import SCENES, write
+from conftest import BUNNY, CORNELL_DIR, TEXTURED, write
 from PIL import Image
 
 from meshrender.errors import MissingAssetsError, SceneError
 from meshrender.scene.load import list_builtins, load_scene
 from meshrender.settings import RenderSettings
 
-CORNELL = SCENES / "cornell_mitsuba"
+CORNELL = CORNELL_DIR
 
 TRI_OBJ = "v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n"
 
@@ -85,24 +85,24 @@ def test_unknown_builtin():
         load_scene("builtin:nosuch")
 
 
-# --------------------------------------------------------------------------- shared assets
+# ----------------------------------------------------------------------- assets in tests/data
 
 
-def test_shared_obj_ply_gltf():
+def test_obj_ply_gltf_assets():
     s = load_scene(CORNELL / "cornell_box.obj")
     assert sum(len(m.indices) for m in s.meshes) == 36
-    s = load_scene(SCENES / "bunny" / "bunny.ply")
+    s = load_scene(BUNNY)
     (m,) = s.meshes
     assert len(m.indices) == 69451 and np.isfinite(m.positions).all()
-    s = load_scene(SCENES / "flight_helmet_gltf" / "glTF" / "FlightHelmet.gltf")
-    assert len(s.meshes) == 6 and sum(len(m.indices) for m in s.meshes) == 94722
+    s = load_scene(TEXTURED)
+    assert len(s.meshes) == 7 and sum(len(m.indices) for m in s.meshes) == 1956
     assert all(m.materials[0].base_color_texture is not None for m in s.meshes)
     assert all(np.isfinite(m.positions).all() and np.isfinite(m.normals).all() for m in s.meshes)
     assert any("normalTexture" in w for w in s.warnings)
 
 
 def test_bare_mesh_is_framed(tmp_path):
-    s = load_scene(SCENES / "bunny" / "bunny.ply")
+    s = load_scene(BUNNY)
     m = s.meshes[0]
     cam = s.camera
     assert cam.fov_deg == 40 and cam.fov_axis == "smaller" and s.environment.image.name == "default sky"

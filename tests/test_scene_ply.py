@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SCENES
+from conftest import BUNNY
 from plyfile import PlyData, PlyElement
 
 from meshrender.errors import SceneError
 from meshrender.scene.ply import load_ply
-
-BUNNY = SCENES / "bunny" / "bunny.ply"
 
 
 def write_ply(path, verts, faces, *, text=False, extra=(), face_prop="vertex_indices", byte_order="<"):

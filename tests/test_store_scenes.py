@@ -9,7 +9,7 @@ import sys
 import msgspec
 import numpy as np
 import pytest
-from conftest import REPO, SCENES
+from conftest import REPO
 
 from meshrender.compiled import ARRAY_SPECS
 from meshrender.output import read_exr
@@ -20,31 +20,30 @@ from meshrender.store.chunkstore import ChunkStore
 from meshrender.store.manifest import MissingChunksError, chunk_scene
 from meshrender.store.scenes import import_scene, load_compiled
 
-HELMET = SCENES / "flight_helmet_gltf" / "glTF" / "FlightHelmet.gltf"
 
-
-def test_import_dedupes_and_loads_back_exactly(tmp_path, cornell):
-    helmet = compile_scene(load_scene(HELMET))
+def test_import_dedupes_and_loads_back_exactly(tmp_path, cornell, big_textured):
+    big = compile_scene(load_scene(big_textured))
     with ChunkStore(tmp_path / "store", durable=False) as store:
-        first = import_scene(store, helmet)
-        assert first.new_bytes == first.total_bytes > 10_000_000
-        again = import_scene(store, helmet)
+        first = import_scene(store, big)
+        assert big.arrays["tex_texels"].nbytes == 5 * 2048 * 1024 * 3
+        assert first.new_bytes == first.total_bytes > big.arrays["tex_texels"].nbytes
+        again = import_scene(store, big)
         assert again.scene_id == first.scene_id and again.new_bytes == 0 and again.new_chunks == 0
         import_scene(store, cornell)
         assert store.has_scene(first.scene_id)
         back = load_compiled(store, first.scene_id)
     for name in ARRAY_SPECS:
-        assert np.array_equal(back.arrays[name], helmet.arrays[name]), name
-    assert back.mesh_names == helmet.mesh_names and back.texture_names == helmet.texture_names
+        assert np.array_equal(back.arrays[name], big.arrays[name]), name
+    assert back.mesh_names == big.mesh_names and back.texture_names == big.texture_names
 
 
-def test_missing_chunks_in_the_store_are_listed_by_name(tmp_path):
-    helmet = compile_scene(load_scene(HELMET))
-    cut = chunk_scene(helmet)
+def test_missing_chunks_in_the_store_are_listed_by_name(tmp_path, big_textured):
+    big = compile_scene(load_scene(big_textured))
+    cut = chunk_scene(big)
     texels = next(a for a in cut.manifest.arrays if a.name == "tex_texels")
     victims = [texels.segments[0].chunks[0].hash, texels.segments[3].chunks[-1].hash]
     with ChunkStore(tmp_path / "store", durable=False) as store:
-        rep = import_scene(store, helmet)
+        rep = import_scene(store, big)
         for h in victims:  # a flipped bit on disk: found on read, quarantined
             path = store.blob_path(h)
             raw = bytearray(path.read_bytes())
@@ -56,7 +55,7 @@ def test_missing_chunks_in_the_store_are_listed_by_name(tmp_path):
     text = str(err.value)
     assert "2 chunk(s) missing" in text
     for k in (0, 3):
-        assert helmet.texture_names[k] in text
+        assert big.texture_names[k] in text
 
 
 def run_cli(*args):
