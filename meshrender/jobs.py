@@ -30,6 +30,10 @@ any processes (the running peer and CLI commands), may open one file. Every chan
 lock (waiting up to `BUSY_TIMEOUT_S`) and a check never acts on a state another process has just
 changed. Reads see the last commit and never wait for writers (WAL).
 
+Opening: a missing file is made whole before anyone can see it (`meshrender.dbfile`); an empty,
+truncated or foreign file is refused as damaged, with its size and what to do, never taken for an
+empty queue; a database another process keeps locked is reported as busy, never as damaged.
+
 Nothing here reads the clock: every time stored is a `now` (wall-clock seconds) from the caller.
 """
 
@@ -48,6 +52,7 @@ import blake3
 import msgspec
 from msgspec import Meta
 
+from . import dbfile
 from .errors import MeshrenderError
 from .settings import RenderSettings
 from .units import FRAME_MAX, WorkUnit
@@ -227,21 +232,44 @@ class JobDB:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise JobError(f"{self.path}: cannot create the job database's folder: {exc}") from exc
+        problem = dbfile.damage(self.path)  # before SQLite would take an empty file for an empty queue
+        if problem is not None:
+            raise JobError(self._damaged(problem))
         try:
-            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        except sqlite3.Error as exc:
+            dbfile.create(self.path)  # a missing file is made whole, never seen half-made
+            db = dbfile.connect(self.path, timeout_s=BUSY_TIMEOUT_S)
+        except (OSError, sqlite3.Error) as exc:
             raise JobError(f"{self.path}: cannot open the job database: {exc}") from exc
         try:
             self._open(db)
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.Error as exc:
             db.close()
-            raise JobError(
-                f"{self.path}: not a usable job database ({exc}); move it aside to start an empty queue"
-            ) from exc
+            raise JobError(self._sql_problem(exc, "open")) from exc
         except BaseException:
             db.close()
             raise
         self._db: sqlite3.Connection | None = db
+
+    def _damaged(self, problem: str) -> str:
+        size = dbfile.size_of(self.path)
+        held = f"{size:,} bytes" if size is not None else "size unknown"
+        return (
+            f"{self.path}: the job database is damaged ({held}): {problem}. Nothing was changed. Keep a "
+            "copy of it, then move it aside: the next start begins an empty queue (images already in "
+            "results/ stay, the queue's records of them do not)"
+        )
+
+    def _sql_problem(self, exc: sqlite3.Error, doing: str) -> str:
+        """The message for an sqlite3 error while `doing` (open, read, update): whose problem it is."""
+        match dbfile.kind(exc):
+            case "busy":
+                return (
+                    f"{self.path}: the job database is in use by another process, which held its lock "
+                    f"for over {BUSY_TIMEOUT_S:g} s ({exc}); nothing is wrong with the file: try again"
+                )
+            case "damaged":
+                return self._damaged(f'SQLite says "{exc}"')
+        return f"{self.path}: cannot {doing} the job database: {exc}"  # disk full, I/O error, permissions
 
     def _open(self, db: sqlite3.Connection) -> None:
         db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
@@ -301,23 +329,23 @@ class JobDB:
         db = self._conn
         try:
             db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise JobError(f"{self.path}: cannot take the job database's write lock: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise JobError(self._sql_problem(exc, "take the write lock of")) from exc
         try:
             yield db
             db.execute("COMMIT")
         except BaseException as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.OperationalError):  # disk full, I/O error, lock lost
-                raise JobError(f"{self.path}: cannot update the job database: {exc}") from exc
+            if isinstance(exc, sqlite3.Error):  # disk full, I/O error, lock lost, damage found
+                raise JobError(self._sql_problem(exc, "update")) from exc
             raise
 
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
         try:
             return self._conn.execute(sql, args).fetchall()
-        except sqlite3.OperationalError as exc:
-            raise JobError(f"{self.path}: cannot read the job database: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise JobError(self._sql_problem(exc, "read")) from exc
 
     # ------------------------------------------------------------------ naming jobs
 
@@ -419,8 +447,8 @@ class JobDB:
         """The job with this id or unique id prefix (at least `ID_PREFIX_MIN` hex digits)."""
         try:
             return self._record(self._find(self._conn, job_id_or_prefix))
-        except sqlite3.OperationalError as exc:
-            raise JobError(f"{self.path}: cannot read the job database: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise JobError(self._sql_problem(exc, "read")) from exc
 
     def list(self, states: Iterable[str] | None = None) -> list[JobRecord]:
         """Jobs (only those in `states`, if given): running first, then queued in run order, then

@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from meshrender.cli_jobs import _local_db
+from meshrender.cli_common import local_db
 from meshrender.frameview import FrameView
 from meshrender.jobs import JobSpec, UnitRecord
 from meshrender.protocol import Status
@@ -106,7 +106,7 @@ def results(units, tag: str, peer: str, at_s: float) -> list[UnitRecord]:
 def make_queue(home: Path) -> str:
     """jobs.sqlite under `home` with four jobs; returns the running job's id."""
     home.mkdir(parents=True, exist_ok=True)
-    with _local_db(home) as db:
+    with local_db(home) as db:
         ids = []
         for i, name in enumerate(("running", "queued", "done", "failed")):
             spec = JobSpec(scene_id=sid(name), settings=SETTINGS, last_frame=3 if name == "running" else 0)

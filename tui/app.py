@@ -18,6 +18,7 @@ How it works
 from __future__ import annotations
 
 import datetime
+import logging
 import threading
 import time
 from collections import deque
@@ -400,11 +401,11 @@ class QueueThread:
     def _run(self) -> None:
         import queue
 
-        from meshrender.cli_jobs import _local_db
+        from meshrender.cli_common import local_db
         from meshrender.service import listing
 
         try:
-            db = _local_db(self.home)
+            db = local_db(self.home)
         except Exception as exc:
             self.failed(f"queue unreadable: {exc}")
             return
@@ -427,7 +428,7 @@ class QueueThread:
 
 def submit_scene(home: Path, scene: str):
     """Compile `scene` and queue it here with its own settings and frame range."""
-    from meshrender.cli_jobs import submit_compiled
+    from meshrender.cli_common import submit_compiled
     from meshrender.scene.compile import compile_scene
     from meshrender.scene.load import load_scene
 
@@ -436,9 +437,16 @@ def submit_scene(home: Path, scene: str):
 
 
 # ---------------------------------------------------------------------------- attaching
+ATTACH_START_S = 60.0  # a peer started here serves its socket within this (imports, key, store)
+ATTACH_BUSY_S = 15.0  # another process's peer holds the home: its socket should come within this
+
+
 def attach_or_start(home: Path, start_peer: Callable[[], Callable[[], None]] | None):
     """An `attach` for MeshrenderApp: watch the peer serving `home`'s socket; when none answers
-    and `start_peer` is given, start one (it returns its stopper) and watch that."""
+    and `start_peer` is given, start one (it returns its stopper) and watch that. When another
+    process's peer holds the home's lock (it is starting, or serves no socket, as `render --party`
+    does), start none: wait a little for its socket, then say which process has the home."""
+    from meshrender.home import HomeLock
     from meshrender.local import LocalWatch, socket_path
 
     def attach(on_item, on_gone):
@@ -450,8 +458,9 @@ def attach_or_start(home: Path, start_peer: Callable[[], Callable[[], None]] | N
         except OSError:
             if start_peer is None:
                 raise
-        stop_peer = start_peer()
-        deadline = time.monotonic() + 60.0
+        busy = HomeLock.in_use(home)
+        stop_peer = start_peer() if busy is None else (lambda: None)
+        deadline = time.monotonic() + (ATTACH_START_S if busy is None else ATTACH_BUSY_S)
         while True:
             try:
                 watch.start()
@@ -459,6 +468,8 @@ def attach_or_start(home: Path, start_peer: Callable[[], Callable[[], None]] | N
             except OSError:
                 if time.monotonic() > deadline:
                     stop_peer()
+                    if busy is not None:
+                        raise busy from None
                     raise
                 time.sleep(0.1)
 
@@ -487,8 +498,12 @@ def peer_in_thread(make_peer: Callable[[], object]) -> Callable[[], None]:
             await peer.run()
 
     def run():
+        from meshrender.home import HomeInUse
+
         try:
             trio.run(main)
+        except* HomeInUse as group:  # lost a race for the home: attach waits for the winner's socket
+            logging.getLogger("tui").warning("%s", group.exceptions[0])
         finally:
             ready.set()
 
