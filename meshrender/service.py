@@ -7,7 +7,10 @@ are not rendered again), then the highest priority queued one. It fetches the jo
 party if this peer does not hold it, then coordinates the job (`coordinate.JobRun`). While a job
 runs it reads the job's state every CANCEL_POLL_S: whoever cancelled it (this peer's control
 handler, or `meshrender cancel` in another process on this machine, which writes the same file),
-every worker is told at once and stops the unit in its kernel.
+every worker is told at once and stops the unit in its kernel. Nothing waits in silence: a job
+that accepts no unit for a while, or a scene fetch that gets no byte, is reported (a log line and a
+`job-stalled` event naming who holds what and why: `distributed.watch_job`), and a job stuck past
+its bounds fails with that reason, so the queue moves on.
 
 The queue file is the one source of truth, so local commands (`meshrender submit/jobs/cancel/
 results` without `--to`) simply open it, with or without a running peer: a job submitted while no
@@ -28,6 +31,7 @@ from pathlib import Path
 import trio
 
 from .coordinate import JobRun, keep_reason
+from .distributed import JobStalled, watch_job, watch_progress
 from .errors import MeshrenderError
 from .jobs import JobDB, JobError, JobRecord, JobSpec, job_id
 from .protocol import (
@@ -114,9 +118,17 @@ class QueueRunner:
         scene = rec.spec.scene_id
         if not peer.store.has_scene(scene):
             peer._event("job-fetching", job=jid, scene_id=scene)
+
+            def fetching():
+                got = peer.transfers["bytes_in"]
+                return got, f"job {jid[:12]}: fetching its scene {scene[:16]}: {got:,} bytes in so far"
+
             try:
-                with trio.fail_after(SCENE_FETCH_S):
-                    await peer.fetch_scene(scene)
+                async with trio.open_nursery() as n:
+                    n.start_soon(lambda: watch_progress(fetching, on_notice=self._notice(jid)))
+                    with trio.fail_after(SCENE_FETCH_S):
+                        await peer.fetch_scene(scene)
+                    n.cancel_scope.cancel()
             except (Exception, trio.TooSlowError) as exc:
                 self._fail(jid, f"its scene {scene[:16]} is not here and the party did not send it: {exc}")
                 return
@@ -124,6 +136,7 @@ class QueueRunner:
         try:
             async with trio.open_nursery() as n:
                 n.start_soon(self._watch, run)
+                n.start_soon(self._watch_stall, run)
                 await run.run()
                 n.cancel_scope.cancel()
         except JobError as exc:  # cancelled as it finished, or a store failure: the queue says which
@@ -143,6 +156,21 @@ class QueueRunner:
             if self._state(run.job_id) == "cancelled":
                 run.cancel()
                 return
+
+    def _notice(self, jid: str):
+        def say(line: str, picture: str = "") -> None:
+            log.warning("%s", line)
+            self.peer._event("job-stalled", job=jid, reason=line)
+
+        return say
+
+    async def _watch_stall(self, run: JobRun) -> None:
+        """Tell who holds what when the job is stuck; fail it when it stays stuck past the bounds."""
+        try:
+            await watch_job(run, self.peer, on_notice=self._notice(run.job_id))
+        except JobStalled as exc:
+            self._fail(run.job_id, str(exc))
+            run.cancel()
 
     def _state(self, jid: str) -> str:
         try:

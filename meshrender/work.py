@@ -11,6 +11,11 @@ and `JobEnd` when the job is done or cancelled. `serve_job` runs the sans-IO `Wo
     in the peer's render process and sends `UnitDone` with the exact float32 sums;
   * `JobEnd`, a closed link or a lost coordinator stop everything at once: a unit in the kernel is
     stopped by killing the render process (a cancel frees the worker within a second).
+  * A render process that is not ready (still compiling on a cold cache, restarting after a
+    crash) is not this job's problem to wait for: the link is closed at once with the reason, the
+    coordinator takes back whatever the lease held (no strike) and offers the job again once this
+    peer's gossiped status says its renderer is ready. A unit that cannot render here for good (its
+    scene cannot be fetched, the render process says the unit is wrong) is refused instead.
 """
 
 from __future__ import annotations
@@ -31,13 +36,14 @@ from .protocol import (
     RemoteProtocolError,
     UnitDone,
 )
-from .renderproc import RenderError
+from .renderproc import RendererDown, RenderError
 from .schedule import Heartbeat, RenderNext, WorkerJob
 
 log = logging.getLogger("meshrender.work")
 
 OFFER_TIMEOUT_S = 10.0  # a coordinator sends its offer right after opening the link
 LINK_CHANNEL_MSGS = 64  # messages queued on a memory link before the sender waits
+READY_WAIT_S = 5.0  # an offer waits this long for a renderer that is (re)starting, then the link closes
 
 
 class MemoryLink:
@@ -88,11 +94,19 @@ async def serve_job(peer, link, coordinator: str) -> dict:
         return {"units": 0, "ended": "closed before the offer"}
     if not isinstance(offer, JobOffer):
         raise RemoteProtocolError(f"a job link opened with {type(offer).__name__}, not JobOffer")
+    state = {"units": 0, "ended": "", "refused": "", "preparing": "", "rendering": False}
+    with trio.move_on_after(READY_WAIT_S):  # a restart on a warm cache takes a few seconds
+        while not peer.renderer.running():
+            await trio.sleep(0.1)
+    if not peer.renderer.running():
+        r = peer.renderer
+        state["ended"] = f"renderer not ready: {r.note or r.state}"
+        await link.close()
+        return state
+    klass, backend_name = await peer.render_backend()
     job = WorkerJob(trio.current_time())
     wake = _Wake()
     todo_send, todo_receive = trio.open_memory_channel[RenderNext](1)
-    state = {"units": 0, "ended": "", "refused": "", "preparing": "", "rendering": False}
-    klass, backend_name = await peer.render_backend()
 
     async def refuse(lease_id: int, reason: str) -> None:
         job.on_revoke(lease_id, trio.current_time())
@@ -124,7 +138,7 @@ async def serve_job(peer, link, coordinator: str) -> dict:
                 raise RemoteProtocolError(f"{type(msg).__name__} on a job link")
             wake.set()
 
-    async def render() -> None:
+    async def render(cancel: trio.CancelScope) -> None:
         async for step in todo_receive:
             if step.lease_id not in job.lease_ids:
                 job.started(step.unit, trio.current_time())  # revoked meanwhile: nothing to do
@@ -153,6 +167,12 @@ async def serve_job(peer, link, coordinator: str) -> dict:
             peer.busy = True
             try:
                 result, rendered = await peer.renderer.render(offer.scene_id, offer.settings, step.unit)
+            except RendererDown as exc:  # it restarts (Peer._warm_renderer): the job gets us back then
+                state["rendering"] = False
+                state["ended"] = state["ended"] or f"renderer down: {exc}"
+                job.finished(step.unit, trio.current_time())
+                cancel.cancel()
+                return
             except RenderError as exc:
                 state["rendering"] = False
                 job.finished(step.unit, trio.current_time())
@@ -184,7 +204,7 @@ async def serve_job(peer, link, coordinator: str) -> dict:
     try:
         async with trio.open_nursery() as n:
             n.start_soon(reader, n.cancel_scope)
-            n.start_soon(render)
+            n.start_soon(render, n.cancel_scope)
             while True:
                 now = trio.current_time()
                 for action in job.poll(now):

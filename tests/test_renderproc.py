@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import numpy as np
 import pytest
 import trio
 
-from meshrender.renderproc import RenderError, RenderProcess
+from meshrender.renderproc import (
+    RESTART_BACKOFF_S,
+    SLOW_START_ENV,
+    RendererDown,
+    RenderError,
+    RenderProcess,
+    restart_backoff_s,
+)
 from meshrender.settings import RenderSettings
 from meshrender.store.chunkstore import ChunkStore
 from meshrender.store.scenes import import_scene
@@ -92,3 +101,78 @@ def test_stop_kills_a_unit_mid_kernel_and_the_next_render_restarts(stored):
             await proc.stop()
 
     trio.run(main)
+
+
+def test_a_killed_child_is_seen_dead_and_the_next_unit_restarts_it(stored):
+    root, scene_id = stored
+
+    async def main():
+        proc = RenderProcess(root, backend="cpu", threads=1)
+        try:
+            await proc.start()
+            first = proc.pid
+            os.kill(first, signal.SIGKILL)  # the OOM killer, a user's kill -9
+            with trio.fail_after(10):
+                code = await proc.wait_exited()
+            assert code == -signal.SIGKILL
+            assert proc.state == "stopped" and "exited" in proc.note and not proc.running()
+            result, _ = await proc.render(scene_id, SETTINGS, unit())
+            assert result.sums.shape == (1, 4, 4, 3) and proc.pid != first and proc.starts == 2
+        finally:
+            await proc.stop()
+
+    trio.run(main)
+
+
+def test_the_start_deadline_counts_from_the_last_sign_of_life(stored, monkeypatch):
+    """A child 6 s slow to start (the env hook idles it before importing anything: no CPU time
+    used, only its "still starting" beats) starts under a 3 s no-sign-of-life deadline; frozen
+    (SIGSTOP: no beats, no CPU), it fails after that deadline, and the next start waits out a
+    back-off and gets a working renderer."""
+    root, scene_id = stored
+    monkeypatch.setenv(SLOW_START_ENV, "6")
+    states: list[tuple[str, str]] = []
+
+    async def main():
+        proc = RenderProcess(root, backend="cpu", threads=1, stall_s=3.0,
+                             on_state=lambda r: states.append((r.state, r.note)))  # fmt: skip
+        try:
+            t0 = time.monotonic()
+            ready = await proc.start()
+            assert ready.backend and time.monotonic() - t0 > 6.0  # twice the deadline, and alive
+            assert ("starting", "renderer loading") in states
+            assert any("so far" in note for _, note in states)  # a long start is reported as it goes
+            await proc.stop()
+
+            monkeypatch.setenv(SLOW_START_ENV, "30")
+            async with trio.open_nursery() as n:
+
+                async def freeze():
+                    while proc.pid is None:
+                        await trio.sleep(0.05)
+                    await trio.sleep(0.5)
+                    os.kill(proc.pid, signal.SIGSTOP)
+
+                n.start_soon(freeze)
+                t0 = time.monotonic()
+                with pytest.raises(RendererDown, match="no sign of life"):
+                    await proc.start()
+            assert 3.0 <= time.monotonic() - t0 < 15.0
+            assert proc.state == "failed" and proc.failures == 1
+            assert proc.retry_at - trio.current_time() > 0  # backing off
+
+            monkeypatch.delenv(SLOW_START_ENV)
+            t0 = trio.current_time()
+            await proc.start()
+            assert trio.current_time() - t0 >= restart_backoff_s(1) * 0.9 and proc.failures == 0
+            result, _ = await proc.render(scene_id, SETTINGS, unit())
+            assert result.sums.shape == (1, 4, 4, 3)
+        finally:
+            await proc.stop()
+
+    trio.run(main)
+
+
+def test_restart_backoff_grows_and_is_bounded():
+    waits = [restart_backoff_s(n) for n in range(0, 10)]
+    assert waits[0] == 0 and waits == sorted(waits) and waits[-1] == RESTART_BACKOFF_S[-1]
