@@ -290,3 +290,13 @@ def test_cli_fifo_does_not_hang_and_allow_outside_is_an_option(tmp_path):
     r = cli("store", "add", case, "--allow-outside", "--home", tmp_path / "home", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["chunks"] > 0
+
+
+def test_names_too_long_for_the_file_system_are_refused_not_raised(tmp_path):
+    # found by bench/fuzz.py: `(base / name).is_file()` raised ENAMETOOLONG out of the OBJ loader
+    obj = tmp_path / "long.obj"
+    obj.write_text(f"mtllib {'a' * 150} {'b' * 150}\nv 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+    with pytest.raises(SceneError, match="aaaa"):
+        load_scene(obj)
+    with pytest.raises(SceneError, match="file not found"):
+        load_scene(tmp_path / ("x" * 300))

@@ -67,6 +67,15 @@ def list_builtins() -> list[str]:
     return sorted(d.name for d in DATA_DIR.iterdir() if (d / f"{d.name}.toml").is_file())
 
 
+def _exists(path: Path) -> bool:
+    """Whether the path names anything (a dangling symlink too); a name the file system cannot
+    even look up (ENAMETOOLONG) names nothing, rather than raising."""
+    try:
+        return path.exists() or path.is_symlink()
+    except OSError:
+        return False
+
+
 def load_scene(spec: str | os.PathLike, *, allow_outside: bool = False) -> LoadedScene:
     """Load a `.toml` scene file, a bare `.obj`/`.ply`/`.gltf`/`.glb`, or a built-in scene name.
     `allow_outside` lets the scene read files outside its own folder tree (`--allow-outside`)."""
@@ -74,7 +83,7 @@ def load_scene(spec: str | os.PathLike, *, allow_outside: bool = False) -> Loade
     builtin = None
     if text.startswith(BUILTIN_PREFIX):
         builtin = text[len(BUILTIN_PREFIX) :]
-    elif not Path(text).suffix and not Path(text).exists() and text in list_builtins():
+    elif not Path(text).suffix and text in list_builtins() and not _exists(Path(text)):
         builtin = text
     if builtin is not None:
         if builtin not in list_builtins():
@@ -84,7 +93,7 @@ def load_scene(spec: str | os.PathLike, *, allow_outside: bool = False) -> Loade
         scene.source = f"{BUILTIN_PREFIX}{builtin}"
         return scene
     path = Path(text)
-    if "\0" in text or not (path.exists() or path.is_symlink()):
+    if "\0" in text or not _exists(path):
         raise SceneError(text, "file not found")
     if path.is_dir():
         raise SceneError(text, "is a directory, not a scene or mesh file")

@@ -677,9 +677,11 @@ def _resolve(
 def _split_mtllib(value: str, base: Path) -> list[str]:
     """`mtllib a.mtl b.mtl` names several files; a single name with spaces is kept whole if it exists."""
     value = value.replace("\\", "/")
-    if " " in value and (base / value).is_file():
-        return [value]
-    return value.split()
+    try:
+        whole = " " in value and (base / value).is_file()
+    except (OSError, ValueError):  # a name too long for the file system (ENAMETOOLONG), a NUL: not a file
+        whole = False
+    return [value] if whole else value.split()
 
 
 def _directive_values(data: bytes, kw: bytes, src: str) -> list[str]:
