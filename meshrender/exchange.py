@@ -4,8 +4,10 @@ The caller builds a `ChunkFetch` from the want-list and the time, says which pee
 (`add_provider`, `remove_provider`), hands over every answer a peer gives (`on_chunk` once it has
 checked the bytes against the hash, `on_not_found`), then calls `poll(now)` and carries out the
 actions it returns: `Request`, `Cancel`, `Penalize`. It arms a timer for `next_deadline()` and
-polls again when that fires. Time is always an argument, so the real peer and the simulator drive
-the same object, and one seed replays a whole run.
+polls again when that fires. An answer whose check takes a while (a decompression and a hash on
+another thread) may be announced with `on_arrived` as soon as its bytes are in, so the peer's pipe
+is refilled while the check runs; `on_chunk` then gives the verdict. Time is always an argument,
+so the real peer and the simulator drive the same object, and one seed replays a whole run.
 
   * A chunk is *queued*, *live* (exactly one request out, with a deadline) or *done*. A request
     that misses its deadline turns *late*: the chunk is queued again for someone else and the peer
@@ -13,6 +15,10 @@ the same object, and one seed replays a whole run.
     probably still in its send queue) and its answer is still welcome — the first good copy wins
     and every other request for that chunk is cancelled. A late request not answered within its
     allowance once more is given up and cancelled, so no chunk waits forever on a half-frozen peer.
+    An answer `on_arrived` is *checking*: it no longer counts against the peer's limits and has
+    no deadline (the check is our own work), and the chunk is asked of nobody else meanwhile; if
+    the check fails the chunk is queued again. While CHECKING_BYTES_MAX bytes (`checking_bytes_max`)
+    are being checked, nothing more is asked: the bound on what answers hold in memory.
   * `poll` expires deadlines, then schedules: queued chunks rarest first (fewest usable providers),
     then in want-list order; each goes to the provider that has it, has room under
     `inflight_bytes_max` / `inflight_chunks_max`, has not refused it and has no request for it
@@ -59,6 +65,7 @@ INFLIGHT_CHUNKS_MAX = 16  # default requests out to one peer: keeps its pipe ful
 REQUEST_TIMEOUT_S = 5.0  # default fixed part of a deadline: connection latency plus the peer's store read
 MIN_RATE_BYTES_S = 1_000_000.0  # default slowest transfer tolerated, 1 MB/s (a poor Wi-Fi link)
 STRIKES_MAX = 3  # default timeouts before a peer is dropped from the fetch
+CHECKING_BYTES_MAX = 64 << 20  # default bytes arrived and not yet checked: what answers may hold in memory
 
 
 class LocalProtocolError(Exception):
@@ -142,7 +149,9 @@ class _Chunk:
     late: dict[str, None] = field(default_factory=dict)  # peers with a timed-out request still out
     refused: set[str] = field(default_factory=set)  # peers that said not found (membership only)
     holders: int = 0  # usable peers that have it and have not refused it
+    partial: int = 0  # ...of which providers of a part of the want-list
     requested: int = 0
+    checking: int = 0  # copies arrived (`on_arrived`) and not yet judged by `on_chunk`
 
 
 @dataclass(slots=True)
@@ -161,6 +170,7 @@ class _Peer:
     status: _Status = _Status.GONE
     pending: dict[str, _Req] = field(default_factory=dict)  # requests out, live and late
     abandoned: set[str] = field(default_factory=set)  # cancelled or lost requests: an answer is a race
+    checking: dict[str, None] = field(default_factory=dict)  # its answers arrived and being checked
     inflight_bytes: int = 0
     strikes: int = 0
     refusals: int = 0
@@ -193,13 +203,19 @@ class ChunkFetch:
         request_timeout_s: float = REQUEST_TIMEOUT_S,
         min_rate_bytes_s: float = MIN_RATE_BYTES_S,
         strikes_max: int = STRIKES_MAX,
+        checking_bytes_max: int = CHECKING_BYTES_MAX,
+        prefer_partial: bool = False,
     ):
         """`chunks`: (hash, size) pairs, or objects with `.hash` and `.size` (a manifest's refs).
-        A hash listed twice is fetched once; listing it with two sizes is an error."""
+        A hash listed twice is fetched once; listing it with two sizes is an error. With
+        `prefer_partial`, a provider of everything is first asked only for chunks that no usable
+        partial provider holds (a retry goes anywhere): a swarm's source then uploads what the
+        swarm lacks, and the fetchers trade the rest."""
         counts = {
             "inflight_bytes_max": inflight_bytes_max,
             "inflight_chunks_max": inflight_chunks_max,
             "strikes_max": strikes_max,
+            "checking_bytes_max": checking_bytes_max,
         }
         for name, value in counts.items():
             _check_count(name, value)
@@ -211,6 +227,9 @@ class ChunkFetch:
         self.request_timeout_s = float(request_timeout_s)
         self.min_rate_bytes_s = float(min_rate_bytes_s)
         self.strikes_max = strikes_max
+        self.checking_bytes_max = checking_bytes_max
+        self.prefer_partial = bool(prefer_partial)
+        self._share: set[str] | None = None  # set_share: the chunks this fetcher asks whole providers for
 
         self._start = self._now = self._check_time(now, first=True)
         self._done_at: float | None = None
@@ -246,6 +265,7 @@ class ChunkFetch:
         self._sched_dirty = True  # holder counts changed: rebuild the heaps before scheduling
         self._deadlines: list[tuple[float, int, str, str]] = []  # heap of (due, seq, peer, hash), lazy
         self._pending_total = 0
+        self._checking_bytes = 0
         self._seq = itertools.count()
 
         self._penalties: dict[tuple[str, str], None] = {}
@@ -349,6 +369,11 @@ class ChunkFetch:
                 return True
             if wanted is None:
                 gained = [c for c in self._chunks.values() if c.hash not in p.hashes]
+                for h in p.hashes:  # what it held as a partial provider it now holds as a whole one
+                    if p.id not in (c := self._chunks[h]).refused:
+                        c.partial -= 1
+                        if c.state is _State.QUEUED:
+                            self._sched_dirty = True
                 p.all = True
                 p.hashes.clear()
             else:
@@ -369,6 +394,21 @@ class ChunkFetch:
         self._set_status(p, _Status.USABLE)
         return True
 
+    def set_share(self, hashes: Iterable[str]) -> None:
+        """This fetcher's share of the want-list, when several fetch it at once: from now on the
+        chunks named come first (in the order given) among chunks equally rare, and providers of
+        everything are asked for a chunk outside the share only while nothing else is out (some
+        other fetcher takes it from them, and we from that one) or for a retry. Hashes not on the
+        want-list are ignored."""
+        if isinstance(hashes, str):
+            raise LocalProtocolError("hashes must be a collection of hashes, not one string")
+        first = [c for h in dict.fromkeys(hashes) if (c := self._chunks.get(h)) is not None]
+        self._share = {c.hash for c in first}
+        rest = sorted((c for c in self._chunks.values() if c.hash not in self._share), key=lambda c: c.index)
+        for i, c in enumerate(itertools.chain(first, rest)):
+            c.index = i
+        self._sched_dirty = True
+
     def remove_provider(self, peer: str, now: float) -> None:
         """`peer`'s connection is lost: its requests are queued again at once, without a strike.
         A peer this fetch does not use is ignored."""
@@ -379,6 +419,23 @@ class ChunkFetch:
         self._withdraw(p, cancel=False)
         self._set_status(p, _Status.GONE)
 
+    def on_arrived(self, peer: str, hash: str, now: float) -> None:
+        """`peer`'s answer to our request for `hash` is in and is being checked: the request stops
+        counting against `peer`'s limits and loses its deadline; `on_chunk` follows with the verdict.
+        Anything else (no such request out, a banned peer) is left for `on_chunk` to judge."""
+        self._check_time(now)
+        _check_peer(peer)
+        c = self._chunks.get(hash)
+        if c is None:
+            raise LocalProtocolError(f"on_arrived for {hash!r}, which is not on the want-list")
+        p = self._peers.get(peer)
+        if p is None or p.status is _Status.BANNED or hash not in p.pending:
+            return
+        self._release(p, hash, requeue=False)  # a live chunk stays live, with nobody else asked
+        p.checking[hash] = None
+        c.checking += 1
+        self._checking_bytes += c.size
+
     def on_chunk(self, peer: str, hash: str, ok: bool, now: float) -> bool:
         """`peer` sent chunk `hash`; `ok` says whether its bytes matched the hash. Returns True when
         this copy completed the chunk (store it), False when it was bad, a duplicate or ignored."""
@@ -388,6 +445,21 @@ class ChunkFetch:
         if c is None:
             raise LocalProtocolError(f"on_chunk for {hash!r}, which is not on the want-list")
         p = self._peers.get(peer)
+        if p is not None and hash in p.checking:  # announced by on_arrived: asked for, whoever it is now
+            del p.checking[hash]
+            c.checking -= 1
+            self._checking_bytes -= c.size
+            if not ok:
+                if p.status is not _Status.BANNED:
+                    self._ban(p, f"sent bytes that do not match chunk {hash}")
+                self._orphaned(c)
+                return False
+            if c.state is _State.DONE:
+                self._duplicates += 1
+                self._duplicate_bytes += c.size
+                return False
+            self._complete(c, p, now)
+            return True
         if p is None:
             self._penalize(peer, "sent a chunk it was never asked for")
             return False
@@ -489,6 +561,8 @@ class ChunkFetch:
             if p.id in c.refused:
                 continue
             c.holders += delta
+            if not p.all:
+                c.partial += delta
             if c.state is not _State.DONE:
                 if c.holders == 0:
                     self._stuck[c.hash] = None
@@ -520,9 +594,24 @@ class ChunkFetch:
                 if c.hash in self._peers[pid].hashes and pid not in c.refused:
                     heapq.heappush(heap, e)
 
+    def _spared(self, c: _Chunk) -> bool:
+        """Whether providers of everything leave `c` to the partial providers that hold it."""
+        return self.prefer_partial and c.partial > 0 and not c.requested
+
+    def _reserved(self, c: _Chunk) -> bool:
+        """Whether providers of everything leave `c` to the fetcher whose share it is, for now."""
+        mine = self._share is None or c.hash in self._share
+        return not mine and not c.requested and self._pending_total > 0
+
+    def _orphaned(self, c: _Chunk) -> None:
+        """A copy of live chunk `c` failed its check: queue it again unless another is still coming."""
+        if c.state is _State.LIVE and c.live is None and not c.late and not c.checking:
+            self._requeue(c)
+
     def _release(self, p: _Peer, h: str, requeue: bool = True) -> None:
         """Forget `p`'s request for `h` (answered, cancelled or lost); a live one's chunk is queued
-        again unless `requeue` is False (the caller completes it at once)."""
+        again unless `requeue` is False (the caller completes it, or checks its answer) or a copy
+        of it is being checked (which queues it again if it fails)."""
         r = p.pending.pop(h)
         c = self._chunks[h]
         p.inflight_bytes -= c.size
@@ -532,7 +621,7 @@ class ChunkFetch:
             del c.late[p.id]
         else:
             c.live = None
-            if c.state is _State.LIVE and requeue:
+            if c.state is _State.LIVE and requeue and not c.checking:
                 self._requeue(c)
 
     def _track_open(self, p: _Peer) -> None:
@@ -641,7 +730,11 @@ class ChunkFetch:
         """(holders, index, hash) of the queued chunks that `p` can give (None: any provider)."""
         chunks = self._chunks
         if p is None:
-            heap = [(c.holders, c.index, h) for h in self._queued if (c := chunks[h]).holders > 0]
+            heap = [
+                (c.holders, c.index, h)
+                for h in self._queued
+                if (c := chunks[h]).holders > 0 and not self._spared(c)
+            ]
         else:
             among = self._queued if len(self._queued) < len(p.hashes) else p.hashes
             heap = [
@@ -662,6 +755,8 @@ class ChunkFetch:
         instead of walking the queue past chunks whose providers are all busy, this asks the open
         peers: partial providers look in their own heaps, providers of everything in the shared
         one. A peer whose next chunk does not fit its byte budget waits for room."""
+        if self._checking_bytes >= self.checking_bytes_max:
+            return {}  # answers in memory are at their bound: ask again once checks are done
         if self._sched_dirty:
             self._rebuild()
         batches: dict[str, list[str]] = {}
@@ -676,9 +771,11 @@ class ChunkFetch:
             while full and shared:  # the shared heap's first chunk an open full provider can take
                 e = shared[0]
                 c = chunks[e[2]]
-                if c.state is not _State.QUEUED:
+                if c.state is not _State.QUEUED or self._spared(c):  # a spared one is in partial heaps
                     heapq.heappop(shared)
                     continue
+                if self._reserved(c):  # what follows, as rare or rarer, is others' share too
+                    break
                 for f in list(full):
                     if f.id in c.refused or c.hash in f.pending:
                         continue
@@ -710,9 +807,10 @@ class ChunkFetch:
                 break
             c = chunks[best[2]]
             to: _Peer | None = None
+            spared = self._spared(c) or self._reserved(c)
             for p in itertools.chain(full, part):
                 if (
-                    (p.all or c.hash in p.hashes)
+                    ((p.all and not spared) or (not p.all and c.hash in p.hashes))
                     and p.id not in c.refused
                     and c.hash not in p.pending
                     and self._fits(p, c.size)

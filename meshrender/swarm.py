@@ -5,7 +5,12 @@ what makes many fetchers starting at once a swarm rather than a queue at the sou
 real peer (`meshrender.node`) and the simulator (`sim/`) run the same policy:
 
   * Each fetcher takes the chunks in an order of its own (`shuffle`), so
-    fetchers starting together ask the source for different chunks and then trade them.
+    fetchers starting together ask the source for different chunks and then trade them. Once a
+    map round shows the other fetchers, each cuts the want-list into shares the same way (the
+    k-th of the fetchers by id takes the hashes that are k modulo their number) and asks the
+    whole holders for its own share first, and for others' only while nothing else is out
+    (`ChunkFetch.set_share`); a whole holder is never first asked for a chunk a partial holder
+    has (`prefer_partial`). So what only the source has leaves it about once.
   * While it fetches, a peer serves what it holds so far: `chunk_map()` is its answer to a
     `ChunkMapQuery`, one bit per chunk of the scene's chunk order.
   * Every MAP_POLL_S the caller asks every member for its chunk map and hands the round's answers
@@ -16,7 +21,9 @@ real peer (`meshrender.node`) and the simulator (`sim/`) run the same policy:
   * The members holding the scene whole are what every fetcher leans on: the more partial holders
     there are to trade with, the fewer requests a fetcher keeps out at a whole holder
     (INFLIGHT_CHUNKS_MAX // (1 + partial holders), at least SOURCE_REQUESTS_MIN), so the source's
-    upload goes to chunks the swarm lacks rather than to copies it will soon have.
+    upload goes to chunks the swarm lacks rather than to copies it will soon have. In the first
+    round, which cannot see who else is starting, every other member not holding the scene whole
+    (`members`) is counted as a fetcher.
   * `stuck_error` says when to give up: chunks no usable provider holds, with nothing in flight
     that could still bring them, for STUCK_GRACE_S (at once when there is no partial map to wait
     on, as for a manifest).
@@ -53,16 +60,22 @@ class SceneSwarm:
         scene_id: str | None = None,
         order: list[str] | None = None,
         shuffle: Callable[[list], None] | None = None,
+        peer_id: str | None = None,
+        members: int = 0,
         **fetch_options,
     ):
         """`wanted`: (hash, size) of the chunks to fetch. `order`: the scene's chunk order (its
         manifest's distinct chunks); chunks in it and not wanted are held already. `shuffle` puts
         the want-list in this peer's own order, in place (a seeded `random.Random().shuffle`; None:
-        kept as given). `fetch_options` go to ChunkFetch."""
+        kept as given). `peer_id`: this peer's own id, which gives it its share of what only the
+        whole holders have (see the module docstring). `members`: how many other members the party
+        has; until a map round shows who else fetches, each that does not hold the scene whole is
+        counted as a fetcher. `fetch_options` go to ChunkFetch."""
         wanted = list(wanted)
         if shuffle is not None:
             shuffle(wanted)
         self.scene_id = scene_id
+        fetch_options.setdefault("prefer_partial", order is not None)  # the source sends what the swarm lacks
         self.fetch = ChunkFetch(wanted, now, **fetch_options)
         self.order = order
         self._bits = 0  # chunk i of `order` held: bit i
@@ -81,6 +94,11 @@ class SceneSwarm:
         # per provider: the bits of its last map offered to the fetch (None: it holds everything)
         self._known: dict[str, int | None] = {}
         self._stuck_since: float | None = None
+        self.peer_id = peer_id
+        self._wanted = [h for h, _ in wanted]  # in this peer's own order
+        self._fetchers: tuple[str, ...] = ()  # the fetchers the share was last cut among
+        self._rounds = 0
+        self._members = members
 
     # ------------------------------------------------------------------ what ChunkFetch does
     @property
@@ -105,6 +123,9 @@ class SceneSwarm:
 
     def on_not_found(self, peer: str, hash: str, now: float) -> None:
         self.fetch.on_not_found(peer, hash, now)
+
+    def on_arrived(self, peer: str, hash: str, now: float) -> None:
+        self.fetch.on_arrived(peer, hash, now)
 
     def on_chunk(self, peer: str, hash: str, ok: bool, now: float) -> bool:
         """As ChunkFetch.on_chunk; a chunk that completes is also marked held in `chunk_map`."""
@@ -179,13 +200,31 @@ class SceneSwarm:
         return None
 
     def _share_sources(self, now: float) -> None:
-        fetchers = self.partial_holders
-        if self.order is None or not fetchers:
+        self._rounds += 1
+        if self.order is None:
             return
+        fetchers = self.partial_holders
+        if self._rounds == 1:  # the first round cannot see who else starts now: assume the others do
+            fetchers = max(fetchers, self._members - sum(1 for v in self._known.values() if v is None))
         cap = max(SOURCE_REQUESTS_MIN, INFLIGHT_CHUNKS_MAX // (1 + fetchers))
         for peer, v in self._known.items():
             if v is None:
                 self.fetch.add_provider(peer, None, now, inflight_chunks_max=cap)
+        if self.peer_id is not None:
+            self._cut_shares()
+
+    def _cut_shares(self) -> None:
+        """Put this peer's share of the chunks first in its order: of the fetchers it knows (the
+        partial holders and itself, by id), the k-th takes the chunks whose hash is k modulo their
+        number. Every fetcher cuts the same way, so what only the whole holders have is asked of
+        them by one fetcher each, and the others get it from that one."""
+        me = self.peer_id
+        fetchers = tuple(sorted({me, *(p for p, v in self._known.items() if v is not None)}))
+        if fetchers == self._fetchers:
+            return
+        self._fetchers = fetchers
+        n, k = len(fetchers), fetchers.index(me)
+        self.fetch.set_share(h for h in self._wanted if int(h, 16) % n == k)
 
 
 def _set_hashes(bits: int, order: list[str]) -> list[str]:

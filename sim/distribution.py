@@ -256,7 +256,8 @@ class Distribution:
             if f.stage == "manifest":
                 f.stage = "chunks"
                 f.swarm = SceneSwarm(self.wanted, now, scene_id=SCENE_ID, order=self.order,
-                                     shuffle=sim.rng.shuffle)  # fmt: skip
+                                     shuffle=sim.rng.shuffle, peer_id=f.peer,
+                                     members=sum(q.alive for q in sim.peers.values()) - 1)  # fmt: skip
                 f.swarm.on_maps(f.maps, now)
                 sim.at(now + MAP_POLL_S, self._round, f)
             else:

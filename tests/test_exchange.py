@@ -736,3 +736,68 @@ def test_same_seed_same_trace_whatever_the_hash_seed():
     local = Swarm(1, ["liar", "slow", "partial", "honest", "leaver", "refuser", "frozen"], 40)
     local.run()
     assert hashlib.sha256(repr(local.trace).encode()).hexdigest() == outs[0][0]
+
+
+# ---- answers being checked, and a swarm's source -----------------------------------------------
+
+
+def test_an_arrived_answer_refills_the_pipe_before_its_check_is_done():
+    f = ChunkFetch(want(6), 0.0, inflight_chunks_max=2)
+    f.add_provider("a", None, 0.0)
+    first = asked(f.poll(0.0), "a")
+    assert len(first) == 2 and asked(f.poll(0.1)) == []  # the pipe is full
+    f.on_arrived("a", first[0], 0.2)  # bytes in, checking on another thread
+    more = asked(f.poll(0.2), "a")
+    assert len(more) == 1 and more[0] not in first  # asked again at once, the checked one not again
+    f.poll(60.0)  # long after: the two still out time out, the one being checked has no deadline
+    assert f.statistics().timeouts == 2 and first[0] not in asked(f.poll(60.0))
+    assert f.on_chunk("a", first[0], True, 60.1) and f.statistics().chunks_done == 1
+
+
+def test_a_chunk_that_fails_its_check_after_arriving_is_asked_elsewhere():
+    f = ChunkFetch(want(1), 0.0)
+    f.add_provider("liar", None, 0.0)
+    f.add_provider("honest", ["h000"], 0.0)
+    (req,) = requests(f.poll(0.0))
+    f.on_arrived(req.peer, "h000", 0.1)
+    assert asked(f.poll(0.1)) == []  # being checked: nobody else is asked meanwhile
+    other = "honest" if req.peer == "liar" else "liar"
+    assert not f.on_chunk(req.peer, "h000", False, 0.2)
+    actions = f.poll(0.2)
+    assert asked(actions) == ["h000"] and requests(actions)[0].peer == other
+    assert req.peer in f.statistics().bans
+
+
+def test_nothing_more_is_asked_while_the_checks_hold_their_byte_budget():
+    f = ChunkFetch(want(8, 1000), 0.0, inflight_chunks_max=2, checking_bytes_max=2000)
+    f.add_provider("a", None, 0.0)
+    first = asked(f.poll(0.0))
+    for h in first:
+        f.on_arrived("a", h, 0.1)
+    assert asked(f.poll(0.1)) == []  # 2000 bytes wait for their checks
+    assert f.on_chunk("a", first[0], True, 0.2)
+    assert len(asked(f.poll(0.2))) == 2
+
+
+def test_with_prefer_partial_the_source_sends_only_what_no_partial_holder_has():
+    f = ChunkFetch(want(6), 0.0, prefer_partial=True)
+    f.add_provider("src", None, 0.0)
+    f.add_provider("peer", [H(0), H(1), H(2)], 0.0, inflight_chunks_max=1)  # a slow trader
+    actions = f.poll(0.0)
+    assert sorted(asked(actions, "src")) == [H(3), H(4), H(5)] and len(asked(actions, "peer")) == 1
+    plain = ChunkFetch(want(6), 0.0)  # without it the source takes what the trader has no room for
+    plain.add_provider("src", None, 0.0)
+    plain.add_provider("peer", [H(0), H(1), H(2)], 0.0, inflight_chunks_max=1)
+    assert len(asked(plain.poll(0.0), "src")) == 5
+
+
+def test_outside_its_share_a_fetcher_asks_the_source_only_when_idle():
+    f = ChunkFetch(want(4), 0.0, inflight_chunks_max=1)
+    f.add_provider("src", None, 0.0)
+    f.set_share([H(2), H(3)])
+    assert asked(f.poll(0.0)) == [H(2)]  # its share first
+    assert f.on_chunk("src", H(2), True, 0.1) and asked(f.poll(0.1)) == [H(3)]
+    assert f.on_chunk("src", H(3), True, 0.2)
+    assert asked(f.poll(0.2)) == [H(0)]  # nothing else out: others' share, rather than waiting
+    with pytest.raises(LocalProtocolError):
+        f.set_share("h000")

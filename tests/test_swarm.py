@@ -161,3 +161,24 @@ def test_swarm_of_fetchers_completes_trading_with_each_other():
     assert all(s.chunk_map().held_bits(42) == (1 << 42) - 1 for s in fetchers.values())
     assert sent_by["src"] < 4 * len(ORDER)
     assert sum(v for k, v in sent_by.items() if k != "src") > 0
+
+
+def test_fetchers_that_see_each_other_ask_the_source_for_disjoint_shares():
+    asked = {}
+    for me, other in (("f1", "f2"), ("f2", "f1")):
+        s = new_swarm(shuffle=random.Random(me).shuffle, peer_id=me)
+        s.on_maps({"src": whole(), other: partial()}, 0.0)  # the other has nothing yet
+        asked[me] = requested(s.poll(0.0))["src"]
+    assert asked["f1"] and asked["f2"] and not set(asked["f1"]) & set(asked["f2"])
+    assert all(int(h, 16) % 2 == 0 for h in asked["f1"]) and all(int(h, 16) % 2 == 1 for h in asked["f2"])
+
+
+def test_the_first_round_asks_little_of_the_source_in_a_big_party():
+    lone = new_swarm(members=1)  # the source is the only other member
+    lone.on_maps({"src": whole()}, 0.0)
+    assert len(requested(lone.poll(0.0))["src"]) == INFLIGHT_CHUNKS_MAX
+    party = new_swarm(members=8)  # seven others may be starting this fetch too
+    party.on_maps({"src": whole()}, 0.0)
+    assert len(requested(party.poll(0.0))["src"]) == INFLIGHT_CHUNKS_MAX // 8
+    party.on_maps({"src": whole()}, 0.25)  # the next round shows nobody else fetches
+    assert len(requested(party.poll(0.25))["src"]) == INFLIGHT_CHUNKS_MAX - INFLIGHT_CHUNKS_MAX // 8
