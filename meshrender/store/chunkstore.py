@@ -50,6 +50,7 @@ from typing import Any
 
 import zstandard
 
+from meshrender import dbfile
 from meshrender.errors import MeshrenderError
 from meshrender.store.hashing import chunk_hash, is_chunk_hash
 
@@ -74,6 +75,9 @@ REASON_CHARS_MAX = 200  # a pin reason names a job or a user action, e.g. "job:<
 PINS_PER_SCENE_MAX = 4096  # one per queued/running job on the scene; more is a leak in the caller
 SCENE_CHUNKS_MAX = 1 << 20  # members of one scene: ~64 GiB at a 64 KiB average chunk
 PUT_MANY_CHUNKS_MAX = 1 << 16  # one put_many is one index transaction; split bigger batches
+# new blobs in one put_many from which one syncfs stands for an fsync per file and per folder: above
+# the writer's receive batches (its BATCH_CHUNKS_MAX), so only bulk imports of many chunks take it
+SYNCFS_FILES_MIN = 64
 EVICT_BATCH_CHUNKS = 4096  # rows deleted per transaction by eviction and gc, bounding lock time and memory
 SQL_IN_MAX = 500  # hashes per `IN (...)` query, under SQLite's bound-variable limit
 GC_GRACE_S = 3600.0  # gc spares unreferenced chunks used this recently: a scene may be being added
@@ -192,6 +196,38 @@ def _write_fully(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def _load_syncfs():
+    """libc's syncfs(2) (Linux), or None: one call that makes a whole file system durable."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):  # pragma: no cover - no syncfs in this libc
+        return None
+    fn.argtypes = [ctypes.c_int]
+    return fn
+
+
+_SYNCFS = _load_syncfs()
+
+
+def _syncfs(path: Path) -> None:
+    """Flush every file and folder of the file system holding `path`, and wait for it."""
+    import ctypes
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _SYNCFS(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(path: Path) -> None:
     """Make a folder's entries (a rename into it, a new subfolder) durable."""
     if os.name != "posix":  # pragma: no cover - folders cannot be opened for fsync on Windows
@@ -280,9 +316,13 @@ class ChunkStore:
 
     def _open_index(self) -> sqlite3.Connection:
         path = self.root / "index.sqlite3"
+        problem = dbfile.damage(path)  # SQLite would take an empty file for an empty index
+        if problem is not None:
+            raise StoreError(self._damaged(problem))
         try:
-            db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        except sqlite3.Error as e:
+            dbfile.create(path)  # a missing index is made whole, never seen half-made
+            db = dbfile.connect(path, timeout_s=BUSY_TIMEOUT_S)
+        except (OSError, sqlite3.Error) as e:
             raise StoreError(f"{path}: cannot open the chunk index: {e}") from e
         try:
             db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
@@ -309,9 +349,9 @@ class ChunkStore:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
-        except sqlite3.DatabaseError as e:
+        except sqlite3.Error as e:
             db.close()
-            raise StoreError(f"{path}: cannot use the chunk index: {e}") from e
+            raise self._sql_error(e, "opening the index") from e
         except BaseException:
             db.close()
             raise
@@ -464,11 +504,25 @@ class ChunkStore:
         text = str(e)
         if "full" in text:
             return StoreError(f"{self.root}: no space left on device while {doing}; nothing was changed")
-        if "locked" in text or "busy" in text:
+        kind = dbfile.kind(e)
+        if kind == "busy":
             return StoreError(
-                f"{self.root}: index locked by another process for over {BUSY_TIMEOUT_S:.0f} s while {doing}"
+                f"{self.root}: the chunk index is in use by another process, which held its lock for over "
+                f"{BUSY_TIMEOUT_S:g} s while {doing} ({text}); nothing is wrong with the store: try again"
             )
+        if kind == "damaged":
+            return StoreError(self._damaged(f'SQLite says "{text}"'))
         return StoreError(f"{self.root}: index error while {doing}: {text}")
+
+    def _damaged(self, problem: str) -> str:
+        path = self.root / "index.sqlite3"
+        size = dbfile.size_of(path)
+        held = f"{size:,} bytes" if size is not None else "size unknown"
+        return (
+            f"{path}: the chunk index is damaged ({held}): {problem}. Nothing was changed. Keep a copy "
+            "of it, then move it aside and run `meshrender store verify`: the chunk files are indexed "
+            "again (scenes must be added or fetched again)"
+        )
 
     def _os_error(self, e: OSError, doing: str) -> StoreError:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -573,11 +627,16 @@ class ChunkStore:
                     framed.append((h, view, frame))
                 else:
                     todo.append((h, view))
+            # many small chunks (a scene of many tiny meshes): a syncfs before the renames and one
+            # after them stand for an fsync of every temp file and of every shard folder
+            batch = self._durable and _SYNCFS is not None and len(framed) + len(todo) >= SYNCFS_FILES_MIN
             for h, view, blob in framed:
-                pending[h] = self._write_tmp(h, view, blob)
+                pending[h] = self._write_tmp(h, view, blob, sync=not batch)
             for (h, view), blob in zip(todo, self._compress_all([v for _, v in todo]), strict=True):
-                pending[h] = self._write_tmp(h, view, blob)
-            newly = self._commit(pending)
+                pending[h] = self._write_tmp(h, view, blob, sync=not batch)
+            if batch and pending:
+                self._sync_all(self._session)
+            newly = self._commit(pending, batch_sync=batch)
         except BaseException:
             for tmp, _, _ in pending.values():
                 tmp.unlink(missing_ok=True)
@@ -601,8 +660,17 @@ class ChunkStore:
             self._pool = ThreadPoolExecutor(COMPRESS_THREADS, thread_name_prefix="chunkstore-zstd")
         return list(self._pool.map(_compress_in_thread, views))
 
-    def _write_tmp(self, h: str, view: memoryview, blob: bytes) -> tuple[Path, int, int]:
-        """Write a compressed chunk to a new temp file and fsync it; returns (path, raw, stored bytes)."""
+    def _sync_all(self, path: Path) -> None:
+        try:
+            _syncfs(path)
+        except OSError as e:
+            raise self._os_error(e, "flushing new chunks to disk") from e
+
+    def _write_tmp(
+        self, h: str, view: memoryview, blob: bytes, *, sync: bool = True
+    ) -> tuple[Path, int, int]:
+        """Write a compressed chunk to a new temp file and fsync it (unless the caller syncs the
+        batch); returns (path, raw, stored bytes)."""
         assert self._session is not None
         self._seq += 1
         tmp = self._session / f"{h}.{self._seq}.part"
@@ -610,7 +678,7 @@ class ChunkStore:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
             try:
                 _write_fully(fd, blob)
-                if self._durable:
+                if self._durable and sync:
                     os.fsync(fd)
             finally:
                 os.close(fd)
@@ -619,8 +687,9 @@ class ChunkStore:
             raise self._os_error(e, f"writing chunk {h}") from e
         return tmp, view.nbytes, len(blob)
 
-    def _commit(self, pending: dict[str, tuple[Path, int, int]]) -> set[str]:
-        """Rename prepared temp files into place and index them, in one transaction."""
+    def _commit(self, pending: dict[str, tuple[Path, int, int]], *, batch_sync: bool = False) -> set[str]:
+        """Rename prepared temp files into place and index them, in one transaction (the folders
+        made durable by one syncfs when `batch_sync`, else an fsync each)."""
         if not pending:
             return set()
         newly: set[str] = set()
@@ -641,7 +710,9 @@ class ChunkStore:
                 undo.append(lambda final=final: final.unlink(missing_ok=True))
                 rows.append((h, raw, stored, now, now))
                 newly.add(h)
-            if self._durable:
+            if self._durable and batch_sync and dirs:
+                self._sync_all(self._blobs)
+            elif self._durable:
                 for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
                     _fsync_dir(d)
             db.executemany(

@@ -3,7 +3,10 @@
 How it works
   * Every array of the compiled scene is a run of bytes. Arrays are cut into *segments* along
     boundaries a human can name: per mesh for per-vertex arrays, per texture for texels and
-    texture headers, one segment for everything else. Each segment is cut into chunks by
+    texture headers, one segment for everything else (a scene of more than MESH_SEGMENTS_SOLO_MAX
+    meshes groups neighbouring small meshes into segments of at least CDC_MIN_BYTES: 100,000
+    tiny meshes would otherwise be 100,000 tiny chunks, each a file in every store, and a
+    manifest past the chunk size limit). Each segment is cut into chunks by
     content-defined chunking (FastCDC: 128 KiB min, 512 KiB average, 2 MiB max), so an edit
     inside one segment changes only the chunks around it, and never those of other segments.
   * The camera, the material table and the render settings are chunks of their own (they are
@@ -38,7 +41,8 @@ CDC_MIN_BYTES = 128 << 10  # below this, chunk overhead (index row, request) out
 CDC_AVG_BYTES = 512 << 10  # a few hundred KiB: fine-grained deltas, few enough chunks to track
 CDC_MAX_BYTES = 2 << 20  # bounds one chunk's memory and transfer time
 CHUNK_REF_BYTES_MAX = 16 << 20  # a whole small part (material table) may exceed the CDC max
-SEGMENTS_MAX = 1 << 16  # meshes or textures in one scene
+MESH_SEGMENTS_SOLO_MAX = 4096  # meshes that each get their own segments; past this, neighbours share
+SEGMENTS_MAX = 1 << 17  # meshes or textures in one scene: above the scene file's ENTRIES_MAX (100,000)
 CHUNKS_MAX = 1 << 20  # 1M chunks x 512 KiB = 512 GiB: far past any scene
 SCENE_BYTES_MAX = 1 << 38  # 256 GiB of arrays: refuse a manifest claiming more
 MANIFEST_BYTES_MAX = 64 << 20  # what a manifest of CHUNKS_MAX entries could take, roughly
@@ -142,7 +146,17 @@ def _segments(name: str, arr: np.ndarray, scene: CompiledScene) -> list[tuple[st
     row = arr.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64))
     if name in PER_VERTEX:
         ranges = scene.arrays["mesh_vertex_ranges"]
-        return [(f"mesh {k}", int(f) * row, int(n) * row) for k, (f, n) in enumerate(ranges)]
+        if len(ranges) <= MESH_SEGMENTS_SOLO_MAX:
+            return [(f"mesh {k}", int(f) * row, int(n) * row) for k, (f, n) in enumerate(ranges)]
+        out, k0, start, size = [], 0, 0, 0  # meshes lie one after another: group neighbours
+        for k, (f, n) in enumerate(ranges):
+            if size == 0:
+                k0, start = k, int(f) * row
+            size += int(n) * row
+            if size >= CDC_MIN_BYTES or k == len(ranges) - 1:
+                out.append((f"mesh {k0}" if k == k0 else f"meshes {k0}-{k}", start, size))
+                size = 0
+        return out
     if name == "tex_texels":
         info = scene.arrays["tex_info"]
         return [(f"texture {k}", int(f) * row, int(w) * int(h) * row) for k, (f, w, h) in enumerate(info)]
@@ -212,9 +226,13 @@ def decode_manifest(data: bytes, scene_id: str | None = None) -> Manifest:
 def _human(part: ArrayPart, seg: Segment, k: int, meta: dict) -> str:
     label = seg.label
     kind, _, idx = label.partition(" ")
-    names = meta.get({"mesh": "mesh_names", "texture": "texture_names"}.get(kind, ""), [])
+    key = {"mesh": "mesh_names", "meshes": "mesh_names", "texture": "texture_names"}.get(kind, "")
+    names = meta.get(key, [])
+    first, _, last = idx.partition("-")
     if idx.isdigit() and int(idx) < len(names):
         label = f"{kind} {names[int(idx)]!r}"
+    elif first.isdigit() and last.isdigit() and int(last) < len(names):
+        label = f"{kind} {names[int(first)]!r} to {names[int(last)]!r}"
     where = "" if label == "all" else f" of {label}"
     return f"{part.name}{where} (chunk {k + 1} of {len(seg.chunks)})"
 
