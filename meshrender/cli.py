@@ -9,6 +9,7 @@ and exit with status 2; nothing is written for a scene that failed to load.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -21,6 +22,7 @@ from pathlib import Path
 import msgspec
 
 from . import __version__, cli_jobs
+from .cli_common import open_store, peer_home_lock
 from .errors import MeshrenderError
 
 EXIT_USER_ERROR = 2
@@ -51,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     r = sub.add_parser("render", help="render a scene on this machine")
     r.add_argument("scene", help="scene .toml, a mesh (.obj .ply .gltf .glb), or a built-in name (cornell)")
+    allow_outside_arg(r)
     r.add_argument("-o", "--output", help="OUT.png or OUT.exr (both are written, plus OUT.json)")
     _settings_args(r)
     r.add_argument("--backend", choices=("auto", "cpu", "gpu"), default="auto")
@@ -71,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--peers", type=_positive, default=3, help="headless peers to start (default 3)")
     d.add_argument("-o", "--output", default="demo.png", help="OUT.png or OUT.exr (default demo.png)")
     d.add_argument("--scene", default="cornell", help="scene to render (default: the built-in cornell)")
+    allow_outside_arg(d)
     d.add_argument("--spp", type=_positive, default=32, help="samples per pixel (default 32)")
     d.add_argument("--res", type=_resolution, metavar="WxH", default=(256, 256), help="default 256x256")
     d.add_argument("--tile", type=_positive, metavar="PX", default=32, help="bucket size (default 32)")
@@ -81,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = ss.add_parser("add", help="import a scene; prints its id, total bytes and bytes new to the store")
     add.add_argument("scene", help="scene .toml, a mesh file, or a built-in name")
     add.add_argument("--pin", metavar="REASON", help="pin the scene so the quota never evicts it")
+    allow_outside_arg(add)
     for name, text in (
         ("stats", "chunks, bytes, scenes and quota"),
         ("verify", "re-read and re-hash every chunk; corrupt ones are quarantined (exit 1 if any)"),
@@ -111,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--out", metavar="DIR", help="write timeline.png and metrics.json here")
     sm.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     return p
+
+
+def allow_outside_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-outside",
+        action="store_true",
+        help="let the scene read files outside its own folder tree (refused by default)",
+    )
 
 
 def _settings_args(r: argparse.ArgumentParser) -> None:
@@ -185,6 +198,7 @@ def cmd_peer(args: argparse.Namespace) -> int:
     from .node import Peer, read_secret
 
     secret = read_secret(args.secret, args.secret_file)
+    warn_weak_secret(secret)
     home = meshrender_home(args.home)
 
     def show(ev: dict) -> None:
@@ -211,13 +225,19 @@ def cmd_peer(args: argparse.Namespace) -> int:
 def cmd_store_fetch(args: argparse.Namespace) -> int:
     import trio
 
-    from .distributed import join_party
+    from .distributed import join_party, notice_printer, watch_progress
     from .home import meshrender_home
     from .node import Peer, read_secret
 
     secret = read_secret(args.secret, args.secret_file)
     if not args.bootstrap:
         raise MeshrenderError("store fetch needs --bootstrap MULTIADDR of a party member")
+
+    def fetching():  # progress: bytes in; the fetch has its own deadline (and fails when stuck)
+        got = peer.transfers["bytes_in"]
+        return got, (f"fetching scene {args.scene_id[:16]}: {got:,} bytes so far from "
+                     f"{len(peer.members)} member(s)")  # fmt: skip
+
     peer = Peer(home=meshrender_home(args.home), party=args.party, secret=secret, listen=args.listen,
                 bootstrap=args.bootstrap, render=False)  # fmt: skip
     out: dict = {}
@@ -226,6 +246,7 @@ def cmd_store_fetch(args: argparse.Namespace) -> int:
         async with trio.open_nursery() as n:
             await n.start(peer.run)
             await join_party(peer, bootstrap=args.bootstrap)
+            n.start_soon(lambda: watch_progress(fetching, on_notice=notice_printer(args.json)))
             out.update(await peer.fetch_scene(args.scene_id))
             out["penalties"] = peer.penalties
             n.cancel_scope.cancel()
@@ -241,13 +262,6 @@ def cmd_store_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def open_store(home: str | None):
-    from .home import store_dir, store_quota_bytes
-    from .store.chunkstore import ChunkStore
-
-    return ChunkStore(store_dir(home), quota_bytes=store_quota_bytes())
-
-
 def cmd_store(args: argparse.Namespace) -> int:
     with open_store(args.home) as store:
         if args.store_command == "add":
@@ -255,7 +269,7 @@ def cmd_store(args: argparse.Namespace) -> int:
             from .scene.load import load_scene
             from .store.scenes import import_scene
 
-            rep = import_scene(store, compile_scene(load_scene(args.scene)))
+            rep = import_scene(store, compile_scene(load_scene(args.scene, allow_outside=args.allow_outside)))
             if args.pin:
                 store.pin(rep.scene_id, args.pin)
             out = {**dataclasses.asdict(rep), "store": str(store.root)}
@@ -346,13 +360,14 @@ def _party_output(args, out: dict, settings, record_extra: dict) -> dict:
 def cmd_party_render(args: argparse.Namespace, scene, settings) -> int:
     import trio
 
-    from .distributed import jobs_db_path, render_on_party
+    from .distributed import jobs_db_path, notice_printer, render_on_party
     from .home import meshrender_home
     from .jobs import JobDB, JobSpec
     from .node import Peer, read_secret
     from .store.scenes import import_scene
 
     secret = read_secret(args.secret, args.secret_file)
+    warn_weak_secret(secret)
     if not args.bootstrap and not args.mdns:
         raise MeshrenderError("render --party needs --bootstrap MULTIADDR of a party member (or --mdns)")
     home = meshrender_home(args.home)
@@ -365,7 +380,8 @@ def cmd_party_render(args: argparse.Namespace, scene, settings) -> int:
                 backend=args.backend, threads=args.threads or None, mdns=args.mdns,
                 verify=args.verify)  # fmt: skip
     with JobDB(jobs_db_path(home)) as db:
-        out = trio.run(lambda: render_on_party(peer, db, spec, bootstrap=args.bootstrap))
+        out = trio.run(lambda: render_on_party(peer, db, spec, bootstrap=args.bootstrap,
+                                               on_notice=notice_printer(args.json)))  # fmt: skip
     out = _party_output(args, out, settings, {"settings": msgspec.to_builtins(settings)})
     if args.json:
         print(json.dumps(out))
@@ -429,6 +445,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         DEMO_PARTY,
         demo_threads,
         jobs_db_path,
+        notice_printer,
         render_on_party,
         start_demo_peers,
         stop_demo_peers,
@@ -440,7 +457,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .store.chunkstore import ChunkStore
     from .store.scenes import import_scene
 
-    scene = compile_scene(load_scene(args.scene))
+    scene = compile_scene(load_scene(args.scene, allow_outside=args.allow_outside))
     settings = _settings(args, scene.settings)
     root = Path(tempfile.mkdtemp(prefix="meshrender-demo-"))
     home = root / "coordinator"
@@ -455,7 +472,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         log.info("rendering %s at %dx%d, %d spp across them", args.scene, settings.width, settings.height,
                  settings.spp)  # fmt: skip
         with JobDB(jobs_db_path(home)) as db:
-            out = trio.run(lambda: render_on_party(peer, db, spec, bootstrap=addrs, wait_members=args.peers))
+            out = trio.run(lambda: render_on_party(peer, db, spec, bootstrap=addrs, wait_members=args.peers,
+                                                   on_notice=notice_printer(args.json)))  # fmt: skip
     finally:
         stop_demo_peers(procs)
     out["wall_s"] = round(time.perf_counter() - t0, 2)
@@ -487,7 +505,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         t_loaded = t_compiled = time.perf_counter()
         source = args.scene
     else:
-        loaded = load_scene(args.scene)
+        loaded = load_scene(args.scene, allow_outside=args.allow_outside)
         t_loaded = time.perf_counter()
         scene = compile_scene(loaded)
         t_compiled = time.perf_counter()
@@ -595,6 +613,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
     def start_peer():
         secret = read_secret(args.secret, args.secret_file) if (
             args.secret or args.secret_file or args.party != SOLO_PARTY) else solo_secret(home)  # fmt: skip
+        warn_weak_secret(secret)  # before the screen is taken: it stays on the terminal after
         return peer_in_thread(lambda: Peer(
             home=home, party=args.party, secret=secret, listen=args.listen, bootstrap=args.bootstrap,
             backend=args.backend, threads=args.threads, mdns=args.mdns, run_queue=True,
@@ -605,15 +624,46 @@ def cmd_tui(args: argparse.Namespace) -> int:
     return 0
 
 
+def warn_weak_secret(secret: bytes) -> None:
+    """Say so on stderr when the party secret is weak, and how to make a strong one."""
+    from .peer.membership import FAILURES_MAX, weak_secret
+
+    why = weak_secret(secret)
+    if why is not None:
+        print(f"meshrender: warning: the party secret is weak: {why}. Anyone who can reach a peer may "
+              f"try guesses at it ({FAILURES_MAX} a minute from each address). Make a strong one, "
+              "and pass it as a file:\n  (umask 077; "
+              "python3 -c \"import secrets; print(secrets.token_urlsafe(24))\" > party.secret)\n"
+              "  meshrender peer --party NAME --secret-file party.secret", file=sys.stderr)  # fmt: skip
+
+
 def solo_secret(home: Path) -> bytes:
     """The secret of this machine's own party (kept in its home; a party of one needs no sharing)."""
     import secrets
 
     path = home / "solo-secret"
-    if not path.exists():
-        path.write_text(secrets.token_hex(16))
-        path.chmod(0o600)
+    if not path.exists():  # created 0600 in one step: never readable by others, not even for a moment
+        home.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".solo-secret.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, secrets.token_hex(16).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
     return path.read_bytes().strip()
+
+
+def _uses_network(args: argparse.Namespace) -> bool:
+    """Whether the command runs a libp2p host (importing libp2p costs a second otherwise spared)."""
+    if args.command in ("peer", "tui", "demo"):
+        return True
+    if args.command == "store":
+        return args.store_command == "fetch"
+    if args.command == "render":
+        return bool(args.party)
+    return bool(getattr(args, "to", None))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -626,10 +676,13 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(["tui"])
     logging.basicConfig(level=logging.INFO, format="meshrender: %(message)s", stream=sys.stderr)
     logging.getLogger("taichi").setLevel(logging.WARNING)
-    # py-libp2p logs every failed dial and stream at WARNING/ERROR, several lines each; the peer's
-    # own events say what matters (dial-failed, peer-lost, provider-failed)
-    logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    if _uses_network(args):  # py-libp2p's multi-line failure blocks become one rate-limited line each
+        from .net.logs import install
+
+        install()
+    held = contextlib.ExitStack()  # a command that runs a peer holds its home's lock throughout
     try:
+        held.enter_context(peer_home_lock(args))  # before it opens the identity, store or queue
         if args.command == "peer":
             return cmd_peer(args)
         if args.command == "tui":
@@ -658,6 +711,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"error": str(exc), "kind": type(exc).__name__}))
         print(f"meshrender: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    finally:
+        held.close()
 
 
 if __name__ == "__main__":

@@ -5,7 +5,11 @@ whether or not a peer runs here: a running peer (`meshrender peer`) picks a subm
 half a second and sees a cancel within a fifth of one. With `--to MULTIADDR` (and the party's name
 and secret) they join the party as a client that does not render, ask that peer over
 `/meshrender/control/1`, and leave: a submitted scene is fetched by that peer from this client
-before the answer comes, so the client may disconnect as soon as it has the job id.
+before the answer comes, so the client may disconnect as soon as it has the job id. That client
+is a peer of its own (identity and store in `$MESHRENDER_HOME/client`), so it holds that folder's
+lock while it runs: one `--to` command at a time per home (`meshrender.home.HomeLock`).
+
+The helpers these commands share with `cli` and the TUI live in `cli_common`, below all three.
 """
 
 from __future__ import annotations
@@ -19,14 +23,16 @@ from pathlib import Path
 
 import msgspec
 
+from .cli_common import CLIENT_HOME, job_info, local_db, open_store, submit_compiled
 from .errors import MeshrenderError
-
-CLIENT_HOME = "client"  # under $MESHRENDER_HOME: a `--to` client's own identity and store
 
 
 def add_parsers(sub, party_args, settings_args) -> None:
     s = sub.add_parser("submit", help="put a render job on a peer's queue; prints its id")
     s.add_argument("scene", help="scene .toml, a mesh file, or a built-in name (cornell)")
+    s.add_argument(
+        "--allow-outside", action="store_true", help="let the scene read files outside its own folder tree"
+    )
     s.add_argument("--priority", type=int, default=0, help="higher runs first (-1000..1000, default 0)")
     s.add_argument("--frames", type=_frames, metavar="A..B", help="frame range (default: the scene's)")
     s.add_argument("--backend", choices=("any", "cpu", "gpu"), default="any", help="backend class")
@@ -61,17 +67,11 @@ def _frames(text: str) -> tuple[int, int]:
 # ---------------------------------------------------------------------------- talking to a peer
 
 
-def job_info(rec):
-    from .service import job_info  # lazily: the CLI's start stays free of trio and the coordinator
-
-    return job_info(rec)
-
-
 def _remote(args, request, *, scene=None, on_piece=None):
     """Join the party as a non-rendering client, send `request` to the `--to` peer, return its answer."""
     import trio
 
-    from .distributed import join_party
+    from .distributed import join_party, notice_printer, watch_progress
     from .home import meshrender_home
     from .node import Peer, read_secret
     from .protocol import Error
@@ -84,11 +84,9 @@ def _remote(args, request, *, scene=None, on_piece=None):
     secret = read_secret(args.secret, args.secret_file)
     home = meshrender_home(args.home) / CLIENT_HOME
     if scene is not None:  # the client's store holds the scene; the peer fetches it from there
-        from .home import store_dir, store_quota_bytes
-        from .store.chunkstore import ChunkStore
         from .store.scenes import import_scene
 
-        with ChunkStore(store_dir(home), quota_bytes=store_quota_bytes()) as store:
+        with open_store(home) as store:
             import_scene(store, scene)
     peer = Peer(home=home, party=args.party, secret=secret, listen=args.listen, bootstrap=[args.to],
                 render=False)  # fmt: skip
@@ -101,6 +99,12 @@ def _remote(args, request, *, scene=None, on_piece=None):
             await join_party(peer, bootstrap=[args.to])
             if target not in peer.members:
                 raise MeshrenderError(f"{args.to} did not let us into party {args.party!r}")
+
+            def waiting():  # a submit waits while the peer fetches the scene from us: bytes out move
+                moved = peer.transfers["bytes_out"] + peer.transfers["bytes_in"]
+                return moved, f"waiting for {target[-12:]} to answer ({moved:,} bytes moved so far)"
+
+            n.start_soon(lambda: watch_progress(waiting, on_notice=notice_printer(args.json)))
             answer = await peer.control(target, request, on_piece)
             n.cancel_scope.cancel()
 
@@ -108,30 +112,6 @@ def _remote(args, request, *, scene=None, on_piece=None):
     if isinstance(answer, Error):
         raise MeshrenderError(f"{target[-12:]}: {answer.reason}")
     return answer.jobs
-
-
-def _local_db(where):
-    """This machine's queue: `where` is parsed arguments (their --home) or a home folder."""
-    from .distributed import jobs_db_path
-    from .home import meshrender_home
-    from .jobs import JobDB
-
-    home = where.home if isinstance(where, argparse.Namespace) else where
-    return JobDB(jobs_db_path(meshrender_home(home)))
-
-
-def submit_compiled(home, scene, settings, frames: tuple[int, int], *, backend: str = "any",
-                    priority: int = 0, submitter: str = ""):  # fmt: skip
-    """Put a compiled scene in this machine's store and queue a job of it; its JobInfo."""
-    from .cli import open_store
-    from .jobs import JobSpec
-    from .service import submit_local
-    from .store.scenes import import_scene
-
-    with open_store(home) as store, _local_db(home) as db:
-        spec = JobSpec(scene_id=import_scene(store, scene).scene_id, settings=settings, first_frame=frames[0],
-                       last_frame=frames[1], backend=backend)  # fmt: skip
-        return job_info(submit_local(db, store, spec, priority=priority, submitter=submitter))
 
 
 # ---------------------------------------------------------------------------- the commands
@@ -142,7 +122,7 @@ def cmd_submit(args: argparse.Namespace, settings_of) -> int:
     from .scene.compile import compile_scene
     from .scene.load import load_scene
 
-    scene = compile_scene(load_scene(args.scene))
+    scene = compile_scene(load_scene(args.scene, allow_outside=args.allow_outside))
     settings = settings_of(args, scene.settings)
     first, last = args.frames or scene.frames
     if args.to:
@@ -171,7 +151,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     else:
         from .service import listing
 
-        with _local_db(args) as db:
+        with local_db(args) as db:
             infos = [job_info(r) for r in listing(db)]
     if args.json:
         print(json.dumps([msgspec.to_builtins(i) for i in infos]))
@@ -197,7 +177,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     if args.to:
         (info,) = _remote(args, CancelJob(job=args.job.lower()))
     else:
-        with _local_db(args) as db:
+        with local_db(args) as db:
             info = job_info(db.cancel(args.job.lower(), now=time.time()))
     if args.json:
         print(json.dumps(msgspec.to_builtins(info)))
@@ -230,7 +210,7 @@ def cmd_results(args: argparse.Namespace) -> int:
             for f in files.values():
                 f.close()
     else:
-        with _local_db(args) as db:
+        with local_db(args) as db:
             rec = db.get(args.job.lower())
         info = job_info(rec)
         paths = [Path(p) for p in rec.outputs]  # frame images, then job.json

@@ -5,6 +5,9 @@
     (a restarted coordinator re-renders none of them; a result whose chunk is gone is re-rendered);
   * offers the job to every member that renders, and to this peer's own worker through an
     in-process link; members that join mid-frame get an offer at once, lost ones lose their units;
+    a member whose gossiped status says its renderer is not ready (starting, compiling kernels on
+    a cold cache, failed) gets its offer once it is; one that dropped out for a reason that passes
+    (its renderer restarted, a link failed) is offered the job again, backing off (REOFFER_S);
   * carries out what the coordinator decides (leases, revokes, penalties, discards) and feeds it
     what workers send (heartbeats, results, refusals). Each link has its own sender task, so a
     slow member never holds up the others;
@@ -34,11 +37,22 @@ import msgspec
 import numpy as np
 import trio
 
+from .backoff import Backoff
 from .film import Film
 from .frameview import FrameView
 from .jobs import JobDB, JobError, JobSpec, UnitRecord
 from .output import write_exr, write_json, write_png
-from .protocol import Beat, JobEnd, JobOffer, LeaseGrant, LeaseRefused, LeaseRevoke, Msg, UnitDone
+from .protocol import (
+    LEASE_DUE_S_MAX,
+    Beat,
+    JobEnd,
+    JobOffer,
+    LeaseGrant,
+    LeaseRefused,
+    LeaseRevoke,
+    Msg,
+    UnitDone,
+)
 from .schedule import Coordinator, Discard, Lease, Penalize, Revoke, ScheduleConfig, Verdict
 from .settings import RenderSettings
 from .store.chunkstore import ChunkStore
@@ -50,6 +64,10 @@ log = logging.getLogger("meshrender.coordinate")
 
 OUTBOX_MSGS = 1024  # messages waiting for one slow link; past this the member is dropped from the job
 MEMBER_SCAN_S = 0.25  # how often membership is compared with the job's workers (joins get work)
+REOFFER_S = 2.0  # a member out of the job for a passing reason is offered it again after this...
+REOFFER_MAX_S = 60.0  # ...doubling each time, up to this
+RENDERER_NOT_READY = ("starting", "compiling", "failed", "stopped")  # Status.renderer: no offer yet
+BACKEND_WAIT_S = 60.0  # a job of class "any" waits this long for our own renderer to say cpu or gpu
 SEND_TIMEOUT_S = 10.0  # one message to a member; a member that takes longer is dropped from the job
 LEASE_LOG_MAX = 100_000  # leases listed in job.json; a longer job lists its first ones
 RESULT_BATCH_MAX = 64  # accepted results stored per batch: one commit (one fsync) in each file for all
@@ -250,7 +268,10 @@ class JobRun:
         self.workers: dict[str, _Worker] = {}
         self.units_by_peer: Counter[str] = Counter()
         self.verdicts: Counter[str] = Counter()
-        self.rejected: dict[str, str] = {}
+        self.rejected: dict[str, str] = {}  # peer -> why it is not (or no longer) working on the job
+        self._reoffer: dict[str, Backoff] = {}  # peers out for a passing reason: when to offer again
+        self._never: set[str] = set()  # peers out for misbehaving: not offered again in this job
+        self._renderer_seen: dict[str, str] = {}  # member -> its renderer's state in its last status
         self.coordinator: Coordinator | None = None
         self.backend = ""
         self._events_send, self._events_receive = trio.open_memory_channel(OUTBOX_MSGS)
@@ -307,7 +328,9 @@ class JobRun:
             return self.summary(outputs=[])
         outputs = self._write_outputs()
         db.finish(self.job_id, now=time.time(), outputs=outputs)
-        peer._event("job-done", job=self.job_id, outputs=outputs, units_by_peer=dict(self.units_by_peer))
+        stats = self.coordinator.statistics() if self.coordinator else None
+        peer._event("job-done", job=self.job_id, outputs=outputs, units_by_peer=dict(self.units_by_peer),
+                    duplicates=stats.duplicates if stats else 0)  # fmt: skip
         return self.summary(outputs)
 
     async def _run_units(self, peer, db) -> None:
@@ -317,9 +340,7 @@ class JobRun:
             self.writer = _ResultWriter(peer.store, db.path, self.job_id, self._store_failed)
             await n.start(self.writer.run)
             if self.render_self:
-                mine, theirs = memory_link_pair()
-                n.start_soon(self._serve_self, theirs)
-                self._add_worker(peer.peer_id, mine)
+                n.start_soon(self._serve_self)
             n.start_soon(self._scan_members)
             await self._drive()
             for w in list(self.workers.values()):
@@ -370,17 +391,50 @@ class JobRun:
     async def _backend_class(self) -> str:
         if self.spec.backend in ("cpu", "gpu"):
             return self.spec.backend
-        mine = (await self.peer.render_backend())[0] if self.render_self else "cpu"
+        mine = "cpu"
+        if self.render_self:  # waiting, not starting: node.Peer._warm_renderer starts it
+            with trio.move_on_after(BACKEND_WAIT_S):
+                while not self.peer.renderer.running():
+                    await trio.sleep(0.1)
+            if self.peer.renderer.running():
+                mine = (await self.peer.render_backend())[0]
+            else:
+                log.warning("job %s: this peer's renderer is not ready (%s): the class is decided without it",
+                            self.job_id[:12], self.peer.renderer.note)  # fmt: skip
         if mine == "gpu" or any((s or {}).get("gpu") for s in self.peer.statuses.values()):
             return "gpu"  # one class per job: results are bit-identical only within one
         return "cpu"
 
-    async def _serve_self(self, link) -> None:
-        try:
-            await serve_job(self.peer, link, self.peer.peer_id)
-        except Exception as exc:  # our own worker failing must not end the job: others render
-            log.warning("job %s: this peer's own worker stopped: %s", self.job_id[:12], exc)
-            self._events_send.send_nowait(("gone", self.peer.peer_id, f"own worker failed: {exc}"))
+    async def _serve_self(self) -> None:
+        """This peer's own worker, on an in-process link: it joins once our render process is ready,
+        and again after the renderer died and came back (node.Peer._warm_renderer restarts it)."""
+        me = self.peer.peer_id
+        while not (self.coordinator.done or self._cancelled):
+            if me in self.workers or not self.peer.renderer.running() or not self._may_offer(me):
+                await trio.sleep(MEMBER_SCAN_S)
+                continue
+            mine, theirs = memory_link_pair()
+            self._add_worker(me, mine)
+            try:
+                done = await serve_job(self.peer, theirs, me)
+            except Exception as exc:  # our own worker failing must not end the job: others render
+                log.warning("job %s: this peer's own worker stopped: %s", self.job_id[:12], exc)
+                self._events_send.send_nowait(("gone", me, f"own worker failed: {exc}"))
+            else:
+                if done["ended"].startswith("renderer"):
+                    log.warning("job %s: this peer's own worker: %s", self.job_id[:12], done["ended"])
+            await trio.sleep(MEMBER_SCAN_S)  # its link's end reaches the loop first
+
+    def _may_offer(self, peer: str) -> bool:
+        """Not out of this job for good (misbehaved, refused), and past its re-offer back-off."""
+        if peer in self._never:
+            return False
+        b = self._reoffer.get(peer)
+        return b is None or b.ready(trio.current_time())
+
+    def _out_for_now(self, peer: str, reason: str) -> None:
+        self.rejected[peer] = reason
+        self._reoffer.setdefault(peer, Backoff(REOFFER_S, REOFFER_MAX_S)).failed(trio.current_time())
 
     # ------------------------------------------------------------------ workers
     def _offer(self) -> JobOffer:
@@ -404,7 +458,7 @@ class JobRun:
                 link = await self.peer.open_job_link(member)
             except Exception as exc:  # not a renderer, or gone: no worker for this job
                 log.debug("job %s: no job link to %s: %s", self.job_id[:12], member, exc)
-                self.rejected[member] = f"{type(exc).__name__}: {exc}"
+                self._out_for_now(member, f"no job link: {type(exc).__name__}: {exc}")
             else:
                 if member in self.peer.members and member not in self.workers:
                     self._add_worker(member, link)
@@ -415,10 +469,16 @@ class JobRun:
 
         while True:
             for member, status in list(self.peer.member_statuses().items()):
-                if member in self.workers or member in opening or member in self.rejected:
+                renderer = status.get("renderer", "") if status is not None else ""
+                if renderer == "ready" and self._renderer_seen.get(member, "ready") != "ready":
+                    self._reoffer.pop(member, None)  # its renderer just came up: offer it now
+                self._renderer_seen[member] = renderer
+                if member in self.workers or member in opening or not self._may_offer(member):
                     continue
                 if status is not None and not status.get("renders", True):
                     continue
+                if renderer in RENDERER_NOT_READY:
+                    continue  # offered once its status says the renderer is ready
                 opening.add(member)
                 self._nursery.start_soon(open_link, member)
             for p in list(self.workers):
@@ -495,6 +555,7 @@ class JobRun:
                 self._on_unit(who, payload, now)
             elif isinstance(payload, LeaseRefused):
                 coord.on_refuse(who, payload.lease_id, payload.reason, now)
+                self._never.add(who)  # the core gives it no more leases in this job either
                 self.peer._event("lease-refused", job=self.job_id, peer=who, reason=payload.reason)
             else:
                 self._drop(who, f"sent {type(payload).__name__} on a job link", penalize=True)
@@ -508,7 +569,11 @@ class JobRun:
         if w is None:
             return
         self.coordinator.remove_worker(who, trio.current_time(), reason)
-        self.rejected[who] = reason
+        if penalize or reason.startswith("convicted"):
+            self.rejected[who] = reason
+            self._never.add(who)
+        else:  # gone, a link failure, its renderer restarting: it may come back
+            self._out_for_now(who, reason)
         if penalize:
             self.peer._penalize(who, f"job {self.job_id[:12]}: {reason}", ban=False)
         self.peer._event("worker-lost", job=self.job_id, peer=who, reason=reason)
@@ -555,8 +620,8 @@ class JobRun:
                     self.lease_log.append((round(now - self._t0, 4), a.peer, len(a.units)))
                 w = self.workers.get(a.peer)
                 if w is not None:
-                    self._send(w, LeaseGrant(lease_id=a.lease_id, units=list(a.units),
-                                             due_in_s=max(0.0, a.deadline - now)))  # fmt: skip
+                    due_s = min(LEASE_DUE_S_MAX, max(0.0, a.deadline - now))  # the wire's bound
+                    self._send(w, LeaseGrant(lease_id=a.lease_id, units=list(a.units), due_in_s=due_s))
             elif isinstance(a, Revoke):
                 w = self.workers.get(a.peer)
                 if w is not None:

@@ -3,9 +3,11 @@
 How it works
   * On start it loads (or makes) its Ed25519 identity under $MESHRENDER_HOME, opens its chunk
     store and listens. Every connection is authenticated by Noise; membership is then proven by
-    the party handshake (meshrender.protocol) on `/meshrender/party/1`: the dialer runs it right
-    after connecting, the listener answers. Only members are served anything: a chunk stream from
-    a non-member is reset and logged, and a failed handshake hangs up the connection.
+    the party handshake (SPAKE2, meshrender.peer.membership) on `/meshrender/party/1`: the dialer
+    runs it right after connecting, the listener answers. Only members are served anything: a
+    chunk stream from a non-member is reset and logged, a failed handshake hangs up the
+    connection, a connection not joined within JOIN_DEADLINE_S is closed, and an address with
+    too many failed handshakes is hung up on at once (membership.FailureLimiter, per direction).
   * After a handshake both sides send `Peers` (themselves and the members they know) and dial any
     member they have not met, so one bootstrap address meshes the whole party.
   * `/meshrender/chunks/1` carries `Want` -> `Chunk`/`NotFound` and `ChunkMapQuery` -> `ChunkMap`.
@@ -47,23 +49,34 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from . import __version__
+from .backoff import Backoff
 from .errors import MeshrenderError
 from .exchange import Cancel, Penalize, Request
-from .home import store_dir, store_quota_bytes
+from .home import HomeLock, store_dir, store_quota_bytes
 from .net.gossip import Gossip
 from .net.host import build_host, load_or_create_identity, open_stream, parse_multiaddr
 from .net.mdns import ADDRS_MAX as MDNS_ADDRS_MAX
 from .net.mdns import MdnsDiscovery, MdnsError, mdns_interfaces
 from .net.streams import MsgLink, read_exact, read_msg, write_msg
+from .peer.membership import (
+    ABANDONED_MAX,
+    FAILURE_WINDOW_S,
+    SOURCES_MAX,
+    Blocked,
+    FailureLimiter,
+    Handshake,
+    gossip_topic,
+    party_password,
+)
 from .protocol import (
     ADDRS_PER_PEER_MAX,
+    FRAME_HEADER,
     HAVE_SCENES_MAX,
     PEERS_MAX,
     WANT_HASHES_MAX,
     Chunk,
     ChunkMap,
     ChunkMapQuery,
-    Handshake,
     Have,
     Hello,
     HelloFinish,
@@ -74,7 +87,8 @@ from .protocol import (
     RemoteProtocolError,
     Status,
     Want,
-    gossip_topic,
+    decode_body,
+    frame_length,
     party_tag,
 )
 from .renderproc import RenderError, RenderProcess
@@ -98,10 +112,20 @@ PING_INTERVAL_S = 0.5  # a ping every half second: a frozen member is found with
 LIVENESS_TIMEOUT_S = 2.0  # nothing from a member for this long: it is lost (SIGSTOP must show within 3 s)
 PING_BYTES = 8
 HANDSHAKE_TIMEOUT_S = 5.0  # a member answers in milliseconds; an outsider must not hold a slot
+JOIN_DEADLINE_S = 2.0  # a connection not joined by then is closed: a member joins in tens of ms
+# ... unless its party handshake is under way (a SPAKE2 message came): on a starved machine a
+# member's handshake can take seconds, and cutting it would count against its address
+JOIN_HANDSHAKING_S_MAX = 3 * HANDSHAKE_TIMEOUT_S  # its three reads have HANDSHAKE_TIMEOUT_S each
+REFUSED_LINGER_S = 0.5  # after Refused, the dialer this long to read it and hang up before we do
+HANDSHAKE_FRAME_BYTES_MAX = 1024  # Hello is 139 bytes, Refused at most ~420: read no more unproven
 IDLE_STREAM_TIMEOUT_S = 120.0  # a chunk stream with no request for this long is closed
+READ_AHEAD_CHUNKS = 2  # frames read for serving ahead of the one being sent: the disk never waits on us
 EVENTS_KEPT = 1000  # recent events kept for a late reader (the TUI's log)
-DIAL_RETRY_S = 2.0
-REDIAL_FOR_S = 30.0  # a lost member is dialed again this long (it may only have stalled)
+DIAL_RETRY_S = 2.0  # the first wait before dialing again after a failed dial; doubling after each
+DIAL_RETRY_MAX_S = 300.0  # ...up to this: a departed peer costs a log line per 5 min, not 28 a minute
+REDIAL_FOR_S = 3600.0  # a lost member is dialed again (backing off) this long, then forgotten
+REFUSED_HOLD_S = 60.0  # a peer that refused our handshake is not dialed again for this long (a load-starved
+# member can look like a refusal: a minute, not forever)
 STATUS_INTERVAL_S = 2.0  # a status gossip this often (and at once after a change)
 HAVE_REPEAT_S = 10.0  # the have-list is re-announced at least this often
 
@@ -142,7 +166,10 @@ class _Notifee(INotifee):
         pass
 
     async def connected(self, network, conn) -> None:
-        pass
+        try:  # never blocks: libp2p waits for every notifee before the connection is used
+            self.peer._connected(conn)
+        except Exception:  # never let bookkeeping raise into libp2p
+            log.exception("connect bookkeeping failed")
 
     async def disconnected(self, network, conn) -> None:
         try:
@@ -201,9 +228,19 @@ class Peer:
         self.addrs: list[str] = []
         self._nursery: trio.Nursery | None = None
         self._dialing: set[str] = set()
+        self._password: bytes | None = None  # argon2id of the secret, once (party_password)
+        self._accept_limit = FailureLimiter()  # failed handshakes of connections we accepted, per IP
+        self._dial_limit = FailureLimiter()  # failed handshakes of our dials, per IP dialed
+        self._abandon_limit = FailureLimiter(ABANDONED_MAX)  # handshakes left part-way, per IP
+        self._dropped_told: dict[str, float] = {}  # source -> when its last `dropped` was told
+        self._handshaking: set[str] = set()  # a SPAKE2 message came from it: its handshake is under way
+        self._connected_at: dict[str, float] = {}  # peer not yet joined -> when Noise finished (trio clock)
+        self._proven: set[str] = set()  # proved the password, Peers not yet exchanged: not an outsider
+        self._refused_us: dict[str, float] = {}  # peer -> when it refused our handshake (trio clock)
         self._alive_at: dict[str, float] = {}  # member -> last time anything came from it (trio clock)
         self._links: dict[str, _Link] = {}  # bulk chunk streams, one per provider
         self._ctl_links: dict[str, _Link] = {}  # control streams: chunk maps, never behind bulk data
+        self._frames_read: dict[str, tuple[bytes, int] | BaseException] = {}  # for _serve, just read
         self._partial: dict[str, SceneSwarm] = {}  # scenes being fetched: what we hold of them so far
         self._fetching: dict[str, trio.Event] = {}
         self.transfers = {"bytes_in": 0, "bytes_out": 0, "chunks_in": 0, "chunks_out": 0}
@@ -288,6 +325,8 @@ class Peer:
             units=self.units_rendered,
             reason=self.backend_reason,
             activity="rendering" if self.busy else "fetching" if self._fetching else "",
+            renderer=self.renderer.state if self.renderer is not None else "",
+            renderer_note=self.renderer.note[:400] if self.renderer is not None else "",
         )
 
     def held_scenes(self) -> list[str]:
@@ -376,11 +415,18 @@ class Peer:
 
     # ------------------------------------------------------------------ life
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with HomeLock(self.home, peer=True):  # one peer per home, before identity, store or queue
+            await self._run(task_status=task_status)
+
+    async def _run(self, *, task_status) -> None:
         key = load_or_create_identity(self.home)
         own_store = self.store is None
         if own_store:
             self.store = ChunkStore(store_dir(self.home), quota_bytes=store_quota_bytes())
-        self.host = build_host(key)
+        # until a peer is in self.members its reads are bounded tighter and it sees only the party protocol
+        self.host = build_host(  # proven counts: its member list may still be on the way to us
+            key, is_member=lambda p: p in self.members or p in self._proven, open_protocols=[PROTO_PARTY]
+        )
         self.peer_id = str(self.host.get_id())
         self.host.set_stream_handler(TProtocol(PROTO_PARTY), self._guard(self._on_party))
         self.host.set_stream_handler(TProtocol(PROTO_CHUNKS), self._guard(self._on_chunks))
@@ -400,7 +446,7 @@ class Peer:
         self.host.get_network().register_notifee(_Notifee(self))
         self.gossip = Gossip(
             self.host,
-            gossip_topic(self.party, self._secret),
+            gossip_topic(self.party_password()),
             is_member=lambda p: p in self.members or p == self.peer_id,
             on_message=self._on_gossip,
             guard=self._guard,
@@ -485,28 +531,48 @@ class Peer:
                 self._nursery.start_soon(self._redial, peer, member.addrs[0])
 
     async def _redial(self, peer: str, addr: str) -> None:
-        """A member lost to a missed ping may only have been starved of CPU for a moment: dial it
-        again for a while. A dead one refuses at once; a frozen one times out each try."""
+        """A member lost to a missed ping may only have been starved of CPU for a moment, or
+        restarted: dial it again, backing off (DIAL_RETRY_S doubling to DIAL_RETRY_MAX_S) for
+        REDIAL_FOR_S. It stops when the peer is back, banned, or refused our handshake."""
         addr = addr if "/p2p/" in addr else f"{addr}/p2p/{peer}"
-        deadline = trio.current_time() + REDIAL_FOR_S
-        while trio.current_time() < deadline and peer not in self.members and peer not in self.banned:
-            await trio.sleep(DIAL_RETRY_S)
-            if peer in self.members or peer in self.banned:
+        backoff = Backoff(DIAL_RETRY_S, DIAL_RETRY_MAX_S, give_up_s=REDIAL_FOR_S)
+        while True:
+            delay = backoff.failed(trio.current_time())
+            if backoff.exhausted(trio.current_time()):
+                log.info("gave up redialing %s after %.0f s", peer[-12:], REDIAL_FOR_S)
+                return
+            await trio.sleep(delay)
+            if peer in self.members or peer in self.banned or self._refused_recently(peer):
                 return
             try:
                 if await self.dial(addr, quiet=True) is not None:
                     return
             except PeerError:  # a malformed address: nothing to retry
                 return
+            log.debug("redial of %s failed (%d in a row)", peer[-12:], backoff.failures)
+
+    def _refused_recently(self, peer: str) -> bool:
+        at = self._refused_us.get(peer)
+        if at is None:
+            return False
+        if trio.current_time() - at < REFUSED_HOLD_S:
+            return True
+        del self._refused_us[peer]
+        return False
 
     def _joined(self, peer: str, addrs: list[str]) -> None:
         fresh = peer not in self.members
         self.members[peer] = Member(peer, addrs[:ADDRS_PER_PEER_MAX], time.time())
+        at = self._connected_at.pop(peer, None)
+        self._proven.discard(peer)
         if fresh:
-            self._event("peer-joined", peer=peer, addrs=addrs)
+            joined_in = {} if at is None else {"joined_in_s": round(trio.current_time() - at, 3)}
+            self._event("peer-joined", peer=peer, addrs=addrs, **joined_in)
             self._announce_now.set()  # gossip keeps no history: tell the newcomer who we are
             if self._nursery is not None:
                 self._nursery.start_soon(self._watch, peer)
+                if self.gossip is not None:  # pubsub hears of members only: no topic for outsiders
+                    self._nursery.start_soon(self.gossip.join, peer)
 
     def _peers_msg(self) -> Peers:
         own = PeerAddr(self.peer_id, self.addrs[:ADDRS_PER_PEER_MAX])
@@ -537,38 +603,121 @@ class Peer:
         remote = str(info.peer_id)
         if remote == self.peer_id or remote in self.members or remote in self._dialing:
             return remote if remote in self.members else None
+        if self._refused_recently(remote):  # it said no: asking every few seconds changes nothing
+            return None
+        source = _addr_host(ma)
+        if not self._dial_limit.allows(source, trio.current_time()):  # too many impostors there lately
+            return None
         self._dialing.add(remote)
+        backoff = Backoff(DIAL_RETRY_S, DIAL_RETRY_MAX_S)  # `retry`: a bootstrap peer not up yet, or gone
         try:
             while True:
                 try:
                     with trio.fail_after(HANDSHAKE_TIMEOUT_S * 2):
                         await self.host.connect(info)
-                    return await self._handshake_as_dialer(info.peer_id)
+                    return await self._handshake_as_dialer(info.peer_id, source)
                 except (RemoteProtocolError, PeerError) as exc:
+                    self._refused_us[remote] = trio.current_time()
                     self._event("refused", peer=remote, reason=str(exc))
                     await self._hang_up(info.peer_id)
                     return None
                 except Exception as exc:  # unreachable, reset, timed out
-                    if not quiet:
+                    delay = backoff.failed(trio.current_time()) if retry else None
+                    if not quiet:  # one line per back-off step
                         reason = f"{type(exc).__name__}: {exc}"
-                        self._event("dial-failed", peer=remote, addr=addr, reason=reason)
-                    if not retry:
+                        self._event("dial-failed", peer=remote, addr=addr, reason=reason, retry_in_s=delay)
+                    if delay is None:
                         return None
-                await trio.sleep(DIAL_RETRY_S)
+                await trio.sleep(delay)
+                if remote in self.members:  # it dialed us meanwhile
+                    return remote
         finally:
             self._dialing.discard(remote)
 
-    async def _handshake_as_dialer(self, peer: ID) -> str:
+    def party_password(self) -> bytes:
+        """The party's SPAKE2 password: argon2id of the secret (~0.15 s), derived once."""
+        if self._password is None:
+            try:
+                self._password = party_password(self.party, self._secret)
+            except Exception as exc:  # argon2 out of memory, say: a clear error, not a traceback
+                raise PeerError(f"cannot derive the party password: {type(exc).__name__}: {exc}") from None
+        return self._password
+
+    def _blocked(self, notice: Blocked, how: str) -> None:
+        """A source has failed too many handshakes: one line for it, not one per attempt."""
+        log.warning("%s: %d failed party handshakes %s within a minute: hung up on for %.0f s",
+                    notice.source, notice.failures, how, notice.block_s)  # fmt: skip
+        self._event("handshake-blocked", source=notice.source, failures=notice.failures, how=how,
+                    block_s=notice.block_s, blocks=notice.blocks)  # fmt: skip
+
+    def _connected(self, conn) -> None:
+        """A connection passed Noise. One from a source blocked for failed handshakes is closed
+        at once; any other must join the party within JOIN_DEADLINE_S or be closed."""
+        if self._nursery is None:
+            return
+        remote = str(conn.muxed_conn.peer_id)
+        if remote in self.members:
+            return
+        source = _conn_host(conn.muxed_conn)
+        inbound = not getattr(getattr(conn.muxed_conn, "secured_conn", None), "is_initiator", False)
+        if inbound and not self._accepts(source):
+            self._nursery.start_soon(_close_conn, conn)  # no handshake, no reply
+            return
+        self._connected_at[remote] = trio.current_time()
+        self._nursery.start_soon(self._join_deadline, conn, remote, source, inbound)
+
+    async def _join_deadline(self, conn, remote: str, source: str, inbound: bool) -> None:
+        """Close the connection unless its peer has joined (or proven the password) by now. Not a
+        failed handshake: a bare connection tests no guess (a handshake cut here counts itself)."""
+        await trio.sleep(JOIN_DEADLINE_S)
+        if remote in self._handshaking and remote not in self.members and not conn.is_closed:
+            # under way: each of its steps has its own read deadline; this bounds the whole
+            await trio.sleep(JOIN_HANDSHAKING_S_MAX - JOIN_DEADLINE_S)
+        self._handshaking.discard(remote)
+        proven = remote in self._proven  # the member list may still be on its way: no outsider
+        self._proven.discard(remote)
+        self._connected_at.pop(remote, None)
+        if remote in self.members or proven or conn.is_closed:
+            return
+        now = trio.current_time()
+        if now - self._dropped_told.get(source, float("-inf")) >= FAILURE_WINDOW_S:  # a line a minute
+            self._dropped_told[source] = now
+            while len(self._dropped_told) > SOURCES_MAX:
+                del self._dropped_told[next(iter(self._dropped_told))]
+            self._event("dropped", peer=remote, source=source,
+                        reason=f"did not join the party within {JOIN_DEADLINE_S:.0f} s")  # fmt: skip
+        await _close_conn(conn)
+
+    async def _handshake_as_dialer(self, peer: ID, source: str) -> str:
         remote = str(peer)
+        hs = Handshake("dialer", self.party_password(), self.party, self.peer_id, remote)
         stream = await open_stream(self.host, self._nursery, peer, PROTO_PARTY, HANDSHAKE_TIMEOUT_S)
         try:
-            hs = Handshake("dialer", self.party, self._secret, self.peer_id, remote, secrets.token_bytes(32))
             await write_msg(stream, hs.start(), HANDSHAKE_TIMEOUT_S)
-            reply = await read_msg(stream, HANDSHAKE_TIMEOUT_S)
+            reply = await _read_handshake(stream)
             if reply is None:
                 raise PeerError("the peer closed the handshake (not in this party, or wrong secret)")
-            finish = hs.receive(reply)
-            await write_msg(stream, finish, HANDSHAKE_TIMEOUT_S)
+            finish = hs.receive(reply)  # nothing keyed has left us yet
+            self._handshaking.add(remote)  # a valid SPAKE2 message: the join deadline stretches
+            # our confirm is the one guess an impostor gets: FAILURES_MAX a minute per address
+            with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+                while not self._dial_limit.begin(source, trio.current_time()):
+                    if self._dial_limit.is_blocked(source, trio.current_time()):
+                        raise PeerError(f"too many failed handshakes with peers at {source} lately")
+                    await trio.sleep(0.05)  # parallel dials to one address: wait for a place
+            ok = False
+            try:
+                await write_msg(stream, finish, HANDSHAKE_TIMEOUT_S)
+                confirm = await _read_handshake(stream)
+                if confirm is None:
+                    raise PeerError("the peer closed the handshake (not in this party, or wrong secret)")
+                hs.receive(confirm)
+                ok = True
+                self._proven.add(remote)
+            finally:
+                notice = self._dial_limit.end(source, trio.current_time(), ok=ok)
+                if notice is not None:
+                    self._blocked(notice, "by peers we dialed")
             await write_msg(stream, self._peers_msg(), HANDSHAKE_TIMEOUT_S)
             theirs = await read_msg(stream, HANDSHAKE_TIMEOUT_S)
             if not isinstance(theirs, Peers):
@@ -578,21 +727,59 @@ class Peer:
         finally:
             await _close(stream)
 
+    def _accepts(self, source: str) -> bool:
+        now = trio.current_time()
+        return self._accept_limit.allows(source, now) and self._abandon_limit.allows(source, now)
+
+    def _failed(self, limiter: FailureLimiter, source: str, how: str) -> None:
+        notice = limiter.failed(source, trio.current_time())
+        if notice is not None:
+            self._blocked(notice, how)
+
     async def _on_party(self, stream, remote: str) -> None:
-        hs = Handshake("listener", self.party, self._secret, self.peer_id, remote, secrets.token_bytes(32))
+        source = _conn_host(stream.muxed_conn)
+        if not self._accepts(source):  # blocked: no handshake, no reply at all
+            await _reset(stream)
+            await self._hang_up(ID.from_base58(remote))
+            return
+        hs = Handshake("listener", self.party_password(), self.party, self.peer_id, remote)
         try:
-            hello = await read_msg(stream, HANDSHAKE_TIMEOUT_S)
+            hello = await _read_handshake(stream)
+            if hello is None:
+                raise _Abandoned("it closed the party stream before its Hello")
             if not isinstance(hello, Hello):
                 raise RemoteProtocolError("a party stream must start with Hello")
-            await write_msg(stream, hs.receive(hello), HANDSHAKE_TIMEOUT_S)
-            finish = await read_msg(stream, HANDSHAKE_TIMEOUT_S)
+            reply = hs.receive(hello)  # not keyed: SPAKE2's B
+            self._handshaking.add(remote)  # a valid SPAKE2 message: the join deadline stretches
+            await write_msg(stream, reply, HANDSHAKE_TIMEOUT_S)
+            finish = await _read_handshake(stream)  # a reset or a timeout here: abandoned
+            if finish is None:
+                raise _Abandoned("it closed the party stream before its confirm")
             if not isinstance(finish, HelloFinish):
                 raise RemoteProtocolError("expected the handshake's finish")
-            hs.receive(finish)
-        except Exception as exc:  # a wrong proof, a timeout, or the outsider hanging up mid-way
+            if not self._accepts(source):  # blocked meanwhile: its guess is not even checked
+                raise _Blocked(source)
+            confirm = hs.receive(finish)  # raises on a wrong confirm: one online guess, counted
+            self._proven.add(remote)
+            await write_msg(stream, confirm, HANDSHAKE_TIMEOUT_S)
+        except _Blocked:
+            await _reset(stream)
+            await self._hang_up(ID.from_base58(remote))
+            return
+        except Exception as exc:  # a wrong confirm, garbage, a timeout, the outsider hanging up
+            if hs.member:  # it proved the password; only our confirm was lost on the way
+                raise
             self._event("refused", peer=remote, reason=f"handshake failed: {type(exc).__name__}: {exc}")
-            try:
+            if isinstance(exc, _Abandoned | trio.TooSlowError) or not isinstance(exc, RemoteProtocolError):
+                self._failed(self._abandon_limit, source, "abandoned part-way")
+            else:
+                self._failed(self._accept_limit, source, "from there")
+            try:  # a closed stream keeps its last bytes where a reset would drop them
                 await write_msg(stream, Refused(reason="not a member of this party"), 1.0)
+                await stream.close()
+                with trio.move_on_after(REFUSED_LINGER_S):  # the dialer hangs up once it has read it
+                    while not stream.muxed_conn.is_closed:
+                        await trio.sleep(0.02)
             except Exception:  # the outsider may be gone already
                 pass
             await _reset(stream)
@@ -607,11 +794,31 @@ class Peer:
 
     # ------------------------------------------------------------------ rendering
     async def _warm_renderer(self) -> None:
-        """Start the render process at once: the first lease should not wait for Taichi to load."""
-        try:
-            await self.render_backend()
-        except RenderError as exc:
-            log.warning("the renderer did not start: %s", exc)
+        """Keep the render process up from the peer's start: the first lease should not wait for
+        Taichi to load, and a child that dies, is stopped (a cancelled unit) or fails to start is
+        started again; `RenderProcess.start` waits out its back-off after failed starts. A slow
+        first compile is progress: it is logged every START_NOTE_S and gossiped in our status."""
+        r = self.renderer
+        r.on_state = self._renderer_state
+        while True:
+            try:
+                await self.render_backend()
+            except RenderError as exc:
+                wait = max(0.0, r.retry_at - trio.current_time())
+                log.warning("the renderer did not start (%d in a row): %s; trying again in %.0f s",
+                            r.failures, exc, wait)  # fmt: skip
+                continue
+            await r.wait_exited()
+
+    def _renderer_state(self, r: RenderProcess) -> None:
+        """The render process changed state or has news of a long start: log it, tell the party."""
+        self.render_error = r.last_error or None
+        if r.state in ("starting", "compiling") and "so far" in r.note:
+            log.info("%s", r.note)
+        elif r.state == "stopped" and r.note.startswith("the renderer exited"):
+            log.warning("%s; starting it again", r.note)
+        self._event("renderer-state", state=r.state, note=r.note)
+        self._announce_now.set()
 
     async def render_backend(self) -> tuple[str, str]:
         """("cpu" or "gpu", the backend's name), starting the render process if needed."""
@@ -649,7 +856,11 @@ class Peer:
             await _reset(stream)
             return
         link = MsgLink(stream, JOB_LINK_IDLE_S)
-        done = await serve_job(self, link, remote)
+        try:
+            done = await serve_job(self, link, remote)
+        except Exception as exc:  # the coordinator died or broke the link: its job is over here too
+            self._event("job-served", coordinator=remote, units=0, ended=f"link failed: {type(exc).__name__}")
+            raise
         self._event("job-served", coordinator=remote, units=done["units"], ended=done["ended"])
 
     async def _on_control(self, stream, remote: str) -> None:
@@ -773,8 +984,18 @@ class Peer:
                 m = self.members.get(remote) or Member(remote, [], 0.0)  # gone meanwhile: counted nowhere
                 left = len(msg.hashes)
                 m.chunks_serving += left
+                # frames are read and checked on the writer's reading thread, READ_AHEAD_CHUNKS
+                # ahead of the one being sent, so the loop writes while the disk and zstd work
+                reads = deque(self._read_soon(h) for h in msg.hashes[:READ_AHEAD_CHUNKS])
+                ahead = iter(msg.hashes[READ_AHEAD_CHUNKS:])
                 try:
                     for h in msg.hashes:
+                        read = reads.popleft()
+                        if read is not None:
+                            await read.done.wait()
+                            self._frames_read[h] = read.result
+                        if (more := next(ahead, None)) is not None:
+                            reads.append(self._read_soon(more))
                         await write_msg(stream, self._serve(h, remote))
                         left -= 1
                         m.chunks_serving -= 1
@@ -786,11 +1007,22 @@ class Peer:
             else:
                 raise RemoteProtocolError(f"{type(msg).__name__} on a chunk stream")
 
+    def _read_soon(self, h: str):
+        """Chunk `h` being read for serving on the writer's reading thread (None: `_serve` reads it)."""
+        return self.writer.read_soon(h) if self.writer is not None else None
+
     def _serve(self, h: str, remote: str) -> Chunk | NotFound:
+        """The answer to a want of `h`: its frame as the writer's reading thread read it (checked,
+        and already compressed: sent as stored), or read here if another stream took that one."""
+        read = self._frames_read.pop(h, None)
         try:
-            wire, raw_size = self.store.get_frame(h)  # checked, and already compressed: sent as stored
+            if read is None:
+                read = self.store.get_frame(h)
+            elif isinstance(read, BaseException):
+                raise read
         except (MissingChunkError, CorruptChunkError):
             return NotFound(hash=h)
+        wire, raw_size = read
         self.transfers["bytes_out"] += len(wire)
         self.transfers["chunks_out"] += 1
         m = self.members.get(remote)
@@ -926,8 +1158,18 @@ class Peer:
                 if not self.store.has(scene_id):
                     if not maps:
                         raise PeerError(f"no member of party {self.party!r} holds scene {scene_id[:16]}")
-                    # whoever has a map has the manifest
-                    await self._swarm(SceneSwarm([(scene_id, 0)], trio.current_time()), maps)
+                    # whoever has a map has the manifest; when all of those are gone by now (a
+                    # fetcher that finished and left, a source whose answer was late), ask again
+                    give_up = trio.current_time() + FIND_TIMEOUT_S
+                    while True:
+                        try:
+                            await self._swarm(SceneSwarm([(scene_id, 0)], trio.current_time()), maps)
+                            break
+                        except PeerError:
+                            if trio.current_time() > give_up:
+                                raise
+                        await trio.sleep(MAP_POLL_S * 2)
+                        maps = await self.chunk_maps(scene_id) or maps
                 try:
                     manifest = decode_manifest(self.store.get(scene_id), scene_id)
                 except ManifestError as exc:
@@ -937,12 +1179,14 @@ class Peer:
                 wanted = [(r.hash, r.size) for r in refs if r.hash in missing]
                 # the want-list in an order of this peer's own (see meshrender.swarm)
                 swarm = SceneSwarm(wanted, trio.current_time(), scene_id=scene_id,
-                                   order=[r.hash for r in refs], shuffle=random.Random().shuffle)  # fmt: skip
+                                   order=[r.hash for r in refs], shuffle=random.Random().shuffle,
+                                   peer_id=self.peer_id, members=len(self.members))  # fmt: skip
                 self._partial[scene_id] = swarm
                 try:
                     if wanted:
                         stats = await self._swarm(swarm, maps)
                     total = sum(r.size for r in manifest.chunk_refs())
+                    await self.writer.sync()  # what was fetched is on disk before the scene is recorded whole
                     self.store.add_scene(scene_id, [scene_id, *[r.hash for r in refs]], total_bytes=total)
                     self.scene_changed()
                 finally:
@@ -998,6 +1242,8 @@ class Peer:
                 elif isinstance(reply, NotFound):
                     swarm.on_not_found(peer, h, trio.current_time())
                 else:
+                    swarm.on_arrived(peer, h, trio.current_time())  # its pipe is refilled while we check
+                    poke()
                     ok = await self._accept(reply, peer)
                     if ok:
                         by_provider[peer] = by_provider.get(peer, 0) + reply.raw_size
@@ -1023,12 +1269,14 @@ class Peer:
                 poke()
 
         offer(maps)
+        failure: Exception | None = None  # raised once the nursery is closed: not in an exception group
         async with trio.open_nursery() as n:
             if scene_id is not None:
                 n.start_soon(refresh)
             while not swarm.done:
                 if store_error is not None:
-                    raise store_error
+                    failure = store_error
+                    break
                 now = trio.current_time()
                 for action in swarm.poll(now):
                     if isinstance(action, Request):
@@ -1039,12 +1287,15 @@ class Peer:
                         pass  # a late reply is still verified; the swarm keeps the first good copy
                 reason = swarm.stuck_error(now, in_flight)
                 if reason:
-                    raise PeerError(reason)
+                    failure = PeerError(reason)
+                    break
                 deadline = swarm.next_deadline()
                 until = now + 1.0 if deadline is None else min(deadline, now + 1.0)
                 with trio.move_on_at(until):
                     await wake.wait()
             n.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
         return {"bytes_by_provider": by_provider}
 
     async def _accept(self, msg: Chunk, peer: str) -> bool:
@@ -1076,6 +1327,58 @@ async def _reset(stream) -> None:
         pass
 
 
+class _Abandoned(Exception):
+    """The dialer left a handshake part-way: no guess tested (counted apart from wrong ones)."""
+
+
+class _Blocked(Exception):
+    """The source was blocked while its handshake ran: hang up, check nothing, say nothing."""
+
+
+async def _read_handshake(stream):
+    """One handshake message from a peer that has proven nothing: at most HANDSHAKE_FRAME_BYTES_MAX
+    (the general frame limit is 16 MiB), within HANDSHAKE_TIMEOUT_S; None at a clean end."""
+    with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+        header = await read_exact(stream, FRAME_HEADER.size)
+        if header is None:
+            return None
+        n = frame_length(header)
+        if n > HANDSHAKE_FRAME_BYTES_MAX:
+            raise RemoteProtocolError(f"a handshake frame of {n} bytes, limit {HANDSHAKE_FRAME_BYTES_MAX}")
+        body = await read_exact(stream, n) if n else b""
+        if body is None:
+            raise RemoteProtocolError("stream ended between a frame header and its body")
+        return decode_body(body)
+
+
+async def _close_conn(conn) -> None:
+    """Close one connection (a non-member's), however far it got."""
+    try:
+        with trio.move_on_after(2.0):
+            await conn.close()
+    except Exception:  # already gone
+        pass
+
+
+def _conn_host(muxed_conn) -> str:
+    """The remote IP of a connection: the source that failed handshakes are counted against."""
+    try:
+        host, _port = muxed_conn.get_remote_address()
+        return str(host)
+    except Exception:  # no address known: all such connections share one count
+        return "?"
+
+
+def _addr_host(ma) -> str:
+    """The IP (or DNS name) a multiaddr dials."""
+    for proto in ("ip4", "ip6", "dns4", "dns6", "dns"):
+        try:
+            return str(ma.value_for_protocol(proto))
+        except Exception:  # not this protocol
+            continue
+    return str(ma).split("/p2p/")[0]
+
+
 def free_memory() -> int:
     """Bytes of memory available to new work (Linux: MemAvailable; elsewhere free pages)."""
     try:
@@ -1091,14 +1394,21 @@ def free_memory() -> int:
         return 0
 
 
+SECRET_FILE_BYTES_MAX = 4096  # a secret file holds one line; anything longer is the wrong file
+
+
 def read_secret(secret: str | None, secret_file: str | None) -> bytes:
     if secret and secret_file:
         raise PeerError("give --secret or --secret-file, not both")
     if secret_file:
         try:
-            data = Path(secret_file).read_bytes().strip()
+            with open(secret_file, "rb") as f:  # bounded: a device or a huge file is no secret
+                data = f.read(SECRET_FILE_BYTES_MAX + 1)
         except OSError as exc:
             raise PeerError(f"{secret_file}: cannot read the party secret ({exc.strerror})") from None
+        if len(data) > SECRET_FILE_BYTES_MAX:
+            raise PeerError(f"{secret_file}: over {SECRET_FILE_BYTES_MAX} bytes, not a party secret file")
+        data = data.strip()
         if not data:
             raise PeerError(f"{secret_file}: the secret file is empty")
         return data

@@ -166,6 +166,7 @@ class Error(Msg, tag="error"):
 
 LEASE_UNITS_WIRE_MAX = 4096  # schedule.LEASE_UNITS_MAX: one lease is one message
 LEASE_IDS_WIRE_MAX = 1024  # leases a heartbeat names (a worker holds a few)
+LEASE_DUE_S_MAX = 7 * 86400.0  # a lease due in over a week is no deadline (and infinity broke the worker)
 
 
 class JobOffer(Msg, tag="job"):
@@ -178,7 +179,7 @@ class JobOffer(Msg, tag="job"):
 class LeaseGrant(Msg, tag="lease"):
     lease_id: Annotated[int, Meta(ge=0, le=1 << 62)]
     units: Annotated[list[WorkUnit], Meta(min_length=1, max_length=LEASE_UNITS_WIRE_MAX)]
-    due_in_s: Annotated[float, Meta(ge=0)]  # the coordinator enforces it on its own clock
+    due_in_s: Annotated[float, Meta(ge=0, le=LEASE_DUE_S_MAX)]  # the coordinator enforces it on its own clock
 
 
 class LeaseRevoke(Msg, tag="revoke"):
@@ -332,6 +333,10 @@ class Status(Msg, tag="status"):
     units: Annotated[int, Meta(ge=0)] = 0  # units rendered since the peer started
     reason: Reason = ""  # why it renders where it does (why it fell back to the CPU)
     activity: Label = ""  # "rendering", "fetching" (a scene's chunks), "" when idle: finer than `state`
+    # the render process: "starting", "compiling", "ready", "failed", "stopped"; "" when it does not
+    # render. A coordinator offers a job only to a member whose renderer is ready (or says nothing).
+    renderer: Label = ""
+    renderer_note: Reason = ""  # in words: "renderer compiling kernels (first run, cold cache), 40 s so far"
 
 
 class Have(Msg, tag="have"):

@@ -469,6 +469,12 @@ class Coordinator:
             heapq.heappop(t)
         return t[0][0] if t else None
 
+    def units_held(self) -> dict[str, int]:
+        """Units each worker's live leases still owe (for "who holds what" progress reports);
+        workers holding none are left out."""
+        return {w.id: sum(len(self._leases[lid].owed) for lid in w.leases)
+                for w in self._workers.values() if w.leases}  # fmt: skip
+
     def statistics(self) -> ScheduleStatistics:
         workers = self._workers.values()
         units = self._units
