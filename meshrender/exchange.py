@@ -454,12 +454,7 @@ class ChunkFetch:
                     self._ban(p, f"sent bytes that do not match chunk {hash}")
                 self._orphaned(c)
                 return False
-            if c.state is _State.DONE:
-                self._duplicates += 1
-                self._duplicate_bytes += c.size
-                return False
-            self._complete(c, p, now)
-            return True
+            return self._good_copy(c, p, now)
         if p is None:
             self._penalize(peer, "sent a chunk it was never asked for")
             return False
@@ -476,6 +471,10 @@ class ChunkFetch:
         if not ok:
             self._ban(p, f"sent bytes that do not match chunk {hash}")
             return False
+        return self._good_copy(c, p, now)
+
+    def _good_copy(self, c, p, now: float) -> bool:
+        """A copy whose bytes matched: it completes the chunk, unless another copy already did."""
         if c.state is _State.DONE:
             self._duplicates += 1
             self._duplicate_bytes += c.size
