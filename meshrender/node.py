@@ -6,11 +6,11 @@ How it works
     object with its own state that reaches the shared state (members, host, events) through it:
     `joining` (dial, the party handshake on `/meshrender/party/1` with its sans-IO core
     `membership`, the join deadline, the failure limiters), `liveness` (pings, lost members,
-    redials), `chunks` (serving `/meshrender/chunks/1`, fetching a scene as a swarm) and `ctl`
-    (control requests and job links). Only members are served anything.
-  * Here are what the roles share: construction and `run`, mDNS discovery (a hint: every peer
-    found must still pass the handshake), the gossip of status and held scenes, the render
-    process, penalties, and the thin methods other code calls (`dial`, `fetch_scene`, ...).
+    redials), `chunks` (serving `/meshrender/chunks/1`, fetching a scene as a swarm), `ctl`
+    (control requests and job links) and `presence` (mDNS discovery, the status and have gossip).
+    Only members are served anything.
+  * What stays here is what the roles share: construction and `run`, the render process kept
+    warm, penalties, and the thin methods other code calls (`dial`, `fetch_scene`, ...).
   * Every stream handler is wrapped (`_guard`): nothing a peer sends can raise out of it
     (py-libp2p ends the process on an exception escaping a handler). Every read has a deadline.
   * One status source: `snapshot()` and the event stream (`events`, and the `on_event` callback
@@ -35,8 +35,6 @@ from . import __version__
 from .home import HomeLock, store_dir, store_quota_bytes
 from .net.gossip import Gossip
 from .net.host import build_host, load_or_create_identity, parse_multiaddr
-from .net.mdns import ADDRS_MAX as MDNS_ADDRS_MAX
-from .net.mdns import MdnsDiscovery, MdnsError, mdns_interfaces
 from .net.streams import MsgLink
 from .peer.chunks import READ_AHEAD_CHUNKS, Chunks
 from .peer.common import (
@@ -64,7 +62,8 @@ from .peer.joining import (
 )
 from .peer.liveness import LIVENESS_TIMEOUT_S, PING_BYTES, PING_INTERVAL_S, REDIAL_FOR_S, Liveness
 from .peer.membership import gossip_topic
-from .protocol import HAVE_SCENES_MAX, Chunk, ChunkMap, Have, NotFound, RemoteProtocolError, Status, party_tag
+from .peer.presence import HAVE_REPEAT_S, STATUS_INTERVAL_S, Presence
+from .protocol import Chunk, ChunkMap, NotFound, RemoteProtocolError, Status
 from .renderproc import RenderError, RenderProcess
 from .store.chunkstore import ChunkStore
 from .store.writer import ChunkWriter
@@ -76,6 +75,7 @@ __all__ = [  # the roles' names, kept importable from here
     "CONTROL_REQUEST_S",
     "DIAL_RETRY_MAX_S",
     "DIAL_RETRY_S",
+    "HAVE_REPEAT_S",
     "HANDSHAKE_FRAME_BYTES_MAX",
     "HANDSHAKE_TIMEOUT_S",
     "IDLE_STREAM_TIMEOUT_S",
@@ -95,6 +95,7 @@ __all__ = [  # the roles' names, kept importable from here
     "REFUSED_HOLD_S",
     "REFUSED_LINGER_S",
     "SECRET_FILE_BYTES_MAX",
+    "STATUS_INTERVAL_S",
     "Member",
     "Peer",
     "PeerError",
@@ -103,8 +104,6 @@ __all__ = [  # the roles' names, kept importable from here
 ]
 
 EVENTS_KEPT = 1000  # recent events kept for a late reader (the TUI's log)
-STATUS_INTERVAL_S = 2.0  # a status gossip this often (and at once after a change)
-HAVE_REPEAT_S = 10.0  # the have-list is re-announced at least this often
 
 
 class _Notifee(INotifee):
@@ -182,6 +181,7 @@ class Peer:
         self.liveness = Liveness(self)  # pings, lost members, redials
         self.chunks = Chunks(self)  # the chunk server and scene fetches
         self.ctl = Control(self)  # control requests and job links
+        self.presence = Presence(self)  # mDNS discovery, the status and have gossip
         self.transfers = {"bytes_in": 0, "bytes_out": 0, "chunks_in": 0, "chunks_out": 0}
         self.started = time.time()
         self.backend = backend  # what was asked for; the renderer reports what it got
@@ -196,8 +196,6 @@ class Peer:
         self.gossip: Gossip | None = None
         self.writer: ChunkWriter | None = None
         self.mdns = mdns
-        self._announce_now = trio.Event()
-        self._held: list[str] | None = None  # scenes held whole, newest last (None: to be counted)
         self.render = render  # takes leases: runs a render process and answers job links
         self.run_queue = run_queue  # runs its job queue and answers members' control requests
         self.runner = None  # the service.QueueRunner, while it runs
@@ -270,87 +268,11 @@ class Peer:
 
     def held_scenes(self) -> list[str]:
         """Scenes this store holds whole, newest last (recounted after a fetch, or when asked to)."""
-        if self._held is None:
-            self._held = [s for s in self.store.scene_ids() if self.store.has_scene(s)]
-        return self._held
+        return self.presence.held_scenes()
 
     def scene_changed(self) -> None:
         """The store gained or lost a scene: recount and announce it soon."""
-        self._held = None
-        self._announce_now.set()
-
-    # ------------------------------------------------------------------ discovery
-    async def _discover(self) -> None:
-        """mDNS on the interfaces we listen on: every party peer found is dialed (and must still
-        pass the handshake: an announcement is only a hint). If mDNS cannot run, the peer goes on
-        without it (bootstrap addresses still work) and says so."""
-        try:
-            interfaces = mdns_interfaces(self.listen)
-            own: list[str] = []
-            for a in self.addrs:
-                if not a.startswith("/ip4/"):
-                    continue
-                ip = a.split("/")[2]
-                for concrete in interfaces if ip == "0.0.0.0" else [ip]:  # announce where we are reachable
-                    own.append(a.replace(f"/ip4/{ip}/", f"/ip4/{concrete}/", 1).split("/p2p/")[0])
-            own = [f"{a}/p2p/{self.peer_id}" for a in dict.fromkeys(own)][:MDNS_ADDRS_MAX]
-            disc = MdnsDiscovery(peer_id=self.peer_id, addrs=own, party_tag=party_tag(self.party),
-                                 interfaces=interfaces)  # fmt: skip
-        except ValueError as exc:
-            raise PeerError(f"mDNS: {exc}") from None
-
-        def found(peer: str, addrs: list[str]) -> None:
-            self._event("discovered", peer=peer, addrs=addrs, by="mdns")
-            if peer not in self.members and self._nursery is not None:
-                self._nursery.start_soon(self.dial, addrs[0], False)
-
-        try:
-            await disc.run(found)
-        except MdnsError as exc:
-            log.warning("mDNS discovery stopped: %s", exc)
-            self._event("mdns-failed", reason=str(exc))
-
-    # ------------------------------------------------------------------ gossip
-    async def _announce(self) -> None:
-        """Status every STATUS_INTERVAL_S; the scenes held whole when they change, when a member
-        joins (gossip keeps no history for newcomers), and every HAVE_REPEAT_S regardless."""
-        last_have: list[str] | None = None
-        last_have_t = 0.0
-        members_seen = 0
-        while True:
-            with trio.move_on_after(STATUS_INTERVAL_S):
-                await self._announce_now.wait()
-            self._announce_now = trio.Event()
-            now = time.monotonic()
-            if now - last_have_t >= HAVE_REPEAT_S:
-                self._held = None  # a `store add` by another process shows up within HAVE_REPEAT_S
-            try:
-                await self.gossip.publish(self.status())
-                held = self.held_scenes()[-HAVE_SCENES_MAX:]
-                joined = len(self.members) > members_seen
-                if held != last_have or joined or now - last_have_t >= HAVE_REPEAT_S:
-                    await self.gossip.publish(Have(scene_ids=held))
-                    last_have, last_have_t = held, now
-                members_seen = len(self.members)
-            except trio.Cancelled:
-                raise
-            except Exception as exc:  # a pubsub hiccup must not end the peer
-                log.info("gossip publish failed: %s: %s", type(exc).__name__, exc)
-
-    def _on_gossip(self, author: str, msg: Status | Have) -> None:
-        if author not in self.members:
-            return
-        if isinstance(msg, Status):
-            status = msgspec.structs.asdict(msg)
-            before = self.statuses.get(author)
-            self.statuses[author] = {**status, "t": round(time.time(), 3)}
-            if before is None or any(before[k] != status[k] for k in ("state", "backend", "fell_back")):
-                self._event("peer-status", peer=author, **status)
-        else:
-            new = set(msg.scene_ids) - self.have_of.get(author, set())
-            self.have_of[author] = set(msg.scene_ids)
-            if new:
-                self._event("have", peer=author, scene_ids=sorted(new))
+        self.presence.scene_changed()
 
     # ------------------------------------------------------------------ life
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -389,7 +311,7 @@ class Peer:
             self.host,
             gossip_topic(self.party_password()),
             is_member=lambda p: p in self.members or p == self.peer_id,
-            on_message=self._on_gossip,
+            on_message=self.presence.on_gossip,
             guard=self._guard,
         )
         try:
@@ -402,8 +324,8 @@ class Peer:
                     await nursery.start(self.writer.run)
                     await nursery.start(self.gossip.run)
                     if self.mdns:
-                        nursery.start_soon(self._discover)  # a hint service: nobody waits for it
-                    nursery.start_soon(self._announce)
+                        nursery.start_soon(self.presence.discover)  # a hint service: nobody waits for it
+                    nursery.start_soon(self.presence.announce)
                     if self.renderer is not None:
                         nursery.start_soon(self._warm_renderer)
                     if self.runner is not None:
@@ -520,7 +442,7 @@ class Peer:
         elif r.state == "stopped" and r.note.startswith("the renderer exited"):
             log.warning("%s; starting it again", r.note)
         self._event("renderer-state", state=r.state, note=r.note)
-        self._announce_now.set()
+        self.presence.soon()
 
     async def render_backend(self) -> tuple[str, str]:
         """("cpu" or "gpu", the backend's name), starting the render process if needed."""
@@ -537,7 +459,7 @@ class Peer:
         if changed:
             self._event("renderer", backend=ready.backend, gpu=ready.is_gpu, fell_back=ready.fell_back,
                         reason=ready.reason, threads=ready.threads, kernel_s=ready.kernel_s)  # fmt: skip
-            self._announce_now.set()
+            self.presence.soon()
         return ("gpu" if ready.is_gpu else "cpu"), ready.backend
 
     def note_render(self, rendered, unit, settings) -> None:

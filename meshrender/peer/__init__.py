@@ -1,1 +1,1 @@
-"""The peer by role: small sans-IO objects the node's `Peer` composes (membership first)."""
+"""The peer by role: the objects the node's `Peer` composes, and the sans-IO membership core."""

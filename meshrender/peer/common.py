@@ -1,9 +1,9 @@
 """What every role of the peer shares: its error, a member's record, the protocol ids, and the
 quiet ways to end a stream or a connection (a peer that is gone already raises nothing here).
 
-How it works: each role (`joining`, `liveness`, `chunks`, `control`) is an object the node's
-`Peer` composes; they read the peer's shared state (members, host, nursery, events) through it
-and keep their own state to themselves. Nothing here does I/O on its own.
+How it works: each role (`joining`, `liveness`, `chunks`, `control`, `presence`) is an object
+the node's `Peer` composes; it reads the peer's shared state (members, host, nursery, events)
+through the peer and keeps its own state to itself. Nothing here does I/O on its own.
 """
 
 from __future__ import annotations

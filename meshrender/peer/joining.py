@@ -102,7 +102,7 @@ class Joining:
         if fresh:
             joined_in = {} if at is None else {"joined_in_s": round(trio.current_time() - at, 3)}
             p._event("peer-joined", peer=peer, addrs=addrs, **joined_in)
-            p._announce_now.set()  # gossip keeps no history: tell the newcomer who we are
+            p.presence.soon()  # gossip keeps no history: tell the newcomer who we are
             if p._nursery is not None:
                 p._nursery.start_soon(p.liveness.watch, peer)
                 if p.gossip is not None:  # pubsub hears of members only: no topic for outsiders
