@@ -3,8 +3,8 @@ restarts peers (the coordinator, whose queue holds the jobs, included) at random
 
 `Chaos` starts real `meshrender peer --headless` processes on 127.0.0.1 with fixed ports (a peer
 restarted on its home keeps its identity and its address, and dials every other peer), queues the
-jobs on peer 0 with `meshrender submit` once every renderer is up (some before the faults start,
-the rest while they go on), and picks, with `random.Random(seed)`, when the next fault comes,
+jobs on peer 0 with `meshrender submit` once every renderer is up (some as the driver starts, the
+rest while the faults go on), and picks, with `random.Random(seed)`, when the next fault comes,
 which peer it hits and what it is, until `faults` have landed, `chaos_s` have passed or the queue is
 empty:
 
@@ -286,8 +286,9 @@ class Chaos:
             return
         self.report.jobs[json.loads(r.stdout)["id"]] = {"args": " ".join(args)}
 
-    def submit_later(self, args: tuple[str, ...]) -> None:
-        t = threading.Thread(target=self.submit, args=(args,), daemon=True)
+    def submit_later(self, *jobs: tuple[str, ...]) -> None:
+        """Queue `jobs`, in their order, from a thread: the driver goes on watching meanwhile."""
+        t = threading.Thread(target=lambda: [self.submit(args) for args in jobs], daemon=True)
         t.start()
         self._submit_threads.append(t)
 
@@ -296,8 +297,6 @@ class Chaos:
         t0 = time.monotonic()
         try:
             self._start_party()
-            for args in self.jobs[: len(self.jobs) - self.submit_during]:
-                self.submit(args)
             self._drive()
             self._heal()
             t1 = time.monotonic()
@@ -357,20 +356,29 @@ class Chaos:
         coordinator = rng.random() < self.coordinator_share
         member = rng.randrange(1, len(self.peers))
         pause = rng.uniform(*self.pause_s)
-        t = now - self._t0
-        c = self.coordinator
-        if not self.report.faults[("kill", "coordinator")]:  # every run's first fault: the
-            if not c.running_job():  # coordinator killed mid-job (the slot waits for one to run)
-                return
-            kind, coordinator = "kill", True
-        victim = c if coordinator else self.peers[member]
+        if not self.report.faults[("kill", "coordinator")]:
+            return  # the slots before the first fault (`_first_kill`) pass
+        victim = self.coordinator if coordinator else self.peers[member]
         # a fault hits a peer that is up with its renderer ready, and at most DOWN_MAX are down or
         # still starting: the party makes progress between faults
         if not victim.ready() or sum(not p.ready() for p in self.peers) >= DOWN_MAX:
             return  # this slot passes
+        self._land(now, kind, victim, pause)
+
+    def _first_kill(self, now: float, pause: float) -> None:
+        """Every run's first fault: the coordinator killed while it runs a job. Looked for at every
+        turn of the driver, not only at a fault's slot: on a fast machine a small job can start and
+        end between two slots."""
+        c = self.coordinator
+        if self.report.faults[("kill", "coordinator")] or not (c.ready() and c.running_job()):
+            return
+        self._land(now, "kill", c, pause)
+
+    def _land(self, now: float, kind: str, victim: ChaosPeer, pause: float) -> None:
+        coordinator = victim is self.coordinator
         self.report.faults[(kind, "coordinator" if coordinator else "member")] += 1
-        self.report.coordinator_mid_job += coordinator and c.running_job()
-        self.report.schedule.append((round(t, 2), kind, victim.index))
+        self.report.coordinator_mid_job += coordinator and victim.running_job()
+        self.report.schedule.append((round(now - self._t0, 2), kind, victim.index))
         if kind == "kill":
             victim.signal(signal.SIGKILL)
             self._pending.append((now + pause, "start", victim))
@@ -387,8 +395,10 @@ class Chaos:
         end = now + self.chaos_s
         later = self.jobs[len(self.jobs) - self.submit_during :]
         submits = sorted(rng.uniform(0, self.chaos_s * 0.3) for _ in later)
+        first_pause = rng.uniform(*self.pause_s)
         next_fault = now + rng.uniform(*self.gap_s)
         next_look = now
+        self.submit_later(*self.jobs[: len(self.jobs) - self.submit_during])  # queued as the driver starts
         while now < end and sum(self.report.faults.values()) < self.faults_target:
             if not later and now >= next_look:  # everything queued: stop once the queue is empty
                 next_look = now + 1.0
@@ -399,13 +409,14 @@ class Chaos:
             while submits and now - self._t0 >= submits[0]:
                 submits.pop(0)
                 self.submit_later(later.pop(0))
-            if now >= next_fault:
+            self._first_kill(now, first_pause)
+            if now >= next_fault:  # the slots keep the seed's times whenever the first kill lands
                 self._fault(now)
                 next_fault = now + rng.uniform(*self.gap_s)
             time.sleep(0.05)
             now = time.monotonic()
-        for args in later:
-            self.submit_later(args)
+        if later:
+            self.submit_later(*later)
         self.report.chaos_s = time.monotonic() - self._t0
 
     def _heal(self) -> None:
