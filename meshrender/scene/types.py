@@ -14,7 +14,8 @@ import numpy as np
 
 from ..settings import RenderSettings
 
-MaterialKind = Literal["diffuse", "conductor"]
+MaterialKind = Literal["diffuse", "conductor", "dielectric", "plastic"]
+Rgb = tuple[float, float, float]
 
 
 @dataclass
@@ -27,13 +28,35 @@ class TextureImage:
 
 @dataclass
 class MaterialDesc:
+    """A surface. What each field means for each `kind` (the kernel's opening comment has the
+    models): `roughness` is perceptual, GGX alpha = roughness**2 (0 is a smooth, delta lobe).
+
+      diffuse     Lambert, reflectance `base_color` (x texture).
+      conductor   GGX metal. Fresnel: "schlick" with F0 = base_color (x texture), "complex" with
+                  `eta` + i `k` per channel (presets in scene.materials), or "none" (F = 1, a
+                  perfect mirror); `base_color` scales the complex/none Fresnel (1 = physical).
+      dielectric  glass/water: smooth (roughness 0) or rough GGX (Walter et al. 2007), `ior` is
+                  the interior's index over the exterior's; `thin` is a pane (no refraction
+                  offset, two interfaces); `base_color` tints the transmission (1 = clear).
+      plastic     a smooth or rough dielectric coat (`ior`, `roughness`) over a Lambert base of
+                  `base_color` (Mitsuba's plastic/roughplastic).
+    `two_sided`: False (the default, as Mitsuba) leaves the back side of diffuse, conductor and
+    plastic surfaces black; dielectrics are always two-sided (they have an inside).
+    """
+
     name: str
     kind: MaterialKind = "diffuse"
-    base_color: tuple[float, float, float] = (0.8, 0.8, 0.8)
+    base_color: Rgb = (0.8, 0.8, 0.8)
     base_color_texture: TextureImage | None = None
-    roughness: float = 0.5  # perceptual; GGX alpha = roughness**2 (conductor only)
-    emission: tuple[float, float, float] = (0.0, 0.0, 0.0)  # radiance, W/(m^2 sr) per channel
+    roughness: float = 0.5  # perceptual; GGX alpha = roughness**2
+    emission: Rgb = (0.0, 0.0, 0.0)  # radiance, W/(m^2 sr) per channel
     two_sided_emission: bool = False  # one-sided emitters emit on the side of the face normal
+    two_sided: bool = False  # reflect on both sides (diffuse, conductor, plastic)
+    fresnel: Literal["schlick", "complex", "none"] = "schlick"  # conductor only
+    eta: Rgb = (0.0, 0.0, 0.0)  # conductor, fresnel "complex": real part of the IOR per channel
+    k: Rgb = (0.0, 0.0, 0.0)  # conductor, fresnel "complex": imaginary part (extinction)
+    ior: float = 1.5  # dielectric and plastic: interior over exterior index of refraction
+    thin: bool = False  # dielectric only: a thin pane
 
     @property
     def is_emissive(self) -> bool:
@@ -73,6 +96,30 @@ class EnvironmentDesc:
     rotation_deg: float = 0.0  # about +y
 
 
+LightKind = Literal["point", "spot", "directional"]
+
+
+@dataclass
+class LightDesc:
+    """A light with no surface (delta position or delta direction), Mitsuba's conventions:
+
+    point        at `position`, `intensity` W/sr per channel, in every direction;
+    spot         at `position`, shining along `direction`: `intensity` W/sr inside
+                 `beam_width_deg`, falling off smoothly to 0 at `cutoff_deg` (Mitsuba's spot);
+    directional  light travelling along `direction` (from the sun towards the scene),
+                 `irradiance` W/m^2 per channel on a surface facing it; `angular_radius_deg`
+                 > 0 makes it a disc of that angular radius (a sun with soft shadows).
+    """
+
+    kind: LightKind
+    position: Rgb = (0.0, 0.0, 0.0)
+    direction: Rgb = (0.0, -1.0, 0.0)
+    intensity: Rgb = (1.0, 1.0, 1.0)  # point, spot: W/sr; directional: irradiance W/m^2
+    cutoff_deg: float = 20.0  # spot
+    beam_width_deg: float = 15.0  # spot
+    angular_radius_deg: float = 0.0  # directional
+
+
 @dataclass
 class LoadedScene:
     source: str  # the scene file, mesh file, or "builtin:NAME"
@@ -84,3 +131,4 @@ class LoadedScene:
     warnings: list[str] = field(default_factory=list)
     camera_keys: list[tuple[int, CameraDesc]] = field(default_factory=list)  # an animated camera
     frames: tuple[int, int] | None = None  # the default frame range, when the scene file says
+    lights: list[LightDesc] = field(default_factory=list)  # point, spot and directional lights
