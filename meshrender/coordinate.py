@@ -392,25 +392,25 @@ class JobRun:
         if self.spec.backend in ("cpu", "gpu"):
             return self.spec.backend
         mine = "cpu"
-        if self.render_self:  # waiting, not starting: node.Peer._warm_renderer starts it
+        if self.render_self:  # waiting, not starting: peer.rendering.Rendering.warm starts it
             with trio.move_on_after(BACKEND_WAIT_S):
-                while not self.peer.renderer.running():
+                while not self.peer.rendering.proc.running():
                     await trio.sleep(0.1)
-            if self.peer.renderer.running():
-                mine = (await self.peer.render_backend())[0]
+            if self.peer.rendering.proc.running():
+                mine = (await self.peer.rendering.backend())[0]
             else:
                 log.warning("job %s: this peer's renderer is not ready (%s): the class is decided without it",
-                            self.job_id[:12], self.peer.renderer.note)  # fmt: skip
+                            self.job_id[:12], self.peer.rendering.proc.note)  # fmt: skip
         if mine == "gpu" or any((s or {}).get("gpu") for s in self.peer.statuses.values()):
             return "gpu"  # one class per job: results are bit-identical only within one
         return "cpu"
 
     async def _serve_self(self) -> None:
         """This peer's own worker, on an in-process link: it joins once our render process is ready,
-        and again after the renderer died and came back (node.Peer._warm_renderer restarts it)."""
+        and again after the renderer died and came back (peer.rendering.Rendering.warm restarts it)."""
         me = self.peer.peer_id
         while not (self.coordinator.done or self._cancelled):
-            if me in self.workers or not self.peer.renderer.running() or not self._may_offer(me):
+            if me in self.workers or not self.peer.rendering.proc.running() or not self._may_offer(me):
                 await trio.sleep(MEMBER_SCAN_S)
                 continue
             mine, theirs = memory_link_pair()

@@ -106,8 +106,8 @@ def job_picture(run, peer) -> tuple[str, bool, bool]:
     parts: list[str] = []
     warming = can_render = False
     me = peer.peer_id
-    if run.render_self and peer.renderer is not None:
-        r = peer.renderer
+    if run.render_self and peer.rendering.proc is not None:
+        r = peer.rendering.proc
         if r.running():
             can_render = True
             why = "rendering" if held.get(me) else "waiting for a lease" if me in run.workers else "joining"

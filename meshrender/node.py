@@ -7,10 +7,11 @@ How it works
     `joining` (dial, the party handshake on `/meshrender/party/1` with its sans-IO core
     `membership`, the join deadline, the failure limiters), `liveness` (pings, lost members,
     redials), `chunks` (serving `/meshrender/chunks/1`, fetching a scene as a swarm), `ctl`
-    (control requests and job links) and `presence` (mDNS discovery, the status and have gossip).
-    Only members are served anything.
-  * What stays here is what the roles share: construction and `run`, the render process kept
-    warm, penalties, and the thin methods other code calls (`dial`, `fetch_scene`, ...).
+    (control requests and job links), `presence` (mDNS discovery, the status and have gossip)
+    and `rendering` (the render process kept warm, its backend and speed). Only members are
+    served anything.
+  * What stays here is what the roles share: construction and `run`, penalties, and the thin
+    methods other code calls (`dial`, `fetch_scene`, ...).
   * Every stream handler is wrapped (`_guard`): nothing a peer sends can raise out of it
     (py-libp2p ends the process on an exception escaping a handler). Every read has a deadline.
   * One status source: `snapshot()` and the event stream (`events`, and the `on_event` callback
@@ -63,8 +64,8 @@ from .peer.joining import (
 from .peer.liveness import LIVENESS_TIMEOUT_S, PING_BYTES, PING_INTERVAL_S, REDIAL_FOR_S, Liveness
 from .peer.membership import gossip_topic
 from .peer.presence import HAVE_REPEAT_S, STATUS_INTERVAL_S, Presence
+from .peer.rendering import Rendering
 from .protocol import Chunk, ChunkMap, NotFound, RemoteProtocolError, Status
-from .renderproc import RenderError, RenderProcess
 from .store.chunkstore import ChunkStore
 from .store.writer import ChunkWriter
 
@@ -183,14 +184,8 @@ class Peer:
         self.ctl = Control(self)  # control requests and job links
         self.presence = Presence(self)  # mDNS discovery, the status and have gossip
         self.transfers = {"bytes_in": 0, "bytes_out": 0, "chunks_in": 0, "chunks_out": 0}
+        self.rendering = Rendering(self, backend=backend, threads=threads)  # the render process
         self.started = time.time()
-        self.backend = backend  # what was asked for; the renderer reports what it got
-        self.fell_back: bool | None = None
-        self.speed: float | None = None  # measured Msamples/s, once the renderer has run
-        self.units_rendered = 0
-        self.backend_reason = ""  # why the renderer runs where it does (a GPU fallback's cause)
-        self.threads = threads or os.cpu_count() or 1
-        self.busy = False  # rendering (set by the render loop)
         self.statuses: dict[str, dict] = {}  # member -> its latest gossiped Status, with arrival time
         self.have_of: dict[str, set[str]] = {}  # member -> scenes it announced it holds whole
         self.gossip: Gossip | None = None
@@ -200,9 +195,6 @@ class Peer:
         self.run_queue = run_queue  # runs its job queue and answers members' control requests
         self.runner = None  # the service.QueueRunner, while it runs
         self.verify = verify  # fraction of units a job it coordinates has rendered twice and compared
-        self.renderer: RenderProcess | None = None
-        self.gpu: bool | None = None
-        self.render_error: str | None = None
 
     # ------------------------------------------------------------------ status
     def _event(self, kind: str, **fields) -> None:
@@ -247,23 +239,16 @@ class Peer:
         }
 
     def status(self) -> Status:
+        busy = self.rendering.busy
         return Status(
             version=__version__,
-            state="busy" if self.busy or self.chunks.fetching else "idle",
-            backend=self.backend,
-            fell_back=self.fell_back,
-            speed=self.speed,
-            threads=self.threads,
+            state="busy" if busy or self.chunks.fetching else "idle",
             free_mem=free_memory(),
             load=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else 0.0,
             scenes=len(self.held_scenes()),
-            gpu=self.gpu,
             renders=self.render,
-            units=self.units_rendered,
-            reason=self.backend_reason,
-            activity="rendering" if self.busy else "fetching" if self.chunks.fetching else "",
-            renderer=self.renderer.state if self.renderer is not None else "",
-            renderer_note=self.renderer.note[:400] if self.renderer is not None else "",
+            activity="rendering" if busy else "fetching" if self.chunks.fetching else "",
+            **self.rendering.status_fields(),
         )
 
     def held_scenes(self) -> list[str]:
@@ -295,8 +280,7 @@ class Peer:
         self.host.set_stream_handler(TProtocol(PROTO_CHUNKS), self._guard(self.chunks.on_chunks))
         self.host.set_stream_handler(TProtocol(PROTO_PING), self._guard(self.liveness.on_ping))
         if self.render:
-            self.renderer = RenderProcess(self.store.root, backend=self.backend, threads=self.threads,
-                                          log_path=self.render_log)  # fmt: skip
+            self.rendering.open(self.store.root, self.render_log)
             self.host.set_stream_handler(TProtocol(PROTO_JOBS), self._guard(self.ctl.on_job))
         db = None
         if self.run_queue:
@@ -326,8 +310,8 @@ class Peer:
                     if self.mdns:
                         nursery.start_soon(self.presence.discover)  # a hint service: nobody waits for it
                     nursery.start_soon(self.presence.announce)
-                    if self.renderer is not None:
-                        nursery.start_soon(self._warm_renderer)
+                    if self.rendering.proc is not None:
+                        nursery.start_soon(self.rendering.warm)
                     if self.runner is not None:
                         await nursery.start(self.runner.run)
                     if self.local_socket is not None:
@@ -346,9 +330,8 @@ class Peer:
             self.runner = None
             if db is not None:
                 db.close()
-            if self.renderer is not None:
-                with trio.CancelScope(shield=True):
-                    await self.renderer.stop()
+            with trio.CancelScope(shield=True):
+                await self.rendering.stop()
             if own_store and self.store is not None:
                 self.store.close()
             self._event("stopped", transfers=dict(self.transfers))
@@ -415,58 +398,6 @@ class Peer:
 
     async def control(self, member: str, request, on_piece: Callable | None = None):
         return await self.ctl.control(member, request, on_piece)
-
-    # ------------------------------------------------------------------ rendering
-    async def _warm_renderer(self) -> None:
-        """Keep the render process up from the peer's start: the first lease should not wait for
-        Taichi to load, and a child that dies, is stopped (a cancelled unit) or fails to start is
-        started again; `RenderProcess.start` waits out its back-off after failed starts. A slow
-        first compile is progress: it is logged every START_NOTE_S and gossiped in our status."""
-        r = self.renderer
-        r.on_state = self._renderer_state
-        while True:
-            try:
-                await self.render_backend()
-            except RenderError as exc:
-                wait = max(0.0, r.retry_at - trio.current_time())
-                log.warning("the renderer did not start (%d in a row): %s; trying again in %.0f s",
-                            r.failures, exc, wait)  # fmt: skip
-                continue
-            await r.wait_exited()
-
-    def _renderer_state(self, r: RenderProcess) -> None:
-        """The render process changed state or has news of a long start: log it, tell the party."""
-        self.render_error = r.last_error or None
-        if r.state in ("starting", "compiling") and "so far" in r.note:
-            log.info("%s", r.note)
-        elif r.state == "stopped" and r.note.startswith("the renderer exited"):
-            log.warning("%s; starting it again", r.note)
-        self._event("renderer-state", state=r.state, note=r.note)
-        self.presence.soon()
-
-    async def render_backend(self) -> tuple[str, str]:
-        """("cpu" or "gpu", the backend's name), starting the render process if needed."""
-        if self.renderer is None:
-            raise PeerError("this peer does not render")
-        try:
-            ready = await self.renderer.start()
-        except RenderError as exc:
-            self.render_error = str(exc)
-            raise
-        changed = (self.gpu, self.fell_back) != (ready.is_gpu, ready.fell_back)
-        self.backend, self.gpu, self.fell_back = ready.backend, ready.is_gpu, ready.fell_back
-        self.backend_reason = ready.reason[:400]
-        if changed:
-            self._event("renderer", backend=ready.backend, gpu=ready.is_gpu, fell_back=ready.fell_back,
-                        reason=ready.reason, threads=ready.threads, kernel_s=ready.kernel_s)  # fmt: skip
-            self.presence.soon()
-        return ("gpu" if ready.is_gpu else "cpu"), ready.backend
-
-    def note_render(self, rendered, unit, settings) -> None:
-        """A unit was rendered here: its speed (Msamples/s, units that compiled left out) is gossiped."""
-        self.units_rendered += 1
-        if rendered.compile_s == 0 and rendered.seconds > 0:
-            self.speed = round(unit.pixels * unit.samples(settings) / rendered.seconds / 1e6, 3)
 
     def member_statuses(self) -> dict[str, dict | None]:
         return {p: self.statuses.get(p) for p in self.members}

@@ -26,7 +26,7 @@ Stopping a unit mid-kernel is killing the process (that is how a cancel stops ev
 a second); `RenderProcess` starts a fresh one on the next request. A child that dies or answers
 garbage raises RenderError and is restarted next time; a start that failed is tried again only
 after a back-off (RESTART_BACKOFF_S, growing with each failure in a row), and the peer keeps
-trying (`node.Peer._warm_renderer`) rather than giving up after one miss.
+trying (`peer.rendering.Rendering.warm`) rather than giving up after one miss.
 """
 
 from __future__ import annotations

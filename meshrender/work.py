@@ -96,14 +96,14 @@ async def serve_job(peer, link, coordinator: str) -> dict:
         raise RemoteProtocolError(f"a job link opened with {type(offer).__name__}, not JobOffer")
     state = {"units": 0, "ended": "", "refused": "", "preparing": "", "rendering": False}
     with trio.move_on_after(READY_WAIT_S):  # a restart on a warm cache takes a few seconds
-        while not peer.renderer.running():
+        while not peer.rendering.proc.running():
             await trio.sleep(0.1)
-    if not peer.renderer.running():
-        r = peer.renderer
+    if not peer.rendering.proc.running():
+        r = peer.rendering.proc
         state["ended"] = f"renderer not ready: {r.note or r.state}"
         await link.close()
         return state
-    klass, backend_name = await peer.render_backend()
+    klass, backend_name = await peer.rendering.backend()
     job = WorkerJob(trio.current_time())
     wake = _Wake()
     todo_send, todo_receive = trio.open_memory_channel[RenderNext](1)
@@ -120,7 +120,7 @@ async def serve_job(peer, link, coordinator: str) -> dict:
             if msg is None or isinstance(msg, JobEnd):
                 state["ended"] = "coordinator closed the link" if msg is None else msg.reason
                 if state["rendering"]:
-                    await peer.renderer.stop()  # the unit in the kernel stops too
+                    await peer.rendering.proc.stop()  # the unit in the kernel stops too
                 cancel.cancel()
                 return
             if isinstance(msg, LeaseGrant):
@@ -159,15 +159,15 @@ async def serve_job(peer, link, coordinator: str) -> dict:
                         await refuse(lid, reason)
                     wake.set()
                     continue
-            compiling = peer.renderer.loaded_scene != offer.scene_id
+            compiling = peer.rendering.proc.loaded_scene != offer.scene_id
             state["preparing"] = "compiling the kernel" if compiling else ""
             job.preparing(compiling)  # the first unit of a scene pays for loading and compiling
             job.started(step.unit, trio.current_time())
             state["rendering"] = True
-            peer.busy = True
+            peer.rendering.busy = True
             try:
-                result, rendered = await peer.renderer.render(offer.scene_id, offer.settings, step.unit)
-            except RendererDown as exc:  # it restarts (Peer._warm_renderer): the job gets us back then
+                result, rendered = await peer.rendering.proc.render(offer.scene_id, offer.settings, step.unit)
+            except RendererDown as exc:  # it restarts (Rendering.warm): the job gets us back then
                 state["rendering"] = False
                 state["ended"] = state["ended"] or f"renderer down: {exc}"
                 job.finished(step.unit, trio.current_time())
@@ -181,13 +181,13 @@ async def serve_job(peer, link, coordinator: str) -> dict:
                 continue
             finally:
                 state["rendering"] = False
-                peer.busy = False
+                peer.rendering.busy = False
             state["preparing"] = ""
             job.preparing(False)
             now = trio.current_time()
             job.progress(step.unit.pixels * step.unit.samples(offer.settings), now)
             job.finished(step.unit, now)
-            peer.note_render(rendered, step.unit, offer.settings)
+            peer.rendering.note(rendered, step.unit, offer.settings)
             await link.send(
                 UnitDone(
                     lease_id=step.lease_id,

@@ -151,17 +151,17 @@ def test_the_peer_restarts_a_killed_renderer_and_renders_with_it(tmp_path, corne
             async with trio.open_nursery() as n:
                 await n.start(peer.run)
                 with trio.fail_after(120):
-                    while not peer.renderer.running():
+                    while not peer.rendering.proc.running():
                         await trio.sleep(0.1)
-                first = peer.renderer.pid
+                first = peer.rendering.proc.pid
                 assert peer.status().renderer == "ready"
                 os.kill(first, signal.SIGKILL)
                 with trio.fail_after(120):  # nobody asked for a unit: the peer brings it back itself
-                    while not (peer.renderer.running() and peer.renderer.pid != first):
+                    while not (peer.rendering.proc.running() and peer.rendering.proc.pid != first):
                         await trio.sleep(0.1)
                 settings = RenderSettings(width=32, height=24, spp=4, pass_spp=4, max_depth=4)
                 u = WorkUnit(x0=0, y0=0, width=8, height=8, pass_index=0)
-                result, _ = await peer.renderer.render(scene_id, settings, u)
+                result, _ = await peer.rendering.proc.render(scene_id, settings, u)
                 assert result.sums.shape == (1, 8, 8, 3)
                 n.cancel_scope.cancel()
 
