@@ -144,6 +144,41 @@ def test_frames_travel_as_stored(store, tmp_path):
         store.get_frame(h)
 
 
+def test_serving_a_frame_checks_its_own_hash_and_still_catches_rot(store):
+    """get_frame checks a blob by the hash it had when written (no decompression): a bit flipped
+    on disk since is still caught, quarantined, and never sent."""
+    data = b"frame hash " * 4000 + rand(2000, 21)
+    h, _ = store.put(data)
+    (frame_hash,) = store._conn.execute("SELECT frame_hash FROM chunks WHERE hash = ?", (h,)).fetchone()
+    assert frame_hash is not None and len(frame_hash) == 32
+    assert store.get_frame(h) == (store.blob_path(h).read_bytes(), len(data))
+    flip_bit(store.blob_path(h))  # same size: only a hash can tell
+    with pytest.raises(CorruptChunkError) as ei:
+        store.get_frame(h)
+    assert Path(ei.value.path).parent == store.root / "quarantine" and not store.has(h)
+
+
+def test_a_version_1_store_opens_and_its_rows_keep_the_full_check(tmp_path):
+    root = tmp_path / "old"
+    data, other = rand(30_000, 22), b"older row " * 3000
+    with ChunkStore(root) as s:
+        h, _ = s.put(data)
+        h2, _ = s.put(other)
+    db = sqlite3.connect(root / "index.sqlite3")  # as a version 1 store wrote it: no frame hashes
+    db.execute("ALTER TABLE chunks DROP COLUMN frame_hash")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    with ChunkStore(root) as s:
+        assert s.get_frame(h) == (s.blob_path(h).read_bytes(), len(data))
+        (fh,) = s._conn.execute("SELECT frame_hash FROM chunks WHERE hash = ?", (h,)).fetchone()
+        assert fh is None  # an old row: checked by decompressing, as before
+        flip_bit(s.blob_path(h2))
+        with pytest.raises(CorruptChunkError):
+            s.get_frame(h2)
+        assert s.put(b"new row") and s.get_frame(chunk_hash(b"new row"))[1] == 7
+
+
 def test_expect_hash_mismatch_stores_nothing(store):
     data, other = rand(5000, 5), rand(5000, 6)
     with pytest.raises(CorruptChunkError) as ei:
