@@ -9,11 +9,28 @@ How it works
     sample's path never depends on other samples or on thread scheduling.
   * Triangles are stored in BVH leaf order; traversal is a stack walk over the flattened nodes
     (see meshrender.compiled for the layout), nearer child first.
-  * Materials: two-sided diffuse (Lambert), rough conductor (GGX, visible-normal sampling,
-    Schlick Fresnel with F0 = base colour), emission on any material (one- or two-sided).
-  * Next-event estimation picks the environment or an emissive triangle (by power), and both
-    light samples and BSDF samples are weighted by the power heuristic (MIS).
-  * Russian roulette after `rr_depth` bounces; at most `max_depth` path segments (Mitsuba's
+  * Materials (kernels/bsdf.py has the models): diffuse, conductor, dielectric (smooth, rough,
+    thin) and plastic, emission on any material (one- or two-sided). The BSDF works in a frame
+    whose +z is the surface's FRONT (the counter-clockwise face normal's side, a dielectric's
+    outside), whichever side the ray comes from; a one-sided material is black from the back.
+  * Shading vs geometric normals, so that no light leaks: the interpolated normal ns is turned
+    to the geometric normal ng's side; where wo lies on different sides of ns and ng, ns is
+    replaced by ng. A direction wi (a BSDF sample or a light sample) counts only when ns and ng
+    agree on whether it is a reflection or a transmission (sign(wi.ns) * sign(wo.ns) equal to
+    sign(wi.ng) * sign(wo.ng)): otherwise the smooth normal would carry light through an opaque
+    surface or reflect it off a transparent one, and the path ends. Rays leave on wi's side of
+    ng (offset_origin), so a transmitted ray starts behind the surface it crossed.
+  * Roughness 0 is a delta lobe (mirror, smooth refraction, a thin pane, a smooth plastic coat):
+    a vertex with only delta lobes skips next-event estimation, and an emitter or the sky hit
+    after a delta bounce gets MIS weight 1 (light sampling could not have found it).
+  * Next-event estimation picks the environment, an emissive triangle or a point, spot or
+    directional light (kernels/lights.py), uniformly over emitters as Mitsuba 3 does (the pick
+    is made by scene.compile._lights); light and BSDF samples of the environment, the triangles
+    and the suns with a radius are weighted by the power heuristic (MIS), while delta lights
+    (point, spot, radius-0 sun) are reached by NEE alone, with no MIS weight.
+  * Russian roulette after `rr_depth` bounces, on the throughput times eta^2 (eta: the relative
+    index the path has crossed, as Mitsuba), so radiance's 1/eta^2 inside glass does not kill
+    paths there; at most `max_depth` path segments (Mitsuba's
     convention: max_depth 1 shows emitters only, 2 adds direct light).
 
 All scene data arrive as ndarray arguments, so the kernel compiles once per process (and is
@@ -25,6 +42,16 @@ import math  # no "from __future__ import annotations": Taichi reads the annotat
 import taichi as ti
 from taichi.math import vec2, vec3
 
+from kernels.bsdf import bsdf_eval, bsdf_has_smooth, bsdf_load, bsdf_sample
+from kernels.lights import (
+    cdf_search,
+    env_eval,
+    env_sample,
+    light_search,
+    power_heuristic,
+    punctual_sample,
+    suns_eval,
+)
 from meshrender.compiled import (
     CAM_FOCUS_DIST,
     CAM_FORWARD,
@@ -32,20 +59,16 @@ from meshrender.compiled import (
     CAM_POS,
     CAM_RIGHT,
     CAM_UP,
-    KIND_CONDUCTOR,
     MAT_BASE,
     MAT_BASE_TEX,
     MAT_EMIT,
     MAT_EMIT_TWO_SIDED,
-    MAT_KIND,
-    MAT_ROUGHNESS,
 )
 
 PI = math.pi
 INV_PI = 1.0 / math.pi
 STACK_DEPTH = 64  # BVH depth bound: the binned-SAH builder stays far below this for any real mesh
 RAY_EPS = 1e-4  # origin offset along the normal, relative to the hit point's magnitude (>= 1)
-ALPHA_MIN = 1e-3  # GGX alpha floor: keeps the microfacet pdf finite for mirror-like conductors
 SHADOW_SLACK = 1e-5  # shadow segments stop this fraction short of the (already lifted) light point
 RR_Q_MAX = 0.95  # Russian roulette survival cap, as Mitsuba: bounds the path length in bright scenes
 
@@ -55,9 +78,10 @@ DIM_LENS = 2  # 2, 3: thin lens
 DIM_BOUNCE = 4
 DIM_LIGHT_PICK = 0  # which light
 DIM_LIGHT_POS = 1  # 1, 2: where on it
-DIM_BSDF = 3  # 3, 4: BSDF direction
-DIM_RR = 5
-DIMS_PER_BOUNCE = 6
+DIM_BSDF = 3  # 3, 4: BSDF direction inside a lobe
+DIM_LOBE = 5  # which lobe (reflection or transmission, coat or base)
+DIM_RR = 6
+DIMS_PER_BOUNCE = 7
 
 Hit = ti.types.struct(t=ti.f32, u=ti.f32, v=ti.f32, tri=ti.i32)
 
@@ -132,11 +156,13 @@ def offset_origin(p: vec3, n: vec3, w: vec3) -> vec3:
 
 @ti.func
 def safe_inv(d: vec3) -> vec3:
+    # a zero component gets a huge finite inverse (never 0: `sign(0 + 1e-38)` was 0 once the
+    # denormal flushed, and an axis-aligned ray, such as a sun's shadow ray, then missed every box)
     big = 1e30
     return vec3(
-        1.0 / d.x if ti.abs(d.x) > 1e-30 else ti.math.sign(d.x + 1e-38) * big,
-        1.0 / d.y if ti.abs(d.y) > 1e-30 else ti.math.sign(d.y + 1e-38) * big,
-        1.0 / d.z if ti.abs(d.z) > 1e-30 else ti.math.sign(d.z + 1e-38) * big,
+        1.0 / d.x if ti.abs(d.x) > 1e-30 else (big if d.x >= 0.0 else -big),
+        1.0 / d.y if ti.abs(d.y) > 1e-30 else (big if d.y >= 0.0 else -big),
+        1.0 / d.z if ti.abs(d.z) > 1e-30 else (big if d.z >= 0.0 else -big),
     )
 
 
@@ -291,203 +317,6 @@ def texture_bilinear(
     return (c00 * (1.0 - fx) + c10 * fx) * (1.0 - fy) + (c01 * (1.0 - fx) + c11 * fx) * fy
 
 
-@ti.func
-def ggx_d(h: vec3, alpha: ti.f32) -> ti.f32:
-    a2 = alpha * alpha
-    c2 = h.z * h.z
-    den = c2 * (a2 - 1.0) + 1.0
-    return a2 / (PI * den * den)
-
-
-@ti.func
-def ggx_lambda(w: vec3, alpha: ti.f32) -> ti.f32:
-    c2 = w.z * w.z
-    s2 = ti.max(0.0, 1.0 - c2)
-    res = 0.0
-    if c2 > 0.0:
-        t2 = s2 / c2
-        res = 0.5 * (ti.sqrt(1.0 + alpha * alpha * t2) - 1.0)
-    return res
-
-
-@ti.func
-def schlick(f0: vec3, c: ti.f32) -> vec3:
-    m = ti.max(0.0, 1.0 - c)
-    m5 = m * m * m * m * m
-    return f0 + (1.0 - f0) * m5
-
-
-@ti.func
-def bsdf_eval(kind: ti.i32, base: vec3, alpha: ti.f32, wo: vec3, wi: vec3):
-    """f * cos(theta_i) and the solid-angle pdf of sampling wi, in the local frame (n = +z)."""
-    f = vec3(0.0)
-    pdf = 0.0
-    if wo.z > 0.0 and wi.z > 0.0:
-        if kind == KIND_CONDUCTOR:
-            h = (wo + wi).normalized()
-            d = ggx_d(h, alpha)
-            g1o = 1.0 / (1.0 + ggx_lambda(wo, alpha))
-            g = 1.0 / (1.0 + ggx_lambda(wo, alpha) + ggx_lambda(wi, alpha))
-            fr = schlick(base, ti.max(0.0, wi.dot(h)))
-            f = fr * (d * g / (4.0 * wo.z))
-            pdf = g1o * d / (4.0 * wo.z)
-        else:
-            f = base * (wi.z * INV_PI)
-            pdf = wi.z * INV_PI
-    return f, pdf
-
-
-@ti.func
-def ggx_sample_vndf(wo: vec3, alpha: ti.f32, u1: ti.f32, u2: ti.f32) -> vec3:
-    """Visible-normal sampling (Heitz 2018); returns the microfacet normal."""
-    vh = vec3(alpha * wo.x, alpha * wo.y, wo.z).normalized()
-    lensq = vh.x * vh.x + vh.y * vh.y
-    t1 = vec3(1.0, 0.0, 0.0)
-    if lensq > 1e-12:
-        t1 = vec3(-vh.y, vh.x, 0.0) / ti.sqrt(lensq)
-    t2 = vh.cross(t1)
-    r = ti.sqrt(u1)
-    phi = 2.0 * PI * u2
-    p1 = r * ti.cos(phi)
-    p2 = r * ti.sin(phi)
-    s = 0.5 * (1.0 + vh.z)
-    p2 = (1.0 - s) * ti.sqrt(ti.max(0.0, 1.0 - p1 * p1)) + s * p2
-    nh = p1 * t1 + p2 * t2 + ti.sqrt(ti.max(0.0, 1.0 - p1 * p1 - p2 * p2)) * vh
-    return vec3(alpha * nh.x, alpha * nh.y, ti.max(1e-6, nh.z)).normalized()
-
-
-@ti.func
-def bsdf_sample(kind: ti.i32, base: vec3, alpha: ti.f32, wo: vec3, u1: ti.f32, u2: ti.f32):
-    """Returns (wi, f * cos / pdf, pdf) in the local frame; pdf = 0 when no direction."""
-    wi = vec3(0.0, 0.0, 1.0)
-    weight = vec3(0.0)
-    pdf = 0.0
-    if wo.z > 0.0:
-        if kind == KIND_CONDUCTOR:
-            h = ggx_sample_vndf(wo, alpha, u1, u2)
-            wi = 2.0 * wo.dot(h) * h - wo
-            if wi.z > 0.0:
-                f, pdf = bsdf_eval(kind, base, alpha, wo, wi)
-                if pdf > 0.0:
-                    weight = f / pdf
-        else:
-            r = ti.sqrt(u1)
-            phi = 2.0 * PI * u2
-            z = ti.sqrt(ti.max(0.0, 1.0 - u1))
-            wi = vec3(r * ti.cos(phi), r * ti.sin(phi), z)
-            pdf = z * INV_PI
-            if pdf > 0.0:
-                weight = base
-    return wi, weight, pdf
-
-
-# ----------------------------------------------------------------------------- lights
-
-
-@ti.func
-def power_heuristic(a: ti.f32, b: ti.f32) -> ti.f32:
-    a2 = a * a
-    b2 = b * b
-    res = 1.0
-    if a2 + b2 > 0.0:
-        res = a2 / (a2 + b2)
-    return res
-
-
-@ti.func
-def cdf_search(cdf: ti.template(), n: ti.i32, u: ti.f32) -> ti.i32:
-    """First index i with u < cdf[i] (inclusive CDF, last entry 1)."""
-    lo = 0
-    hi = n - 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if u < cdf[mid]:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
-@ti.func
-def env_dir_to_uv(d: vec3, rot: ti.f32) -> vec2:
-    """Latitude-longitude: v = 0 at +y (top row); u = 0.5 looks down -z, u grows towards +x."""
-    c = ti.cos(rot)
-    s = ti.sin(rot)
-    dx = c * d.x - s * d.z
-    dz = s * d.x + c * d.z
-    u = 0.5 + ti.atan2(dx, -dz) * (0.5 * INV_PI)
-    v = ti.acos(ti.min(1.0, ti.max(-1.0, d.y))) * INV_PI
-    return vec2(u - ti.floor(u), ti.min(v, 0.99999994))
-
-
-@ti.func
-def env_uv_to_dir(uv: vec2, rot: ti.f32) -> vec3:
-    phi = (uv.x - 0.5) * 2.0 * PI
-    theta = uv.y * PI
-    st = ti.sin(theta)
-    dx = st * ti.sin(phi)
-    dz = -st * ti.cos(phi)
-    c = ti.cos(rot)
-    s = ti.sin(rot)
-    return vec3(c * dx + s * dz, ti.cos(theta), -s * dx + c * dz)
-
-
-@ti.func
-def env_eval(
-    env_params: ti.template(),
-    env_texels: ti.template(),
-    env_cdf: ti.template(),
-    env_info: ti.template(),
-    d: vec3,
-):
-    """Radiance arriving from direction d and the solid-angle pdf of env sampling choosing d."""
-    scale = vec3(env_params[0], env_params[1], env_params[2])
-    rad = scale
-    pdf = 0.25 * INV_PI
-    if env_info[2] != 0:
-        w = env_info[0]
-        h = env_info[1]
-        uv = env_dir_to_uv(d, env_params[3] * (PI / 180.0))
-        x = ti.min(ti.i32(uv.x * w), w - 1)
-        y = ti.min(ti.i32(uv.y * h), h - 1)
-        i = y * w + x
-        rad = scale * vec3(env_texels[i, 0], env_texels[i, 1], env_texels[i, 2])
-        p = env_cdf[i] - (env_cdf[i - 1] if i > 0 else 0.0)
-        st = ti.sin((y + 0.5) * PI / h)
-        pdf = 0.0
-        if st > 0.0:
-            pdf = p * w * h / (2.0 * PI * PI * st)
-    return rad, pdf
-
-
-@ti.func
-def env_sample(
-    env_params: ti.template(),
-    env_texels: ti.template(),
-    env_cdf: ti.template(),
-    env_info: ti.template(),
-    u1: ti.f32,
-    u2: ti.f32,
-    u3: ti.f32,
-):
-    """A direction towards the environment: by texel power when there is an image, else uniform."""
-    d = vec3(0.0, 1.0, 0.0)
-    if env_info[2] != 0:
-        w = env_info[0]
-        h = env_info[1]
-        i = cdf_search(env_cdf, w * h, u1)
-        y = i // w
-        x = i - y * w
-        d = env_uv_to_dir(vec2((x + u2) / w, (y + 0.5) / h), env_params[3] * (PI / 180.0))
-    else:
-        z = 1.0 - 2.0 * u2
-        r = ti.sqrt(ti.max(0.0, 1.0 - z * z))
-        phi = 2.0 * PI * u3
-        d = vec3(r * ti.cos(phi), z, r * ti.sin(phi))
-    rad, pdf = env_eval(env_params, env_texels, env_cdf, env_info, d)
-    return d, rad, pdf
-
-
 # ----------------------------------------------------------------------------- the kernel
 
 
@@ -508,6 +337,9 @@ def render_rect(
     n_emit: ti.i32,
     n_tex: ti.i32,
     p_env: ti.f32,
+    p_tris: ti.f32,
+    n_lights: ti.i32,
+    n_suns: ti.i32,
     camera: F32_1D,
     positions: F32_2D,
     normals: F32_2D,
@@ -524,8 +356,10 @@ def render_rect(
     tex_info: I32_2D,
     env_params: F32_1D,
     env_texels: F32_2D,
-    env_cdf: F32_1D,
+    env_cond_cdf: F32_1D,
+    env_marg_cdf: F32_1D,
     env_info: I32_1D,
+    lights: F32_2D,
     srgb_lut: F32_1D,
     out: F32_3D,
 ):
@@ -536,7 +370,6 @@ def render_rect(
     cam_fwd = vec3(camera[CAM_FORWARD], camera[CAM_FORWARD + 1], camera[CAM_FORWARD + 2])
     lens_r = camera[CAM_LENS_RADIUS]
     focus = camera[CAM_FOCUS_DIST]
-    p_tris = 1.0 - p_env
     for j, i in ti.ndrange(out.shape[0], out.shape[1]):
         px = x0 + i
         py = y0 + j
@@ -558,17 +391,23 @@ def render_rect(
             # --- path
             L = vec3(0.0)
             beta = vec3(1.0)
-            prev_pdf = 0.0
+            prev_pdf = 0.0  # the solid-angle pdf of the BSDF sample that led here
+            prev_delta = 1  # 1: no light sample could have found what this ray hits (MIS weight 1)
+            eta_path = 1.0  # relative index crossed so far: radiance's 1 / eta^2 is kept out of RR
             for b in range(max_depth):
                 dim = DIM_BOUNCE + b * DIMS_PER_BOUNCE
                 hit = intersect(positions, indices, bvh_bounds, bvh_links, ro, rd, ti.math.inf, False)
                 if hit.tri < 0:
+                    # the ray escapes: the environment and the suns' discs of directions, each
+                    # MIS-weighted against the BSDF sample that led here (a camera ray: weight 1)
                     if p_env > 0.0:
-                        rad, pdf_e = env_eval(env_params, env_texels, env_cdf, env_info, rd)
+                        rad, pdf_e = env_eval(env_params, env_texels, env_info, rd)
                         w = 1.0
-                        if b > 0:
+                        if prev_delta == 0:
                             w = power_heuristic(prev_pdf, p_env * pdf_e)
                         L += beta * rad * w
+                    if n_suns > 0:
+                        L += beta * suns_eval(lights, n_suns, rd, prev_pdf, 1 - prev_delta)
                     break
                 tri = hit.tri
                 i0 = indices[tri, 0]
@@ -584,14 +423,14 @@ def render_rect(
                 cos_front = ng_front.dot(wo)
                 if le.max() > 0.0 and (cos_front > 0.0 or materials[m, MAT_EMIT_TWO_SIDED] > 0.0):
                     w = 1.0
-                    if b > 0:
+                    if prev_delta == 0:
                         pdf_l = p_tris * tri_emit_pdf[tri] * hit.t * hit.t / ti.max(ti.abs(cos_front), 1e-8)
                         w = power_heuristic(prev_pdf, pdf_l)
                     L += beta * le * w
                 if b + 1 >= max_depth:
                     break
-                # --- shading frame, turned towards the incoming ray (two-sided surfaces)
-                ng = ng_front if cos_front >= 0.0 else -ng_front
+                # --- shading frame: +z is the surface's front, ns on ng's side (opening comment)
+                ng = ng_front
                 bw = 1.0 - hit.u - hit.v
                 ns = (
                     bw * vec3(normals[i0, 0], normals[i0, 1], normals[i0, 2])
@@ -604,12 +443,10 @@ def render_rect(
                     ns = ns.normalized()
                     if ns.dot(ng) < 0.0:
                         ns = -ns
-                if ns.dot(wo) <= 1e-6:  # shading normal facing away: use the geometric one
-                    ns = ng
+                if ns.dot(wo) * (1.0 if cos_front >= 0.0 else -1.0) <= 1e-6:
+                    ns = ng  # wo on different sides of ns and ng: shade with the geometric normal
                 t_axis, s_axis = onb(ns)
                 wo_l = to_local(wo, t_axis, s_axis, ns)
-                kind = ti.i32(materials[m, MAT_KIND])
-                alpha = ti.max(materials[m, MAT_ROUGHNESS] * materials[m, MAT_ROUGHNESS], ALPHA_MIN)
                 base = vec3(materials[m, MAT_BASE], materials[m, MAT_BASE + 1], materials[m, MAT_BASE + 2])
                 tex = ti.i32(materials[m, MAT_BASE_TEX])
                 if tex >= 0 and tex < n_tex:
@@ -619,23 +456,26 @@ def render_rect(
                         + hit.v * vec2(uvs[i2, 0], uvs[i2, 1])
                     )
                     base = base * texture_bilinear(tex_texels, tex_info, srgb_lut, tex, uv)
+                bsdf = bsdf_load(materials, m, base)
                 # --- next-event estimation
                 u_pick = rand(key, dim + DIM_LIGHT_PICK)
                 ul1 = rand(key, dim + DIM_LIGHT_POS)
                 ul2 = rand(key, dim + DIM_LIGHT_POS + 1)
                 wi = vec3(0.0)
                 li = vec3(0.0)
-                pdf_light = 0.0
+                pdf_light = 0.0  # includes the pick; for a delta light, the pick alone
+                light_delta = 0  # 1: a point, spot or radius-0 sun, which no BSDF sample can hit
                 q_end = vec3(0.0)  # the light point lifted off the light, towards p
                 dist = ti.math.inf
+                # one pick over [environment | emissive triangles | punctual lights] (scene.compile._lights)
                 if u_pick < p_env:
                     d_env, rad, pdf_e = env_sample(
-                        env_params, env_texels, env_cdf, env_info, u_pick / p_env, ul1, ul2
+                        env_params, env_texels, env_cond_cdf, env_marg_cdf, env_info, ul1, ul2
                     )
                     wi = d_env
                     li = rad
                     pdf_light = p_env * pdf_e
-                elif n_emit > 0:
+                elif n_emit > 0 and (u_pick < p_env + p_tris or n_lights == 0):
                     k = cdf_search(emit_cdf, n_emit, (u_pick - p_env) / p_tris)
                     lt = emit_tri[k]
                     q0, q1, q2 = tri_vertices(positions, indices, lt)
@@ -657,9 +497,14 @@ def render_rect(
                             )
                             pdf_light = p_tris * tri_emit_pdf[lt] * d2 / ti.abs(cos_l)
                             q_end = offset_origin(q, nl, -wi)
-                if pdf_light > 0.0 and li.max() > 0.0 and wi.dot(ng) > 0.0:
-                    wi_l = to_local(wi, t_axis, s_axis, ns)
-                    f, pdf_b = bsdf_eval(kind, base, alpha, wo_l, wi_l)
+                elif n_lights > 0:
+                    lk = light_search(lights, n_lights, u_pick)
+                    wi, li, pdf_light, dist, q_end, light_delta = punctual_sample(lights, lk, p, ul1, ul2)
+                # (a vertex with delta lobes only skips it; ns and ng must agree on wi's side)
+                wi_l = to_local(wi, t_axis, s_axis, ns)
+                smooth = bsdf_has_smooth(bsdf)
+                if pdf_light > 0.0 and li.max() > 0.0 and smooth != 0 and wi_l.z * wi.dot(ng) > 0.0:
+                    f, pdf_b = bsdf_eval(materials, bsdf, wo_l, wi_l)
                     if f.max() > 0.0:
                         # both ends are lifted off their surfaces, so the segment between them
                         # can hit neither the shading point's surface nor the light itself
@@ -673,22 +518,27 @@ def render_rect(
                             t_sh *= 1.0 - SHADOW_SLACK
                         sh = intersect(positions, indices, bvh_bounds, bvh_links, o_sh, d_sh, t_sh, True)
                         if sh.tri < 0:
-                            L += beta * f * li * (power_heuristic(pdf_light, pdf_b) / pdf_light)
+                            mis = 1.0 if light_delta != 0 else power_heuristic(pdf_light, pdf_b)
+                            L += beta * f * li * (mis / pdf_light)
                 # --- continue the path by sampling the BSDF
-                wi_l, weight, pdf = bsdf_sample(
-                    kind, base, alpha, wo_l, rand(key, dim + DIM_BSDF), rand(key, dim + DIM_BSDF + 1)
+                u_dir1 = rand(key, dim + DIM_BSDF)
+                u_dir2 = rand(key, dim + DIM_BSDF + 1)
+                wi_l, weight, pdf, delta, eta_s = bsdf_sample(
+                    materials, bsdf, wo_l, u_dir1, u_dir2, rand(key, dim + DIM_LOBE)
                 )
                 if pdf <= 0.0 or weight.max() <= 0.0:
                     break
                 wi = to_world(wi_l, t_axis, s_axis, ns)
-                if wi.dot(ng) <= 0.0:
+                if wi.dot(ng) * wi_l.z <= 0.0:  # ns and ng disagree on wi's side: it would leak
                     break
                 beta *= weight
                 prev_pdf = pdf
-                ro = offset_origin(p, ng, wi)
+                prev_delta = delta
+                eta_path *= eta_s
+                ro = offset_origin(p, ng, wi)  # on wi's side: behind the surface when transmitted
                 rd = wi
                 if b + 1 >= rr_depth:
-                    q_survive = ti.min(beta.max(), RR_Q_MAX)
+                    q_survive = ti.min(beta.max() * eta_path * eta_path, RR_Q_MAX)
                     if rand(key, dim + DIM_RR) >= q_survive:
                         break
                     beta /= q_survive

@@ -13,6 +13,15 @@ Layouts
                               leaf: (first triangle, triangle count >= 1).
   tex_info    int32   (K, 3): (first texel, width, height); texels are rows top to bottom.
   env_info    int32   (3,):   (width, height, has_image).
+  env_params  float32 (5,):   rgb scale, rotation deg about +y, the image's sampling normaliser.
+  env_cond_cdf float32 (H*W,): per texel row, the running sum over columns of the bilinear
+                              luminance x sin(theta) density's cells (kernels/lights.py says how).
+  env_marg_cdf float32 (H+1,): inclusive CDF over the H+1 latitude bands between row centres
+                              (and the poles), last entry 1.
+  lights      float32 (L, LIGHT_STRIDE): point, spot and directional lights, see LIGHT_*;
+                              directional lights with an angular radius (suns) come first.
+  light_pick  float32 (2,):   P(pick the environment), P(pick an emissive triangle) in NEE; the
+                              punctual lights share the rest (LIGHT_PICK per row).
 
 Meshes are concatenated in a canonical order (by a digest of their content), so the arrays do
 not depend on file names, paths or the order a scene file lists its meshes in.
@@ -28,17 +37,54 @@ from msgspec import Meta
 
 from .settings import RenderSettings
 
-FORMAT_VERSION = 2  # 2: mesh_vertex_ranges
+FORMAT_VERSION = 3  # 2: mesh_vertex_ranges; 3: materials and lights of Step 8
 
-MAT_STRIDE = 16
-MAT_KIND = 0  # 0 diffuse, 1 rough conductor (GGX)
+# One row per material; the kernel's BSDFs (kernels/bsdf.py) read the fields their kind uses.
+MAT_STRIDE = 64
+MAT_KIND = 0  # KIND_* below
 MAT_BASE = 1  # rgb at 1..3
 MAT_BASE_TEX = 4  # texture index or -1
-MAT_ROUGHNESS = 5  # GGX alpha = roughness**2
+MAT_ROUGHNESS = 5  # perceptual; GGX alpha = roughness**2; 0 is smooth (a delta lobe)
 MAT_EMIT = 6  # rgb radiance at 6..8
 MAT_EMIT_TWO_SIDED = 9
+MAT_TWO_SIDED = 10  # 1: reflect on both sides (diffuse, conductor, plastic); 0: the back is black
+MAT_FRESNEL = 11  # conductor: FRESNEL_* below
+MAT_ETA = 12  # rgb at 12..14: conductor's complex index, real part
+MAT_K = 15  # rgb at 15..17: conductor's complex index, imaginary part
+MAT_IOR = 18  # dielectric, plastic: interior over exterior index
+MAT_THIN = 19  # dielectric: 1 for a thin pane
+MAT_COAT_RINT = 20  # plastic: the coat's internal diffuse reflectance (scene.materials.coat_tables)
+MAT_COAT_TABLE = 21  # plastic, rough: the coat's transmittance at cos = i / (COAT_TABLE_SIZE - 1)
+COAT_TABLE_SIZE = 32  # at 21..52: linear in cos, within 1e-3 of the integral (Mitsuba keeps 64)
 KIND_DIFFUSE = 0
 KIND_CONDUCTOR = 1
+KIND_DIELECTRIC = 2
+KIND_PLASTIC = 3
+KINDS = {
+    "diffuse": KIND_DIFFUSE,
+    "conductor": KIND_CONDUCTOR,
+    "dielectric": KIND_DIELECTRIC,
+    "plastic": KIND_PLASTIC,
+}
+FRESNEL_SCHLICK = 0
+FRESNEL_COMPLEX = 1
+FRESNEL_NONE = 2  # F = 1 (times base colour): a perfect mirror
+FRESNELS = {"schlick": FRESNEL_SCHLICK, "complex": FRESNEL_COMPLEX, "none": FRESNEL_NONE}
+
+LIGHT_STRIDE = 16
+LIGHT_KIND = 0  # LIGHT_POINT, LIGHT_SPOT, LIGHT_SUN (directional)
+LIGHT_POS = 1  # 1..3: position (point, spot)
+LIGHT_DIR = 4  # 4..6: unit direction the light travels (spot axis; from the sun into the scene)
+LIGHT_RGB = 7  # 7..9: intensity W/sr (point, spot); sun: irradiance W/m^2 (radius 0) or radiance
+LIGHT_COS_OUTER = 10  # spot: cos(cutoff); sun: cos(angular radius)
+LIGHT_COS_INNER = 11  # spot: cos(beam width)
+LIGHT_ANGLE = 12  # spot: cutoff in radians; sun: 1 - cos(angular radius) (computed in float64)
+LIGHT_INV_TRANSITION = 13  # spot: 1 / (cutoff - beam width) in 1/radians, 0 for a hard edge
+LIGHT_CDF = 14  # the pick's inclusive CDF at this light (after the environment and triangles)
+LIGHT_PICK = 15  # the probability NEE picks this light
+LIGHT_POINT = 0
+LIGHT_SPOT = 1
+LIGHT_SUN = 2  # directional; LIGHT_ANGLE > 0 makes it a disc of directions
 
 CAM_STRIDE = 16
 CAM_POS = 0  # 0..2
@@ -67,13 +113,13 @@ ARRAY_SPECS: dict[str, tuple[str, tuple[int, ...]]] = {
     "tri_emit_pdf": ("float32", ()),  # per triangle: P(select) / area, 0 for non-emitters
     "tex_texels": ("uint8", (3,)),  # sRGB-encoded
     "tex_info": ("int32", (3,)),
-    "env_params": (
-        "float32",
-        (),
-    ),  # (4,): rgb scale (the whole light without an image), rotation deg about +y
-    "env_texels": ("float32", (3,)),  # linear, rows top (+y) to bottom
-    "env_cdf": ("float32", ()),  # inclusive CDF over env texels by luminance * sin(theta)
+    "env_params": ("float32", ()),  # (5,): rgb scale, rotation deg about +y, sampling normaliser
+    "env_texels": ("float32", (3,)),  # linear, >= 0, rows top (+y) to bottom
+    "env_cond_cdf": ("float32", ()),  # per row: running sums of the density's cells over columns
+    "env_marg_cdf": ("float32", ()),  # inclusive CDF over latitude bands, last entry 1
     "env_info": ("int32", ()),  # (width, height, has_image)
+    "lights": ("float32", (LIGHT_STRIDE,)),  # point, spot, directional: see LIGHT_*
+    "light_pick": ("float32", ()),  # (2,): P(environment), P(emissive triangles) in NEE
     "camera": ("float32", ()),
     "mesh_vertex_ranges": ("int32", (2,)),  # per mesh (canonical order): first vertex, vertex count
 }

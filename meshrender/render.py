@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .compiled import CompiledScene
+from .compiled import LIGHT_ANGLE, LIGHT_KIND, LIGHT_SUN, CompiledScene
 from .film import Film
 from .scene.compile import camera_at, camera_tangents
 from .settings import RenderSettings
@@ -66,14 +66,14 @@ class Renderer:
         self._camera_row = scene.arrays["camera"]
         # the kernel is per Taichi runtime: compiled once for every scene, again after a re-init
         self._compiled = _KERNEL_LAUNCHED[0] is self.backend
-        env = scene.arrays["env_params"][:3]
-        self._has_env = bool(np.max(env) > 0)
         self._n_emit = int(scene.arrays["emit_tri"].shape[0])
         self._n_tex = int(scene.arrays["tex_info"].shape[0])
-        if self._has_env and self._n_emit:
-            self._p_env = 0.5
-        else:
-            self._p_env = 1.0 if self._has_env else 0.0
+        # next-event estimation's pick by power, made by the compiler (scene.compile._lights)
+        self._p_env, self._p_tris = (float(p) for p in scene.arrays["light_pick"][:2])
+        lights = scene.arrays["lights"]
+        self._n_lights = int(lights.shape[0])
+        suns = (lights[:, LIGHT_KIND] == LIGHT_SUN) & (lights[:, LIGHT_ANGLE] > 0)
+        self._n_suns = int(np.count_nonzero(suns))  # the compiler puts them first
 
     def _out_buffer(self, h: int, w: int):
         buf = self._out.get((h, w))
@@ -101,11 +101,12 @@ class Renderer:
             render_rect(
                 unit.x0, unit.y0, settings.width, settings.height, s0, s1,
                 settings.seed, unit.frame, settings.max_depth, settings.rr_depth,
-                tan_x, tan_y, self._n_emit, self._n_tex, self._p_env,
+                tan_x, tan_y, self._n_emit, self._n_tex, self._p_env, self._p_tris,
+                self._n_lights, self._n_suns,
                 camera, d["positions"], d["normals"], d["uvs"], d["indices"], d["tri_material"],
                 d["materials"], d["bvh_bounds"], d["bvh_links"], d["emit_tri"], d["emit_cdf"],
                 d["tri_emit_pdf"], d["tex_texels"], d["tex_info"], d["env_params"], d["env_texels"],
-                d["env_cdf"], d["env_info"], d["srgb_lut"], out,
+                d["env_cond_cdf"], d["env_marg_cdf"], d["env_info"], d["lights"], d["srgb_lut"], out,
             )  # fmt: skip
             sums[k] = out.to_numpy()
             dt = time.perf_counter() - t0

@@ -3,9 +3,12 @@
 Steps: concatenate every mesh into one vertex and triangle list with global material ids;
 build the BVH over all triangles and reorder triangles into leaf order; pack materials,
 textures (uint8 sRGB texels, one flat array), emitters (triangles with a power CDF and each
-triangle's area-measure selection pdf), the environment (texels and a luminance x sin(theta)
-CDF) and the camera. The result depends only on the scene's content, never on file names or
-paths (those survive only as human-readable names), and is byte-for-byte deterministic.
+triangle's area-measure selection pdf), the environment (texels and the marginal/conditional
+tables of its bilinear luminance x sin(theta) density), the point, spot and directional lights
+(one row each, suns with a radius first, in a canonical order) with NEE's pick over the
+environment, the emissive triangles and those lights (uniform over emitters), and the camera.
+The result depends only on the scene's content, never on file names or paths (those survive
+only as human-readable names), and is byte-for-byte deterministic.
 """
 
 from __future__ import annotations
@@ -26,32 +29,71 @@ from ..compiled import (
     CAM_RIGHT,
     CAM_STRIDE,
     CAM_UP,
+    COAT_TABLE_SIZE,
     FOV_AXES,
-    KIND_CONDUCTOR,
-    KIND_DIFFUSE,
+    FRESNELS,
+    KINDS,
+    LIGHT_ANGLE,
+    LIGHT_CDF,
+    LIGHT_COS_INNER,
+    LIGHT_COS_OUTER,
+    LIGHT_DIR,
+    LIGHT_INV_TRANSITION,
+    LIGHT_KIND,
+    LIGHT_PICK,
+    LIGHT_POINT,
+    LIGHT_POS,
+    LIGHT_RGB,
+    LIGHT_SPOT,
+    LIGHT_STRIDE,
+    LIGHT_SUN,
     MAT_BASE,
     MAT_BASE_TEX,
+    MAT_COAT_RINT,
+    MAT_COAT_TABLE,
     MAT_EMIT,
     MAT_EMIT_TWO_SIDED,
+    MAT_ETA,
+    MAT_FRESNEL,
+    MAT_IOR,
+    MAT_K,
     MAT_KIND,
     MAT_ROUGHNESS,
     MAT_STRIDE,
+    MAT_THIN,
+    MAT_TWO_SIDED,
     CompiledScene,
 )
 from ..errors import SceneError
-from .types import CameraDesc, EnvironmentDesc, LoadedScene, MaterialDesc, MeshData, TextureImage
+from .materials import coat_tables
+from .types import CameraDesc, EnvironmentDesc, LightDesc, LoadedScene, MaterialDesc, MeshData, TextureImage
 
 LUMINANCE = np.array([0.2126, 0.7152, 0.0722])  # Rec. 709 weights, for light power
+LIGHT_KINDS = ("point", "spot", "directional")
+LIGHTS_MAX = 100_000  # punctual lights per scene (scene.file's ENTRIES_MAX): a row each, a pick's search
+SPOT_CUTOFF_DEG_MAX = 180.0  # a spot of cutoff 180 lights every direction but its back axis
+SUN_RADIUS_DEG_MAX = 89.0  # a disc of directions below a hemisphere; the sun is 0.27
 
 
 def _material_row(mat: MaterialDesc, tex_index: int) -> np.ndarray:
+    """The material's MAT_STRIDE floats (layout in meshrender.compiled; models in kernels.bsdf)."""
     row = np.zeros(MAT_STRIDE, np.float32)
-    row[MAT_KIND] = KIND_CONDUCTOR if mat.kind == "conductor" else KIND_DIFFUSE
+    row[MAT_KIND] = KINDS[mat.kind]
     row[MAT_BASE : MAT_BASE + 3] = mat.base_color
     row[MAT_BASE_TEX] = tex_index
     row[MAT_ROUGHNESS] = mat.roughness
     row[MAT_EMIT : MAT_EMIT + 3] = mat.emission
     row[MAT_EMIT_TWO_SIDED] = 1.0 if mat.two_sided_emission else 0.0
+    row[MAT_TWO_SIDED] = 1.0 if mat.two_sided else 0.0
+    row[MAT_FRESNEL] = FRESNELS[mat.fresnel]
+    row[MAT_ETA : MAT_ETA + 3] = mat.eta
+    row[MAT_K : MAT_K + 3] = mat.k
+    row[MAT_IOR] = mat.ior
+    row[MAT_THIN] = 1.0 if mat.thin else 0.0
+    if mat.kind == "plastic":
+        r_int, table = coat_tables(float(mat.ior), float(mat.roughness))
+        row[MAT_COAT_RINT] = r_int
+        row[MAT_COAT_TABLE : MAT_COAT_TABLE + COAT_TABLE_SIZE] = table
     return row
 
 
@@ -132,36 +174,63 @@ def camera_tangents(camera: np.ndarray, width: int, height: int) -> tuple[float,
     return t * width / height, t
 
 
-def _environment(env: EnvironmentDesc) -> dict[str, np.ndarray]:
-    params = np.array([*env.color, env.rotation_deg], np.float32)
+def _environment(env: EnvironmentDesc, source: str) -> dict[str, np.ndarray]:
+    """The environment's arrays: texels (linear, >= 0) and the sampling tables of its bilinear
+    luminance x sin(theta) density (kernels/lights.py has the scheme and the mapping)."""
+    with np.errstate(over="ignore"):
+        if not np.all(np.isfinite(np.array([*env.color, env.rotation_deg], np.float32))):
+            raise SceneError(source, f"environment: color {tuple(env.color)} is too large for float32")
     if env.image is None:
         return {
-            "env_params": params,
+            "env_params": np.array([*env.color, env.rotation_deg, 0.0], np.float32),
             "env_texels": np.zeros((0, 3), np.float32),
-            "env_cdf": np.zeros(0, np.float32),
+            "env_cond_cdf": np.zeros(0, np.float32),
+            "env_marg_cdf": np.zeros(0, np.float32),
             "env_info": np.array([0, 0, 0], np.int32),
         }
     px = np.asarray(env.image.pixels)
     if px.dtype == np.uint8:
         lin = px[..., :3].astype(np.float64) / 255.0
         px = np.where(lin <= 0.04045, lin / 12.92, ((lin + 0.055) / 1.055) ** 2.4)
-    px = np.ascontiguousarray(px[..., :3], np.float32)
+    px = np.asarray(px[..., :3], np.float32)
+    bad = int(np.count_nonzero(~np.isfinite(px)))
+    if bad:
+        raise SceneError(source, f"environment image {env.image.name}: {bad} values are not finite numbers")
+    px = np.ascontiguousarray(np.maximum(px, 0.0))  # a radiance below 0 is a filtering artefact
     h, w = px.shape[:2]
     sin_t = np.sin((np.arange(h) + 0.5) * np.pi / h)
-    weight = (np.maximum(px.astype(np.float64), 0) @ LUMINANCE) * sin_t[:, None]
-    total = weight.sum()
-    if not total > 0:
-        # a black image: sample uniformly over texels (the light is zero anyway)
-        weight = np.broadcast_to(sin_t[:, None], (h, w))
-        total = weight.sum()
-    cdf = np.cumsum(weight.ravel()) / total
-    cdf[-1] = 1.0
+    node = (px.astype(np.float64) @ LUMINANCE) * sin_t[:, None]  # the density at texel centres
+    cells = 0.5 * (node + np.roll(node, -1, axis=1))  # cell x spans columns x .. x + 1 (wrapping)
+    cum = np.cumsum(cells, axis=1)
+    totals = np.concatenate([[0.0], cum[:, -1], [0.0]])  # node rows: +y pole, the rows, -y pole
+    dv = np.full(h + 1, 1.0 / h)
+    dv[0] = dv[-1] = 0.5 / h  # the bands between a pole and the first / last row centre
+    band = 0.5 * (totals[:-1] + totals[1:]) * dv
+    z = float(band.sum())
+    marg = np.cumsum(band) / z if z > 0 else np.arange(1, h + 2) / (h + 1)  # black: never picked
+    marg[-1] = 1.0
     return {
-        "env_params": params,
+        "env_params": np.array([*env.color, env.rotation_deg, z], np.float32),
         "env_texels": px.reshape(-1, 3),
-        "env_cdf": cdf.astype(np.float32),
+        "env_cond_cdf": cum.astype(np.float32).ravel(),
+        "env_marg_cdf": marg.astype(np.float32),
         "env_info": np.array([w, h, 1], np.int32),
     }
+
+
+def _env_power(env: dict[str, np.ndarray], radius: float) -> float:
+    """Power the environment sends into the scene's bounding sphere: pi r^2 x the integral of
+    its luminance over directions (for NEE's pick, like pbrt's and Mitsuba's power sampler)."""
+    params = env["env_params"].astype(np.float64)
+    if env["env_info"][2] == 0:
+        radiance = params[:3] * 4.0 * np.pi
+    else:
+        w, h = int(env["env_info"][0]), int(env["env_info"][1])
+        rows = env["env_texels"].reshape(h, w, 3).astype(np.float64).sum(axis=1)  # (h, 3)
+        edges = np.cos(np.arange(h + 1) * np.pi / h)
+        solid = (edges[:-1] - edges[1:]) * (2.0 * np.pi / w)  # a texel's solid angle, per row
+        radiance = params[:3] * (solid @ rows)
+    return float(np.pi * radius * radius * (radiance @ LUMINANCE))
 
 
 def _mesh_digest(mesh: MeshData, tex_digest: dict[int, bytes]) -> bytes:
@@ -181,6 +250,8 @@ def _mesh_digest(mesh: MeshData, tex_digest: dict[int, bytes]) -> bytes:
             tex_digest[id(t)] = blake3.blake3(f"{px.dtype.str}{px.shape}".encode() + px.tobytes()).digest()
         tex = tex_digest[id(t)] if t is not None else b"-"
         desc = (m.kind, m.base_color, m.roughness, m.emission, m.two_sided_emission)
+        if (m.kind, m.two_sided, m.fresnel, m.ior, m.thin) != ("diffuse", False, "schlick", 1.5, False):
+            desc += (m.two_sided, m.fresnel, m.eta, m.k, m.ior, m.thin)  # Step 8's fields, when used
         h.update(repr(desc).encode() + tex)
     return h.digest()
 
@@ -243,6 +314,7 @@ def compile_scene(scene: LoadedScene) -> CompiledScene:
 
     mats = np.stack(materials).astype(np.float32)
     emitters = _emitters(P, idx, tm, mats)
+    environment = _environment(scene.environment, scene.source)
 
     if textures:
         tex_info = []
@@ -267,7 +339,8 @@ def compile_scene(scene: LoadedScene) -> CompiledScene:
         **emitters,
         "tex_texels": np.ascontiguousarray(texels, np.uint8),
         "tex_info": np.asarray(tex_info, np.int32).reshape(-1, 3),
-        **_environment(scene.environment),
+        **environment,
+        **_lights(scene, P, idx, tm, mats, emitters, environment),
         "camera": camera_array(scene.camera),
         "mesh_vertex_ranges": np.asarray(ranges, np.int32).reshape(-1, 2),
     }
@@ -325,3 +398,118 @@ def _emitters(P: np.ndarray, idx: np.ndarray, tm: np.ndarray, mats: np.ndarray) 
         "emit_cdf": cdf.astype(np.float32),
         "tri_emit_pdf": tri_emit_pdf,
     }
+
+
+def _light_row(i: int, light: LightDesc, radius: float, source: str) -> tuple[np.ndarray, float]:
+    """One row of the `lights` table (see LIGHT_* in meshrender.compiled) and the light's power."""
+    what = f"light {i} ({light.kind})"
+    if light.kind not in LIGHT_KINDS:
+        raise SceneError(source, f"{what}: kind must be one of {', '.join(LIGHT_KINDS)}")
+    values = [*light.position, *light.direction, *light.intensity]
+    values += [light.cutoff_deg, light.beam_width_deg, light.angular_radius_deg]
+    if not all(math.isfinite(v) for v in values):
+        raise SceneError(source, f"{what}: every value must be a finite number")
+    rgb = np.asarray(light.intensity, np.float64)
+    if np.any(rgb < 0):
+        raise SceneError(source, f"{what}: intensity/irradiance must be >= 0, got {tuple(light.intensity)}")
+    row = np.zeros(LIGHT_STRIDE, np.float64)
+    row[LIGHT_POS : LIGHT_POS + 3] = light.position
+    if light.kind != "point":
+        d = np.asarray(light.direction, np.float64)
+        norm = float(np.linalg.norm(d))
+        if not norm > 0:
+            raise SceneError(source, f"{what}: direction is the zero vector")
+        row[LIGHT_DIR : LIGHT_DIR + 3] = d / norm
+    lum = float(rgb @ LUMINANCE)
+    if light.kind == "point":
+        row[LIGHT_KIND] = LIGHT_POINT
+        power = 4.0 * math.pi * lum
+    elif light.kind == "spot":
+        cutoff, beam = light.cutoff_deg, light.beam_width_deg
+        if not 0.0 < cutoff <= SPOT_CUTOFF_DEG_MAX:
+            raise SceneError(source, f"{what}: cutoff_deg {cutoff} is outside (0, {SPOT_CUTOFF_DEG_MAX}]")
+        if not 0.0 <= beam <= cutoff:
+            raise SceneError(source, f"{what}: beam_width_deg {beam} is outside [0, cutoff_deg {cutoff}]")
+        c, b = math.radians(cutoff), math.radians(beam)
+        row[LIGHT_KIND] = LIGHT_SPOT
+        row[LIGHT_COS_OUTER], row[LIGHT_COS_INNER], row[LIGHT_ANGLE] = math.cos(c), math.cos(b), c
+        row[LIGHT_INV_TRANSITION] = 1.0 / (c - b) if c > b else 0.0
+        # the falloff integrated over the sphere: 2 pi (1 - (sin c - sin b) / (c - b))
+        cone = 1.0 - (math.sin(c) - math.sin(b)) / (c - b) if c > b else 1.0 - math.cos(c)
+        power = 2.0 * math.pi * cone * lum
+    else:
+        r_deg = light.angular_radius_deg
+        if not 0.0 <= r_deg <= SUN_RADIUS_DEG_MAX:
+            problem = f"angular_radius_deg {r_deg} is outside [0, {SUN_RADIUS_DEG_MAX}]"
+            raise SceneError(source, f"{what}: {problem}")
+        row[LIGHT_KIND] = LIGHT_SUN
+        if r_deg > 0:
+            r = math.radians(r_deg)
+            one_minus_cos = 2.0 * math.sin(r / 2) ** 2  # no cancellation for the sun's 0.27 degrees
+            row[LIGHT_ANGLE] = one_minus_cos
+            row[LIGHT_COS_OUTER] = math.cos(r)
+            # a disc of uniform radiance L gives a surface facing it E = L pi sin^2 r
+            row[LIGHT_RGB : LIGHT_RGB + 3] = rgb / (math.pi * math.sin(r) ** 2)
+        power = lum * math.pi * radius * radius  # the irradiance over the scene's bounding disc
+    if light.kind != "directional" or light.angular_radius_deg == 0:
+        row[LIGHT_RGB : LIGHT_RGB + 3] = rgb
+    with np.errstate(over="ignore"):
+        if not (np.all(np.isfinite(row.astype(np.float32))) and math.isfinite(power)):
+            raise SceneError(source, f"{what}: a value is too large for the renderer's float32")
+    return row, power
+
+
+def _is_sun(row: np.ndarray) -> bool:
+    """A directional light with an angular radius: the kernel's miss branch can see it."""
+    return bool(row[LIGHT_KIND] == LIGHT_SUN and row[LIGHT_ANGLE] > 0)
+
+
+def _lights(
+    scene: LoadedScene,
+    P: np.ndarray,
+    idx: np.ndarray,
+    tm: np.ndarray,
+    mats: np.ndarray,
+    emitters: dict[str, np.ndarray],
+    env: dict[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """The punctual lights' table and NEE's pick over the environment, the emissive triangles (as
+    one group; `emit_cdf` chooses inside it by power) and each punctual light.
+
+    The pick is uniform over emitters, as Mitsuba 3's is: the environment, each emissive material
+    (a lamp) and each punctual light count one each, if they give light at all. A pick by power
+    starves a small bright lamp beside a sky: the sky's power grows with the scene's bounding
+    disc (pi R^2), so in a room lit by a ceiling lamp with a sky outside it took 95% of the light
+    samples and the lamp's 5% made the room 1.6-3x noisier than Mitsuba at the same spp. Inside
+    the triangle group the pick stays by power (`emit_cdf`)."""
+    if len(scene.lights) > LIGHTS_MAX:
+        raise SceneError(scene.source, f"{len(scene.lights)} lights: more than {LIGHTS_MAX}")
+    lo, hi = P.min(axis=0).astype(np.float64), P.max(axis=0).astype(np.float64)
+    radius = max(0.5 * float(np.linalg.norm(hi - lo)), 1e-6)  # the bounding sphere, as Mitsuba
+    rows = [_light_row(i, light, radius, scene.source) for i, light in enumerate(scene.lights)]
+    # suns with a radius first (the kernel's miss branch walks only those), then a canonical
+    # order, so the order a file lists its lights in does not change the compiled scene
+    rows.sort(key=lambda rp: (not _is_sun(rp[0]), rp[0].tobytes()))
+    e_tris = emitters["emit_tri"]
+    tri_power = 0.0
+    if len(e_tris):
+        p0, p1, p2 = (P[idx[e_tris, k]].astype(np.float64) for k in range(3))
+        area = 0.5 * np.linalg.norm(np.cross(p1 - p0, p2 - p0), axis=1)
+        m = mats[tm[e_tris]].astype(np.float64)
+        sides = 1.0 + (m[:, MAT_EMIT_TWO_SIDED] > 0)
+        tri_power = float(np.pi * np.sum(area * sides * (m[:, MAT_EMIT : MAT_EMIT + 3] @ LUMINANCE)))
+    powers = np.array([_env_power(env, radius), tri_power, *(p for _, p in rows)], np.float64)
+    if not math.isfinite(float(powers.sum())):
+        problem = "the lights' total power overflows: an emission, intensity or environment is too large"
+        raise SceneError(scene.source, problem)
+    lamps = len(np.unique(tm[e_tris])) if len(e_tris) else 0  # emissive materials: a lamp each
+    weights = (powers > 0) * np.array([1.0, lamps, *([1.0] * len(rows))])
+    total = float(weights.sum())
+    probs = weights / total if total > 0 else np.zeros_like(weights)
+    table = np.zeros((len(rows), LIGHT_STRIDE), np.float64)
+    if rows:
+        table[:] = [r for r, _ in rows]
+        table[:, LIGHT_PICK] = probs[2:]
+        table[:, LIGHT_CDF] = probs[0] + probs[1] + np.cumsum(probs[2:])
+        table[-1, LIGHT_CDF] = 1.0
+    return {"lights": table.astype(np.float32), "light_pick": probs[:2].astype(np.float32)}

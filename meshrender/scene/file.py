@@ -37,16 +37,39 @@ Format (paths are relative to the scene file; every table and key is optional un
 
     [environment]             # light from infinitely far; absent: a soft grey studio sky
     color = [0, 0, 0]         # constant radiance; multiplies the image when one is given
-    image = "sky.exr"         # optional equirect (EXR/HDR linear, PNG/JPEG sRGB), +y up
-    rotation_deg = 0.0        # about +y
+    image = "sky.exr"         # optional equirect (EXR/HDR linear, PNG/JPEG sRGB): +y up, the
+                              #   image centre looks down +z, its left/right edges down -z
+                              #   (Mitsuba's envmap); looked up bilinearly, texel-centred
+    rotation_deg = 0.0        # about +y, right-handed; -360..360
 
     [materials.white]         # a named material, for meshes and lights to refer to
-    type = "diffuse"          # or "conductor" (rough metal, GGX)
-    base_color = [0.8, 0.8, 0.8]      # multiplies base_color_texture when both are given
+    type = "diffuse"          # "diffuse", "conductor" (metal), "dielectric" (glass, water) or
+                              #   "plastic" (a dielectric coat over a diffuse base)
+    base_color = [0.8, 0.8, 0.8]      # diffuse and plastic: reflectance; conductor: Schlick's F0
+                              #   (or a scale on the complex / "none" Fresnel); dielectric: a
+                              #   tint on the transmission (1 = clear); multiplies the texture
     base_color_texture = "tex.png"    # PNG/JPEG (sRGB) or EXR/HDR (linear)
-    roughness = 0.5           # 0..1, conductor only; GGX alpha = roughness^2
+    roughness = 0.5           # 0..1, conductor, dielectric, plastic: GGX alpha = roughness^2;
+                              #   0 is perfectly smooth (a mirror, clear glass)
     emission = [0, 0, 0]      # radiance; > 0 makes every triangle of the material a light
     two_sided_emission = false  # one-sided lights emit on the side of the CCW face normal
+    two_sided = false         # diffuse, conductor, plastic: reflect on both sides; false (as
+                              #   Mitsuba) leaves the back (against the CCW face normal) black
+
+    [materials.gold]
+    type = "conductor"
+    conductor = "Au"          # a measured metal: Au, Ag, Cu, Al, Cr, W (scene.materials) ...
+    # eta = [0.14, 0.37, 1.44]  # ... or a complex index of refraction eta + i k per channel
+    # k = [3.98, 2.39, 1.60]
+    # fresnel = "schlick"     # "schlick" (F0 = base_color, the default without eta/k),
+                              #   "complex" (with conductor or eta/k), "none" (F = 1: a mirror)
+
+    [materials.glass]
+    type = "dielectric"       # always two-sided: the CCW face normal points outside
+    ior = "glass"             # inside over outside; a number or a preset: glass (BK7 1.5046),
+                              #   water, diamond, air, acrylic, ... (scene.materials); default 1.5
+    roughness = 0.0
+    thin = false              # a thin pane (one surface, two interfaces, no refraction offset)
 
     [[meshes]]                # one entry per mesh file; required: file
     file = "meshes/floor.obj" # .obj (+ .mtl), .ply, .gltf, .glb
@@ -64,6 +87,25 @@ Format (paths are relative to the scene file; every table and key is optional un
     name = "key"              # for messages; default: the file
     material = "white"        # the surface's BSDF; default: black diffuse
     # + translate / rotate_deg / scale / matrix as for meshes
+
+    [[light]]                 # a light with no surface (at most 10 000); required: kind
+    kind = "point"            # "point", "spot" or "directional" (Mitsuba's point, spot, directional)
+    position = [0, 4, 0]      # point, spot: required
+    intensity = [50, 50, 50]  # point, spot: W/sr per channel (one number is grey); default 1
+
+    [[light]]
+    kind = "spot"             # shines along direction (or from position towards look_at)
+    position = [0, 4, 0]
+    look_at = [0, 0, 0]       # or direction = [0, -1, 0]
+    intensity = 200
+    cutoff_deg = 20.0         # no light beyond this angle from the axis (0 < cutoff_deg <= 180)
+    beam_width_deg = 15.0     # full intensity inside; linear in angle to 0 at the cutoff
+                              #   (default 3/4 of the cutoff)
+    [[light]]
+    kind = "directional"      # a sun: light travelling along direction (or position -> look_at)
+    direction = [-1, -2, -1]
+    irradiance = [3, 3, 3]    # W/m^2 on a surface facing it (one number is grey); default 1
+    angular_radius_deg = 0.27 # > 0: a disc of directions, soft shadows (0..89; default 0, sharp)
 
 A scene needs at least one [[meshes]] or [[lights]] entry.
 """
@@ -83,7 +125,8 @@ from msgspec import Meta, Struct
 from ..errors import SceneError
 from ..settings import RenderSettings
 from .confine import SceneFiles
-from .types import CameraDesc, MeshData
+from .materials import CONDUCTOR_PRESETS, IOR_MAX, IOR_MIN, IOR_PRESETS, ior_value
+from .types import CameraDesc, LightDesc, MeshData
 
 SCENE_BYTES_MAX = 16 << 20  # a hand-written (or generated) scene file is kilobytes; 16 MiB is a mistake
 TOML_DEPTH_MAX = 16  # tables and arrays inside each other: the format needs 4 (camera.keyframes[i].position)
@@ -94,6 +137,10 @@ KEYFRAMES_MAX = 10_000  # camera keyframes per scene: more is a baked path, not 
 FRAME_MAX = 100_000  # jobs.FRAMES_PER_JOB_MAX: a frame number beyond is a typo
 MESH_SUFFIXES = (".obj", ".ply", ".gltf", ".glb")
 _EYE4, _EYE3 = np.eye(4), np.eye(3)
+ETA_K_MAX = 100.0  # a conductor's complex index: measured metals stay below 15; beyond is a typo
+PUNCTUAL_LIGHTS_MAX = 10_000  # [[light]] tables: each is a row the NEE pick searches; more is a baked cloud
+SUN_RADIUS_DEG_MAX = 89.0  # scene.compile's bound: a disc of directions smaller than a hemisphere
+SPOT_CUTOFF_DEG = 20.0  # Mitsuba's spot defaults: cutoff 20 degrees, beam width 3/4 of the cutoff
 UP_PARALLEL_SIN_MIN = 1e-6  # |up x view| below this (unit vectors): up gives no roll, the frame is undefined
 
 Name = Annotated[str, Meta(min_length=1, max_length=NAME_CHARS_MAX)]
@@ -133,16 +180,107 @@ class AnimationTable(Struct, forbid_unknown_fields=True, kw_only=True):
 class EnvironmentTable(Struct, forbid_unknown_fields=True, kw_only=True):
     color: Color | None = None
     image: Name | None = None
-    rotation_deg: float = 0.0
+    rotation_deg: Annotated[float, Meta(ge=-360.0, le=360.0)] = 0.0
+
+
+class PunctualTable(Struct, forbid_unknown_fields=True, kw_only=True):
+    """A [[light]] table: a point, spot or directional light (types.LightDesc has the meaning)."""
+
+    kind: Literal["point", "spot", "directional"]
+    name: Name | None = None
+    position: Vec3 | None = None
+    direction: Vec3 | None = None
+    look_at: Vec3 | None = None
+    # one number (grey) or [r, g, b], each >= 0: checked by punctual_light (msgspec's unions of
+    # a constrained number and a constrained array misreport their errors)
+    intensity: float | list[float] | None = None  # point, spot: W/sr
+    irradiance: float | list[float] | None = None  # directional: W/m^2 on a surface facing the light
+    cutoff_deg: Annotated[float, Meta(gt=0.0, le=180.0)] | None = None
+    beam_width_deg: Annotated[float, Meta(ge=0.0, le=180.0)] | None = None
+    angular_radius_deg: Annotated[float, Meta(ge=0.0, le=SUN_RADIUS_DEG_MAX)] | None = None
+
+
+Ior = Annotated[float, Meta(ge=IOR_MIN, le=IOR_MAX)] | Annotated[str, Meta(max_length=NAME_CHARS_MAX)]
+EtaK = Annotated[float, Meta(ge=0.0, le=ETA_K_MAX)]
 
 
 class MaterialTable(Struct, forbid_unknown_fields=True, kw_only=True):
-    type: Literal["diffuse", "conductor"] = "diffuse"
+    type: Literal["diffuse", "conductor", "dielectric", "plastic"] = "diffuse"
     base_color: Color = (0.8, 0.8, 0.8)
     base_color_texture: Name | None = None
     roughness: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.5
     emission: Color = (0.0, 0.0, 0.0)
     two_sided_emission: bool = False
+    two_sided: bool = False
+    conductor: Name | None = None  # conductor: a preset of scene.materials.CONDUCTOR_PRESETS
+    fresnel: Literal["schlick", "complex", "none"] | None = None  # conductor
+    eta: tuple[EtaK, EtaK, EtaK] | None = None  # conductor, complex Fresnel
+    k: tuple[EtaK, EtaK, EtaK] | None = None
+    ior: Ior | None = None  # dielectric, plastic: a number or a preset of scene.materials.IOR_PRESETS
+    thin: bool | None = None  # dielectric
+
+    def desc_fields(self, where: str, src: str) -> dict[str, Any]:
+        """The MaterialDesc fields this table gives (all but name and texture), checked across
+        keys: every key must belong to the material's type, and the Fresnel keys must agree."""
+        kind = self.type
+        for key, kinds in _KIND_KEYS.items():
+            if getattr(self, key) is not None and kind not in kinds:
+                raise SceneError(src, f"{where}: '{key}' is for {' and '.join(kinds)} materials, not {kind}")
+        fields: dict[str, Any] = dict(
+            kind=kind,
+            base_color=tuple(self.base_color),
+            roughness=self.roughness,
+            emission=tuple(self.emission),
+            two_sided_emission=self.two_sided_emission,
+            two_sided=self.two_sided or kind == "dielectric",
+            thin=bool(self.thin),
+        )
+        if self.ior is not None:
+            ior = ior_value(self.ior)
+            if ior is None:
+                known = ", ".join(sorted(IOR_PRESETS))
+                raise SceneError(src, f"{where}.ior: '{self.ior}' is not a known medium (known: {known})")
+            if not IOR_MIN <= ior <= IOR_MAX:
+                raise SceneError(src, f"{where}.ior: {ior} is outside {IOR_MIN}..{IOR_MAX}")
+            fields["ior"] = ior
+        if kind == "conductor":
+            fresnel = self.fresnel
+            if self.conductor is not None:
+                preset = CONDUCTOR_PRESETS.get(self.conductor)
+                if preset is None:
+                    known = ", ".join(CONDUCTOR_PRESETS)
+                    raise SceneError(
+                        src, f"{where}.conductor: '{self.conductor}' is not known (known: {known})"
+                    )
+                if self.eta is not None or self.k is not None:
+                    raise SceneError(src, f"{where}: give either conductor or eta and k, not both")
+                fields["eta"], fields["k"] = preset
+            elif self.eta is not None or self.k is not None:
+                if self.eta is None or self.k is None:
+                    raise SceneError(src, f"{where}: a complex index needs both eta and k")
+                fields["eta"], fields["k"] = tuple(self.eta), tuple(self.k)
+            has_index = "eta" in fields
+            if fresnel is None:
+                fresnel = "complex" if has_index else "schlick"
+            if (fresnel == "complex") != has_index:
+                problem = (
+                    "fresnel 'complex' needs conductor or eta and k"
+                    if not has_index
+                    else (f"conductor / eta and k make no sense with fresnel '{fresnel}'")
+                )
+                raise SceneError(src, f"{where}: {problem}")
+            fields["fresnel"] = fresnel
+        return fields
+
+
+_KIND_KEYS = {  # material keys that only some types take
+    "conductor": ("conductor",),
+    "fresnel": ("conductor",),
+    "eta": ("conductor",),
+    "k": ("conductor",),
+    "ior": ("dielectric", "plastic"),
+    "thin": ("dielectric",),
+}
 
 
 class _Placed(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -172,6 +310,7 @@ class _SceneTables(Struct, forbid_unknown_fields=True, kw_only=True):
     materials: Annotated[dict[str, Any], Meta(max_length=MATERIALS_MAX)] = {}
     meshes: Annotated[list[MeshEntry], Meta(max_length=ENTRIES_MAX)] = []
     lights: Annotated[list[LightEntry], Meta(max_length=ENTRIES_MAX)] = []
+    light: Annotated[list[PunctualTable], Meta(max_length=PUNCTUAL_LIGHTS_MAX)] = []
 
 
 @dataclass
@@ -186,6 +325,7 @@ class SceneFile:
     materials: dict[str, MaterialTable]
     meshes: list[MeshEntry]
     lights: list[LightEntry]
+    punctual: list[LightDesc] = field(default_factory=list)  # the [[light]] tables, checked
     camera_keys: list[tuple[int, CameraDesc]] = field(default_factory=list)  # (frame, camera), by frame
     frames: tuple[int, int] | None = None  # the default frame range, when the scene says
     matrices: list[np.ndarray] = field(default_factory=list)  # each entry's placement, as `entries()`
@@ -219,6 +359,7 @@ def parse_scene_file(path: str | Path, *, files: SceneFiles | None = None) -> Sc
         if len(mname) > NAME_CHARS_MAX:
             raise SceneError(src, f"materials: name longer than {NAME_CHARS_MAX} characters")
         materials[mname] = _convert(table, MaterialTable, f"materials.{mname}", src)
+        materials[mname].desc_fields(f"materials.{mname}", src)  # checked now, used by load.py
     scene = SceneFile(
         path=path,
         base=path.parent,
@@ -228,6 +369,7 @@ def parse_scene_file(path: str | Path, *, files: SceneFiles | None = None) -> Sc
         materials=materials,
         meshes=tables.meshes,
         lights=tables.lights,
+        punctual=[punctual_light(t, f"light[{i}]", src) for i, t in enumerate(tables.light)],
     )
     if tables.camera is not None and tables.camera.keyframes:
         scene.camera_keys = camera_keys(tables.camera, scene.camera, src)
@@ -252,6 +394,64 @@ def parse_scene_file(path: str | Path, *, files: SceneFiles | None = None) -> Sc
             )
         scene.matrices.append(entry_matrix(e, f"{label} ({e.file})", src))  # validates the placement
     return scene
+
+
+_KEYS_OF_KIND = {
+    "point": {"position", "intensity"},
+    "spot": {"position", "direction", "look_at", "intensity", "cutoff_deg", "beam_width_deg"},
+    "directional": {"position", "direction", "look_at", "irradiance", "angular_radius_deg"},
+}
+
+
+def punctual_light(t: PunctualTable, label: str, src: str) -> LightDesc:
+    """A [[light]] table as a LightDesc; a key that does not apply to its kind is an error."""
+    what = f"{label} ({t.kind})"
+    for key in PunctualTable.__struct_fields__:
+        if key not in ("kind", "name") and getattr(t, key) is not None and key not in _KEYS_OF_KIND[t.kind]:
+            users = [k for k, keys in _KEYS_OF_KIND.items() if key in keys]
+            raise SceneError(src, f"{what}: `{key}` is for {' and '.join(users)} lights, not {t.kind}")
+
+    def rgb(v, key: str) -> tuple[float, float, float]:
+        if v is None:
+            return (1.0, 1.0, 1.0)
+        c = (float(v),) * 3 if isinstance(v, float | int) else tuple(float(x) for x in v)
+        if len(c) != 3 or min(c) < 0:
+            raise SceneError(src, f"{what}: {key} must be a number >= 0 or [r, g, b] of them, got {v}")
+        return c
+
+    def unit(v, key: str):
+        n = math.sqrt(sum(c * c for c in v))
+        if not n > 0:
+            raise SceneError(src, f"{what}: {key} is the zero vector")
+        return tuple(c / n for c in v)
+
+    direction = (0.0, -1.0, 0.0)
+    if t.kind != "point":
+        if t.direction is not None and t.look_at is not None:
+            raise SceneError(src, f"{what}: give either direction or look_at (with position), not both")
+        if t.look_at is not None:
+            if t.position is None:
+                raise SceneError(src, f"{what}: look_at needs a position to look from")
+            direction = unit(np.subtract(t.look_at, t.position).tolist(), "look_at - position")
+        elif t.direction is not None:
+            direction = unit(t.direction, "direction")
+        else:
+            raise SceneError(src, f"{what}: missing required key direction (or look_at with position)")
+    if t.kind in ("point", "spot") and t.position is None:
+        raise SceneError(src, f"{what}: missing required key position")
+    light = LightDesc(kind=t.kind, position=t.position or (0.0, 0.0, 0.0), direction=direction)
+    if t.kind == "directional":
+        light.intensity = rgb(t.irradiance, "irradiance")
+        light.angular_radius_deg = t.angular_radius_deg or 0.0
+    else:
+        light.intensity = rgb(t.intensity, "intensity")
+    if t.kind == "spot":
+        light.cutoff_deg = t.cutoff_deg if t.cutoff_deg is not None else SPOT_CUTOFF_DEG
+        light.beam_width_deg = t.beam_width_deg if t.beam_width_deg is not None else 0.75 * light.cutoff_deg
+        if light.beam_width_deg > light.cutoff_deg:
+            problem = f"beam_width_deg {light.beam_width_deg} is wider than cutoff_deg {light.cutoff_deg}"
+            raise SceneError(src, f"{what}: {problem}")
+    return light
 
 
 def camera_from_table(t: CameraTable, src: str) -> CameraDesc:

@@ -9,7 +9,8 @@ numpy views over the buffer (any component type, normalized integers, byteStride
 substitution), each range checked against its bufferView and buffer first.
 
 Materials: baseColorFactor (x baseColorTexture, uint8 sRGB), metallic >= 0.5 is a conductor with
-the roughness, else diffuse; emissiveFactor x KHR_materials_emissive_strength is the emission.
+the roughness, else diffuse; emissiveFactor x KHR_materials_emissive_strength is the emission;
+`doubleSided` (default false) is `two_sided`: a one-sided material's back side is black.
 A metallicRoughnessTexture or emissiveTexture cannot be applied per texel, so it is reduced to
 its mean, which keeps e.g. a leather material with a metal factor of 1 (the default) diffuse.
 KHR_texture_transform and texCoord sets are applied to each primitive's UVs.
@@ -168,6 +169,7 @@ class _Material(Struct):
     emissiveTexture: _TextureInfo | None = None
     emissiveFactor: tuple[float, float, float] = (0.0, 0.0, 0.0)
     alphaMode: str = "OPAQUE"
+    doubleSided: bool = False
     extensions: dict[str, Any] = {}
 
 
@@ -799,6 +801,7 @@ class _Loader:
             base_color_texture=tex,
             roughness=float(min(max(roughness, 0.0), 1.0)),
             emission=(float(emission[0]), float(emission[1]), float(emission[2])),
+            two_sided=m.doubleSided,  # glTF's default: one-sided, the back side black
         )
         self._materials[i] = got = (mat, uv_set, xform)
         return got

@@ -29,12 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..compiled import FRESNELS, KINDS
 from ..errors import MissingAssetsError, SceneError
 from ..settings import RenderSettings
 from . import gltf, obj, ply
 from .confine import SceneFiles
-from .file import MESH_SUFFIXES, SceneFile, apply_transform, check_camera, parse_scene_file
+from .file import ETA_K_MAX, MESH_SUFFIXES, SceneFile, apply_transform, check_camera, parse_scene_file
 from .images import TextureCache, srgb_to_linear
+from .materials import IOR_MAX, IOR_MIN
 from .types import CameraDesc, EnvironmentDesc, LoadedScene, MaterialDesc, MeshData, TextureImage
 
 log = logging.getLogger("meshrender.scene")
@@ -236,6 +238,7 @@ def _load_scene_file(path: Path, files: SceneFiles) -> LoadedScene:
         settings=sf.settings,
         camera_keys=sf.camera_keys,
         frames=sf.frames,
+        lights=sf.punctual,
     )
     return _finish(scene, warnings)
 
@@ -273,12 +276,8 @@ def _check_missing(sf: SceneFile, files: SceneFiles) -> None:
 def _material(name: str, t, base: Path, cache: TextureCache, src: str) -> MaterialDesc:
     return MaterialDesc(
         name=name,
-        kind=t.type,
-        base_color=tuple(t.base_color),
         base_color_texture=cache.load(base / t.base_color_texture, src=src) if t.base_color_texture else None,
-        roughness=t.roughness,
-        emission=tuple(t.emission),
-        two_sided_emission=t.two_sided_emission,
+        **t.desc_fields(f"materials.{name}", src),
     )
 
 
@@ -291,6 +290,16 @@ def _finish(scene: LoadedScene, warnings: list[str]) -> LoadedScene:
 
 
 # ------------------------------------------------------------------------------- validation
+
+
+def _check_bsdf(mat: MaterialDesc, what: str, src: str) -> None:
+    """The Step 8 fields, whichever loader set them: the kernel takes them as they are."""
+    if mat.kind not in KINDS or mat.fresnel not in FRESNELS:
+        raise SceneError(src, f"{what}: unknown kind {mat.kind!r} or fresnel {mat.fresnel!r}")
+    if mat.kind in ("dielectric", "plastic") and not IOR_MIN <= mat.ior <= IOR_MAX:
+        raise SceneError(src, f"{what}: ior {mat.ior} is outside {IOR_MIN}..{IOR_MAX}")
+    if not all(0.0 <= v <= ETA_K_MAX for v in (*mat.eta, *mat.k)):  # NaN fails too
+        raise SceneError(src, f"{what}: eta and k must lie in 0..{ETA_K_MAX}")
 
 
 def _check_emitters(emitters: dict) -> None:
@@ -345,6 +354,7 @@ def _check_mesh(
         _check_color(mat.emission, f"{what}: emission", src)
         if not 0.0 <= mat.roughness <= 1.0:
             raise SceneError(src, f"{what}: roughness {mat.roughness} is outside 0..1")
+        _check_bsdf(mat, what, src)
     if any(m.is_emissive for m in mesh.materials):
         tri_area = 0.5 * np.linalg.norm(_face_normals(mesh), axis=1)
         area = np.bincount(mesh.material_ids, weights=tri_area, minlength=len(mesh.materials))

@@ -14,7 +14,14 @@ Polygons are fan-triangulated. Output vertices are unique (v, vt, vn) triples, b
 vt/vn indices differ from the position index. OBJ texture coordinates have v up; they are
 flipped to the glTF convention (v down) that `MeshData.uvs` uses. MTL: `Kd`, `Ke`, `map_Kd`
 (path relative to the MTL; `-s`/`-o`/... options are parsed and ignored), `Pm`/`Pr` (PBR
-extension: Pm >= 0.5 is a conductor with roughness Pr). Other MTL statements are ignored.
+extension: Pm >= 0.5 is a conductor with roughness Pr), `illum` 4, 6, 7 or 9 (the
+transparent, refracting models) is a dielectric of index `Ni` (1.5 when absent) with roughness
+`Pr` (0 when absent). Other MTL statements are ignored.
+
+Sidedness: OBJ and MTL have no notion of a back face, exporters do not keep a consistent winding,
+and the viewers these files are made for draw both sides, so OBJ materials are two-sided (one-sided
+would blacken every face wound the other way). Mitsuba's one-sidedness belongs to its BSDFs, not
+to its OBJ loader: a Mitsuba XML or TOML scene that gives a mesh its own material decides there.
 
 Every file is read through `SceneFiles`: MTLs and textures must lie in the scene's folder tree
 (`mtllib ../../etc/passwd` is refused, not read), and each kind of file has a byte budget.
@@ -31,10 +38,12 @@ import numpy as np
 from ..errors import MissingAssetsError, SceneError
 from .confine import SceneFiles
 from .images import TextureCache
+from .materials import IOR_MAX, IOR_MIN
 from .types import MaterialDesc, MeshData
 
 OBJ_BYTES_MAX = 1 << 30  # ~10M triangles with v/vt/vn; parsing peaks near 9x the file size in RAM
 TRIS_MAX = 1 << 26  # 67M triangles: past any single mesh a peer can hold compiled (~6 GiB)
+GLASS_ILLUMS = (4, 6, 7, 9)  # MTL illumination models that refract: a dielectric
 MTL_BYTES_MAX = 16 << 20  # material libraries are small text; more is not an MTL
 GATHER_RUNS_MAX = 4096  # past this many separate runs of one line kind, gather by byte mask
 DECIMAL_CHARS_MAX = 20  # sign, dot and 18 digits: the longest decimal that still parses exactly as int64
@@ -116,7 +125,7 @@ def load_obj(
         if m is None:
             if mname != DEFAULT_MATERIAL:
                 undefined.append(mname)
-            materials.append(MaterialDesc(name=mname))
+            materials.append(MaterialDesc(name=mname, two_sided=True))
         else:
             materials.append(m.to_material(cache))
     if undefined:
@@ -169,16 +178,27 @@ class _Mtl:
     ke: tuple[float, float, float] = (0.0, 0.0, 0.0)
     map_kd: Path | None = None
     pm: float = 0.0
-    pr: float = 0.5
+    pr: float | None = None
+    ni: float | None = None
+    illum: int | None = None
 
     def to_material(self, cache: TextureCache) -> MaterialDesc:
+        tex = cache.load(self.map_kd, src=self.source) if self.map_kd is not None else None
+        if self.illum in GLASS_ILLUMS:
+            ior = 1.5 if self.ni is None else self.ni
+            rough = 0.0 if self.pr is None else self.pr
+            return MaterialDesc(
+                name=self.name, kind="dielectric", base_color=(1.0, 1.0, 1.0), roughness=rough,
+                ior=ior, emission=self.ke, two_sided=True,
+            )  # fmt: skip
         return MaterialDesc(
             name=self.name,
             kind="conductor" if self.pm >= 0.5 else "diffuse",
             base_color=self.kd,
-            base_color_texture=cache.load(self.map_kd, src=self.source) if self.map_kd is not None else None,
-            roughness=self.pr,
+            base_color_texture=tex,
+            roughness=0.5 if self.pr is None else self.pr,
             emission=self.ke,
+            two_sided=True,
         )
 
 
@@ -202,7 +222,7 @@ def parse_mtl(path: Path, warnings: list[str], *, files: SceneFiles | None = Non
             cur = out[rest] = _Mtl(rest, src)
             continue
         if cur is None:
-            if kw in ("Kd", "Ke", "map_Kd", "Pm", "Pr"):
+            if kw in ("Kd", "Ke", "map_Kd", "Pm", "Pr", "Ni", "illum"):
                 raise SceneError(src, f"line {lineno}: '{kw}' before any 'newmtl'")
             continue
         if kw in ("Kd", "Ke"):
@@ -224,6 +244,16 @@ def parse_mtl(path: Path, warnings: list[str], *, files: SceneFiles | None = Non
                 cur.pm = v
             else:
                 cur.pr = v
+        elif kw == "Ni":
+            (v,) = _floats(rest.split(), src, lineno, kw, 1, 1)
+            if not IOR_MIN <= v <= IOR_MAX:
+                raise SceneError(src, f"line {lineno}: 'Ni {v}' is outside {IOR_MIN}..{IOR_MAX}")
+            cur.ni = v
+        elif kw == "illum":
+            (v,) = _floats(rest.split(), src, lineno, kw, 1, 1)
+            if v != int(v) or not 0 <= v <= 10:
+                raise SceneError(src, f"line {lineno}: 'illum {rest}' is not a model 0..10")
+            cur.illum = int(v)
         elif kw == "map_Kd":
             fname, scaled = _map_filename(rest.split(), src, lineno)
             if scaled:

@@ -146,7 +146,7 @@ def load_ply(
         positions=positions,
         indices=indices,
         material_ids=np.zeros(len(indices), np.int32),
-        materials=[MaterialDesc(name="default")],
+        materials=[MaterialDesc(name="default", two_sided=True)],  # no sidedness in PLY: as OBJ
         normals=normals,
         uvs=uvs,
     )

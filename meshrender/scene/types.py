@@ -105,7 +105,7 @@ class LightDesc:
 
     point        at `position`, `intensity` W/sr per channel, in every direction;
     spot         at `position`, shining along `direction`: `intensity` W/sr inside
-                 `beam_width_deg`, falling off smoothly to 0 at `cutoff_deg` (Mitsuba's spot);
+                 `beam_width_deg`, falling linearly in angle to 0 at `cutoff_deg` (Mitsuba's spot);
     directional  light travelling along `direction` (from the sun towards the scene),
                  `irradiance` W/m^2 per channel on a surface facing it; `angular_radius_deg`
                  > 0 makes it a disc of that angular radius (a sun with soft shadows).
