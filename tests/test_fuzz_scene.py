@@ -1,5 +1,5 @@
 """Property-based fuzzing of the scene decoders: OBJ (+ MTL), PLY, glTF and GLB, the TOML scene
-file, and images (PNG, JPEG, Radiance HDR, EXR). A fuzz target takes the bytes of one file,
+file, Mitsuba XML, and images (PNG, JPEG, Radiance HDR, EXR). A fuzz target takes the bytes of one file,
 writes it into a scratch scene folder beside small valid companions (a triangle OBJ, an MTL, a
 PNG texture) and loads it through the real `load_scene`; a target passes when the load succeeds
 or raises a MeshrenderError, and fails on anything else (a traceback, a MemoryError, ...).
@@ -94,6 +94,10 @@ def fuzz_toml(data: bytes) -> None:
     _load("fuzz.toml", data)
 
 
+def fuzz_xml(data: bytes) -> None:
+    _load("fuzz.xml", data)
+
+
 def fuzz_png(data: bytes) -> None:
     _textured("fuzz.png", data)
 
@@ -117,6 +121,7 @@ TARGETS = {
     "gltf": fuzz_gltf,
     "glb": fuzz_glb,
     "toml": fuzz_toml,
+    "xml": fuzz_xml,
     "png": fuzz_png,
     "jpeg": fuzz_jpeg,
     "hdr": fuzz_hdr,
@@ -129,6 +134,7 @@ SEED_FILES = {
     "gltf": ["seed.gltf"],
     "glb": ["seed.glb"],
     "toml": ["seed.toml"],
+    "xml": ["seed.xml"],
     "png": ["seed.png"],
     "jpeg": ["seed.jpg"],
     "hdr": ["seed_flat.hdr", "seed_rle.hdr"],

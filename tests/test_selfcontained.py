@@ -48,7 +48,7 @@ def test_the_pattern_catches_the_old_spellings():
 
 
 def test_each_scene_asset_says_where_it_came_from():
-    for name in ("bunny", "cornell_mitsuba", "textured_gltf"):
+    for name in ("bunny", "cornell_mitsuba", "mitsuba", "textured_gltf"):
         text = (DATA / name / "ORIGIN.md").read_text()
         assert "License:" in text, name
 

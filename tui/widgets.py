@@ -37,7 +37,7 @@ from textual.widgets import DataTable, Input
 
 PEER_COLOURS = [(66, 133, 244), (52, 168, 83), (251, 188, 5), (171, 71, 188), (0, 172, 193), (255, 112, 67),
                 (158, 157, 36), (236, 64, 122)]  # fmt: skip
-SCENE_SUFFIXES = (".toml", ".obj", ".ply", ".gltf", ".glb")  # what `load_scene` takes, besides names
+SCENE_SUFFIXES = (".toml", ".xml", ".obj", ".ply", ".gltf", ".glb")  # what `load_scene` takes, besides names
 STYLES_CACHED = 1 << 16  # colour styles kept: a preview's cells repeat from one second to the next
 BOLD, DIM = Style(bold=True), Style(dim=True)
 DIR_ENTRIES_MAX = 10_000  # a folder is read this far for completion, so a huge one never stalls it

@@ -79,7 +79,7 @@ def _exists(path: Path) -> bool:
 
 
 def load_scene(spec: str | os.PathLike, *, allow_outside: bool = False) -> LoadedScene:
-    """Load a `.toml` scene file, a bare `.obj`/`.ply`/`.gltf`/`.glb`, or a built-in scene name.
+    """Load a `.toml` scene file, a Mitsuba 3 `.xml`, a bare `.obj`/`.ply`/`.gltf`/`.glb`, or a built-in name.
     `allow_outside` lets the scene read files outside its own folder tree (`--allow-outside`)."""
     text = os.fspath(spec)
     builtin = None
@@ -107,7 +107,9 @@ def load_scene(spec: str | os.PathLike, *, allow_outside: bool = False) -> Loade
         return _load_scene_file(path, files)
     if suffix in MESH_SUFFIXES:
         return _load_bare_mesh(path, files)
-    kinds = ", ".join((".toml",) + MESH_SUFFIXES)
+    if suffix == ".xml":
+        return _load_mitsuba(path, files)
+    kinds = ", ".join((".toml", ".xml") + MESH_SUFFIXES)
     raise SceneError(text, f"unknown file type '{path.suffix}' (expected {kinds}, or a built-in scene name)")
 
 
@@ -241,6 +243,20 @@ def _load_scene_file(path: Path, files: SceneFiles) -> LoadedScene:
         lights=sf.punctual,
     )
     return _finish(scene, warnings)
+
+
+def _load_mitsuba(path: Path, files: SceneFiles) -> LoadedScene:
+    """A Mitsuba 3 XML scene (`mitsuba.py`), checked like the others."""
+    from .mitsuba import parse_mitsuba
+
+    scene = parse_mitsuba(path, files, frame_camera=frame_camera, tris_max=SCENE_TRIS_MAX)
+    emitters: dict = {}
+    tris = 0
+    for k, m in enumerate(scene.meshes):
+        _check_mesh(m, str(path), scene.warnings, emitters)
+        tris = _check_total(tris, m, k + 1, str(path))
+    _check_emitters(emitters)
+    return _finish(scene, scene.warnings)
 
 
 def _check_missing(sf: SceneFile, files: SceneFiles) -> None:

@@ -350,6 +350,34 @@ def write(root: Path = HERE) -> dict[str, tuple[str, str, str]]:
     toml("toml_not_utf8", "", "UTF-8").joinpath("scene.toml").write_bytes(b"\xff\xfe[[meshes]]\n")
     toml("toml_syntax", "[[meshes]\n", "TOML syntax error")
     toml("toml_inside_ok", '[[meshes]]\nfile = "sub/../tri.obj"\n', "", "accepted")
+
+    # ------------------------------------------------------------------ Mitsuba XML
+    def xml(name: str, body: str, phrase: str, outcome: str = "refused", head: str = "") -> Path:
+        d = case(name, "scene.xml", outcome, phrase)
+        (d / "tri.obj").write_text(TRI_OBJ)
+        (d / "scene.xml").write_text(f'{head}<scene version="3.0.0">\n{body}\n</scene>\n')
+        return d
+
+    def obj_shape(filename: str) -> str:
+        return f'<shape type="obj"><string name="filename" value="{filename}"/></shape>'
+
+    laughs = "".join(f'<!ENTITY l{i} "{f"&l{i - 1};" * 10}">' for i in range(1, 10))
+    xml("xml_billion_laughs", "&l9;", "not allowed", head=f'<!DOCTYPE scene [<!ENTITY l0 "lol">{laughs}]>\n')
+    xml("xml_external_entity", '<string name="x" value="&x;"/>', "not allowed",
+        head='<!DOCTYPE scene [<!ENTITY x SYSTEM "file:///etc/passwd">]>\n')  # fmt: skip
+    xml("xml_nested_3000", "<bsdf>" * 3000 + "</bsdf>" * 3000, "nested more deeply")
+    xml("xml_obj_dotdot", obj_shape("../outside/tri.obj"), "outside the scene folder")
+    xml("xml_envmap_absolute", obj_shape("tri.obj") + '<emitter type="envmap"><string name="filename" '
+        'value="/etc/passwd.exr"/></emitter>', "outside the scene folder")  # fmt: skip
+    sphere = '<shape type="sphere"><float name="radius" value="{}"/></shape>'
+    xml("xml_nan", sphere.format("nan"), "finite")
+    xml("xml_number_overflow", sphere.format("1e400"), "finite")
+    bomb = '<default name="a" value="' + "x" * 4000 + '"/>' + obj_shape("$a" * 1000)
+    xml("xml_param_bomb", bomb, "longer than")
+    plugin = obj_shape("tri.obj")[:-8] + '<bsdf type="principled"/></shape>'
+    xml("xml_unknown_plugin", plugin, "not supported")
+    xml("xml_not_well_formed", "<shape type='obj'>", "XML syntax error")
+    xml("xml_inside_ok", obj_shape("sub/../tri.obj"), "", "accepted")
     (root / "cases.json").write_text(json.dumps(CASES, indent=1, sort_keys=True) + "\n")
     return dict(CASES)
 

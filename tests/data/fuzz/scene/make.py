@@ -36,6 +36,29 @@ def gltf_doc(uri: str | None) -> dict:
     }
 
 
+SEED_XML = """<scene version="3.0.0">
+<default name="spp" value="4"/>
+<integrator type="path"><integer name="max_depth" value="4"/></integrator>
+<sensor type="perspective"><float name="fov" value="40"/><string name="fov_axis" value="smaller"/>
+ <transform name="to_world"><lookat origin="0, 0, 3" target="0, 0, 0" up="0, 1, 0"/></transform>
+ <sampler type="independent"><integer name="sample_count" value="$spp"/></sampler>
+ <film type="hdrfilm"><integer name="width" value="16"/><integer name="height" value="12"/>
+  <rfilter type="box"/></film>
+</sensor>
+<bsdf type="twosided" id="w"><bsdf type="roughplastic"><string name="distribution" value="ggx"/></bsdf></bsdf>
+<shape type="obj"><string name="filename" value="tri.obj"/><ref id="w"/>
+ <transform name="to_world"><scale value="2"/><rotate y="1" angle="30"/><translate x="0.5"/></transform>
+</shape>
+<shape type="sphere"><float name="radius" value="0.3"/><bsdf type="dielectric"/></shape>
+<shape type="rectangle"><emitter type="area"><rgb name="radiance" value="5, 4, 3"/></emitter>
+ <transform name="to_world"><matrix value="1 0 0 0 0 0 1 2 0 -1 0 0 0 0 0 1"/></transform></shape>
+<emitter type="envmap"><string name="filename" value="t.png"/><float name="scale" value="0.5"/></emitter>
+<emitter type="spot">
+ <transform name="to_world"><lookat origin="0, 3, 0" target="0, 0, 0" up="1, 0, 0"/></transform></emitter>
+</scene>
+"""
+
+
 def main() -> None:
     bin_ = TRI + struct.pack("<3H", 0, 1, 2)
     (HERE / "seed.obj").write_text(
@@ -73,6 +96,7 @@ def main() -> None:
         'rotate_deg = [0, 30, 0]\nscale = [1, 2, 1]\n[[lights]]\nfile = "tri.obj"\nradiance = [5, 5, 5]\n'
         "translate = [0, 1, 0]\n"
     )
+    (HERE / "seed.xml").write_text(SEED_XML)
     from PIL import Image
 
     out = io.BytesIO()

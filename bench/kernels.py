@@ -1,0 +1,245 @@
+"""meshrender against Mitsuba 3 on the same Mitsuba XML files, the same cores, in one run.
+
+How: the scenes are written as Mitsuba XML into a work folder (the Cornell box of
+tests/data/cornell_mitsuba at 256x256, depth 8; the 69k-triangle bunny in that box in place
+of its two blocks; the bunny midpoint-subdivided twice, 1.1M triangles, in the same box; the
+rough glass sphere of tests/data/mitsuba at 256x256), and both renderers read those files:
+Mitsuba's `llvm_ad_rgb` on THREADS threads in a subprocess of the Python that has pip mitsuba
+(`--mitsuba-python`), meshrender in this process on the CPU backend with THREADS threads and a
+warm kernel cache. For each scene both first render once untimed (Dr.Jit's and Taichi's kernels
+compile or load from their caches), then the timed runs alternate, Mitsuba then meshrender,
+`--repeats` times; the best of each is reported, as Msamples/s (width x height x spp / s) and
+meshrender/Mitsuba. Besides: Taichi kernel compile time, cold (empty offline cache, a fresh
+process) and warm (from the disk cache), the host BVH build for the 1.1M triangles, and peak
+memory (peak RSS of this process after each scene, and of each Mitsuba process).
+
+    DRJIT_LIBLLVM_PATH=/usr/lib/x86_64-linux-gnu/libLLVM-19.so \\
+        .venv/bin/python bench/kernels.py [--spp 64] [--repeats 3] [--only cornell bunny ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+from render import kernel_compile_s  # noqa: E402
+from scene_files import scene_file  # noqa: E402
+from store import subdivide  # noqa: E402
+
+# this file is called kernels.py: bench/ goes last on the path, so `kernels` is the repo's package
+sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
+
+THREADS = 2  # the issue's comparison: both renderers on the same two cores
+CORNELL = REPO / "tests" / "data" / "cornell_mitsuba"
+GLASS = REPO / "tests" / "data" / "mitsuba" / "rough_glass.xml"
+BUNNY_PLACE = '<scale value="6.5"/><translate x="0.1" y="-1.22" z="0"/>'  # on the floor, mid-box
+
+MITSUBA_RUN = r"""
+import json, sys, time
+import drjit as dr, mitsuba as mi
+mi.set_variant("llvm_ad_rgb")
+dr.set_thread_count(int(sys.argv[2]))
+scene = mi.load_file(sys.argv[1])
+spp, repeats = int(sys.argv[3]), int(sys.argv[4])
+def once():
+    t = time.perf_counter()
+    img = mi.render(scene, spp=spp)
+    dr.eval(img)
+    dr.sync_thread()
+    return time.perf_counter() - t
+first = once()
+for _ in range(repeats):
+    line = sys.stdin.readline()  # the parent says when: runs alternate with meshrender's
+    if not line:
+        break
+    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+    print(json.dumps({"seconds": once(), "first_s": first, "max_rss_mb": int(hwm) / 1024}), flush=True)
+"""
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, a child's own after exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_scenes(work: Path, only: list[str] | None) -> dict[str, Path]:
+    """The benchmark's XML files (and the meshes they name) under `work`."""
+    shutil.copytree(CORNELL / "meshes", work / "meshes")
+    box = (CORNELL / "cornell_box_boxfilter.xml").read_text()
+    scenes = {"cornell": work / "cornell.xml"}
+    scenes["cornell"].write_text(box)
+    no_blocks = re.sub(r'\s*<shape type="obj" id="(small|large)-box">.*?</shape>', "", box)
+
+    def bunny_in_box(name: str, ply: str) -> Path:
+        shape = (
+            f'    <shape type="ply" id="bunny"><string name="filename" value="{ply}"/>'
+            f'<transform name="to_world">{BUNNY_PLACE}</transform><ref id="white"/></shape>\n</scene>'
+        )
+        path = work / f"{name}.xml"
+        path.write_text(no_blocks.replace("</scene>", shape))
+        return path
+
+    want = lambda n: only is None or n in only  # noqa: E731
+    if want("bunny"):
+        shutil.copy(scene_file("bunny/bunny.ply"), work / "bunny.ply")
+        scenes["bunny"] = bunny_in_box("bunny", "bunny.ply")
+    if want("bunny_1m"):
+        write_bunny_1m(work / "bunny_1m.ply")
+        scenes["bunny_1m"] = bunny_in_box("bunny_1m", "bunny_1m.ply")
+    if want("glass"):
+        glass = re.sub(r'name="res" value="\d+"', 'name="res" value="256"', GLASS.read_text())
+        scenes["glass"] = work / "glass.xml"
+        scenes["glass"].write_text(glass)
+    return {k: v for k, v in scenes.items() if want(k)}
+
+
+def write_bunny_1m(path: Path) -> None:
+    from plyfile import PlyData, PlyElement
+
+    from meshrender.scene.ply import load_ply
+
+    mesh = load_ply(scene_file("bunny/bunny.ply"))
+    p, f = mesh.positions, mesh.indices
+    for _ in range(2):
+        p, f = subdivide(p, f)
+    verts = np.array([tuple(v) for v in p], dtype=[("x", "f4"), ("y", "f4"), ("z", "f4")])
+    faces = np.empty(len(f), dtype=[("vertex_indices", "i4", (3,))])
+    faces["vertex_indices"] = f
+    PlyData([PlyElement.describe(verts, "vertex"), PlyElement.describe(faces, "face")]).write(str(path))
+
+
+def bench_scene(name: str, xml: Path, args) -> dict:
+    from meshrender.render import Renderer, render_frame
+    from meshrender.scene.compile import compile_scene
+    from meshrender.scene.load import load_scene
+    from meshrender.units import whole_frame_unit
+
+    t0 = time.perf_counter()
+    scene = compile_scene(load_scene(xml))
+    load_s = time.perf_counter() - t0
+    settings = msgspec.structs.replace(scene.settings, spp=args.spp, pass_spp=args.spp)
+    samples = settings.width * settings.height * settings.spp
+    r = Renderer(scene, backend="cpu", threads=THREADS)
+    r.warm_up()
+
+    def ours() -> float:
+        t = time.perf_counter()
+        render_frame(r, settings, units=[whole_frame_unit(settings)])
+        return time.perf_counter() - t
+
+    ours()  # untimed: first launch on this scene
+    env = {**os.environ, "DRJIT_LIBLLVM_PATH": os.environ.get("DRJIT_LIBLLVM_PATH", args.libllvm)}
+    mi = subprocess.Popen(
+        [args.mitsuba_python, "-c", MITSUBA_RUN, str(xml), str(THREADS), str(args.spp), str(args.repeats)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    theirs, mine, mi_rss, first = [], [], 0.0, None
+    for _ in range(args.repeats):
+        mi.stdin.write("go\n")
+        mi.stdin.flush()
+        line = mi.stdout.readline()
+        while line and not line.startswith("{"):  # Mitsuba's own log lines
+            line = mi.stdout.readline()
+        if not line:
+            raise SystemExit(f"bench: the Mitsuba run of {xml} ended early (exit {mi.wait()})")
+        rec = json.loads(line)
+        theirs.append(rec["seconds"])
+        mi_rss, first = rec["max_rss_mb"], rec["first_s"]
+        mine.append(ours())
+    mi.stdin.close()
+    mi.wait(timeout=60)
+    ms_ours, ms_theirs = samples / min(mine) / 1e6, samples / min(theirs) / 1e6
+    return {
+        "scene": name,
+        "triangles": scene.triangle_count,
+        "resolution": [settings.width, settings.height],
+        "spp": settings.spp,
+        "max_depth": settings.max_depth,
+        "meshrender_Msamples_s": round(ms_ours, 3),
+        "mitsuba_Msamples_s": round(ms_theirs, 3),
+        "ratio": round(ms_ours / ms_theirs, 3),
+        "meshrender_runs_s": [round(x, 3) for x in mine],
+        "mitsuba_runs_s": [round(x, 3) for x in theirs],
+        "mitsuba_first_render_s": round(first, 3),
+        "meshrender_load_compile_scene_s": round(load_s, 3),
+        "meshrender_max_rss_mb": round(peak_rss_mb(), 1),
+        "mitsuba_max_rss_mb": round(mi_rss, 1),
+    }
+
+
+def bvh_build_s(ply: Path, repeats: int) -> dict:
+    """The host BVH build for the mesh: bench/bvh.py's timing (best of `repeats`, wall and CPU)
+    when it is there, else timed here the same way."""
+    import meshrender.bvh
+    from meshrender.scene.ply import load_ply
+
+    m = load_ply(ply)
+    p = m.positions[m.indices.astype(np.int64)]
+    tris = (p[:, 0], p[:, 1], p[:, 2])
+    try:
+        from bvh import time_builds  # bench/bvh.py, the BVH work's own benchmark
+
+        _, wall, cpu = time_builds({"meshrender": meshrender.bvh}, tris, repeats)["meshrender"]
+    except ImportError:
+        wall = cpu = float("inf")
+        for _ in range(repeats):
+            c0, t0 = time.process_time(), time.perf_counter()
+            meshrender.bvh.build_bvh(*tris)
+            wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
+    return {
+        "bvh_build_triangles": len(m.indices),
+        "bvh_build_s": round(wall, 2),
+        "bvh_build_cpu_s": round(cpu, 2),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spp", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", nargs="*", default=None, help="cornell, bunny, bunny_1m, glass (default: all)")
+    ap.add_argument("--mitsuba-python", default="/work/mitsuba-venv/bin/python")
+    ap.add_argument("--libllvm", default="/usr/lib/x86_64-linux-gnu/libLLVM-19.so")
+    ap.add_argument("--no-compile-times", action="store_true", help="skip the cold/warm kernel compile")
+    args = ap.parse_args()
+    if not Path(args.mitsuba_python).exists():
+        print(f"bench: no mitsuba Python at {args.mitsuba_python} (mitsuba_refs.py)", file=sys.stderr)
+        return 2
+    if not args.no_compile_times:
+        with tempfile.TemporaryDirectory() as cold:
+            cold_s = kernel_compile_s(cold, THREADS)
+            warm_s = kernel_compile_s(cold, THREADS)
+        times = {"kernel_compile_cold_s": round(cold_s, 2), "kernel_compile_warm_s": round(warm_s, 2)}
+        print(json.dumps(times), flush=True)
+    with tempfile.TemporaryDirectory() as work:
+        scenes = write_scenes(Path(work), args.only)
+        for name, xml in scenes.items():
+            print(json.dumps(bench_scene(name, xml, args)), flush=True)
+        if "bunny_1m" in scenes:  # last: its peak memory would hide the scenes' own
+            print(json.dumps(bvh_build_s(Path(work) / "bunny_1m.ply", args.repeats)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
