@@ -2,25 +2,38 @@
 
 How it works
   * The build goes breadth first and splits every node of one tree level at once. The triangles of
-    the level's nodes sit in one compact array, grouped node by node. Centroids are binned per node
-    and axis (BINS bins, fewer for small nodes); per-triangle keys into one (bin, xyz, node) table per
-    bin count feed bincount / minimum.at / maximum.at, and the SAH sweep over split positions is a
-    prefix and a suffix min/max down the bin axis. Python work is per level, never per node or
-    triangle. A node whose centroids all coincide in float32 splits at the median by count instead.
+    the level's nodes sit in one compact array, grouped node by node: their boxes as float32 (6, m),
+    normalised to the scene box (one scale for all axes, so areas keep their ratios; any finite range
+    fits). Python work is per level, never per node or triangle.
+  * A node of more than LEAF_TRIS_MAX triangles bins their centroids along x, y and z: n triangles get
+    the first width in _BIN_WIDTHS >= n / 2 (at most BINS), as more bins buy nothing measurable and the
+    per-level tables cost nodes x bins. Per-triangle keys into one (bin, axis, xyz, node) table per
+    width feed bincount and minimum.at / maximum.at; the SAH sweep over split positions is a prefix and
+    a suffix min/max down the bin axis, whole rows at a time. A node of 2..LEAF_TRIS_MAX triangles
+    instead tries every split into two sets (at most 7), or stays a leaf.
+  * A node of n >= 2 * SAMPLE_TRIS triangles bins only every (n // SAMPLE_TRIS)-th of them, and the
+    split found is applied to all of them by the same float32 expression that binned the sample (so
+    both sides stay non-empty). While every node of a level is that big (the top eight levels of the
+    1.1M-triangle bunny), the level's triangles are only their ids: the sample's boxes and the chosen axis'
+    centroids are gathered from the input-order array, and a level costs one partition pass.
+  * A node whose binned centroids all coincide in float32 splits at the median by count instead
+    (ordered along its widest axis in float64), and so does one whose subtree could otherwise grow past
+    DEPTH_MAX: the tree never outgrows the kernel's traversal stack.
   * A split is a stable partition done with cumulative sums: the left child's triangles come before
-    the right child's. So every leaf becomes one contiguous range of the final triangle order, in
-    depth-first order.
-  * SAH decisions use float32 copies of the triangle boxes, normalised to the scene box. That is cheap,
-    they only steer the splits, and any finite coordinate range fits. Node bounds are computed last from
-    the float64 corners: leaves by reduceat over their ranges, interior nodes as the union of their
-    children, each rounded outward to float32. So a float32 box always contains its triangles.
-  * Then the breadth-first node table is renumbered into depth-first pre-order (left child at i + 1).
-  * Deterministic: no randomness, ties go to the lowest axis and then the lowest bin, partitions are
-    stable, and the only float work is elementwise IEEE arithmetic and min/max. The same input gives
-    byte-identical arrays.
+    the right child's. So every leaf becomes one contiguous range of the final triangle order. The
+    level arrays live in buffers reused level after level (_Work).
+  * Node bounds are computed last from the exact corners, in their own type: leaves as the min / max of
+    their (at most LEAF_TRIS_MAX consecutive) triangles, interior nodes as the union of their children,
+    each rounded outward to float32 (a no-op for float32 corners). So a float32 box always contains its
+    triangles. Then the breadth-first node table is renumbered into depth-first pre-order (left child
+    at i + 1).
+  * Deterministic: no randomness, no threads, ties go to the lowest bin and then the lowest axis (the
+    lowest split mask for small nodes), partitions and sorts are stable, and the only float work is
+    elementwise IEEE arithmetic and min/max (no sums whose order could vary, no fused multiply-adds).
+    The same input gives byte-identical arrays on any machine, from float32 or float64 corners alike.
 
 `intersect_closest` is a pure-numpy reference that walks the flattened arrays with a stack, as the
-kernel does. Tests use it to check the layout.
+kernel does. Tests use it to check the layout. `bench/bvh.py` measures the build and the tree.
 """
 
 from __future__ import annotations
@@ -30,12 +43,15 @@ from dataclasses import dataclass
 import numpy as np
 
 LEAF_TRIS_MAX = 4  # the kernel loops over a leaf's triangles; 4 keeps that loop short and fetches contiguous
-BINS = 32  # centroid bins per axis: SAH cost 0.4% under 16 bins on the bunny, same build time; uint8, <= 256
+BINS = 32  # centroid bins per axis: SAH cost 0.4% under 16 bins on the bunny, same build time
 TRAVERSAL_COST = 1.0  # SAH cost of visiting an interior node: one box fetch and a slab test
 INTERSECT_COST = 1.0  # SAH cost of one ray-triangle test; on a GPU about the same as a node visit
-# Bins for smaller nodes: a node of n triangles gets the first width >= n (else BINS). More bins than
-# triangles buy little, and the per-level bin tables cost nodes x bins.
+# A node of n >= 2 * SAMPLE_TRIS triangles bins a sample of every (n // SAMPLE_TRIS)-th. On the 1.1M-triangle
+# bunny: SAH cost 0.3% over binning them all (1.1% at 512, 0.2% at 2048) for a build a third shorter.
+SAMPLE_TRIS = 1024
+DEPTH_MAX = 63  # deepest leaf (the root is 0): the kernel's traversal stack holds STACK_DEPTH = 64 nodes
 _BIN_WIDTHS = tuple(w for w in (2, 4, 8, 16) if w < BINS) + (BINS,)
+_EXT_MIN = 2.0**-100  # a centroid spread below this (normalised) counts as none; keeps bins/extent finite
 _GAMMA3 = 3 * np.finfo(np.float64).eps / (1 - 3 * np.finfo(np.float64).eps)  # error bound of 3 roundings
 _BOX_TFAR_SCALE = 1 + 2 * _GAMMA3  # widen the slab test's far distance so rounding never drops a hit
 
@@ -45,7 +61,7 @@ class BVH:
     """The flattened tree. Node 0 is the root; nodes are in depth-first pre-order.
 
     bounds: float32 (N, 6): min x, y, z, then max x, y, z of each node. They contain the node's triangles
-            (rounded outward from float64).
+            (rounded outward from the exact corners).
     links:  int32 (N, 2): an interior node has (index of its right child, 0), and its left child is at
             i + 1. A leaf has (first triangle, triangle count >= 1), indexing the reordered triangles.
     order:  int32 (T,): order[k] is the original index of the k-th triangle in leaf order.
@@ -64,8 +80,8 @@ class BVH:
         return int(np.count_nonzero(self.links[:, 1]))
 
 
-def _corners(v0, v1, v2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validate and return the corners as float64 (T, 3)."""
+def _check_corners(v0, v1, v2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate the corners; return them as float32 or float64 (T, 3) arrays, not copied when already so."""
     out = []
     for name, v in (("v0", v0), ("v1", v1), ("v2", v2)):
         a = np.asarray(v)
@@ -73,17 +89,29 @@ def _corners(v0, v1, v2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             raise ValueError(f"{name}: want shape (T, 3), got {a.shape}")
         if a.dtype.kind not in "fiu":
             raise ValueError(f"{name}: want a real-valued array, got {a.dtype}")
-        out.append(np.ascontiguousarray(a, dtype=np.float64))
+        out.append(a if a.dtype in (np.float32, np.float64) else a.astype(np.float64))
     if not out[0].shape == out[1].shape == out[2].shape:
         raise ValueError(f"v0, v1, v2 differ in shape: {out[0].shape}, {out[1].shape}, {out[2].shape}")
     if out[0].shape[0] < 1:
         raise ValueError("build_bvh needs at least one triangle")
     if 2 * out[0].shape[0] - 1 > np.iinfo(np.int32).max:
         raise ValueError(f"{out[0].shape[0]} triangles: their nodes would not fit int32 indices")
-    for name, a in zip(("v0", "v1", "v2"), out, strict=True):
+    if len({a.dtype for a in out}) > 1:
+        out = [a.astype(np.float64) for a in out]
+    return out[0], out[1], out[2]
+
+
+def _corners(v0, v1, v2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate and return the corners as float64 (T, 3)."""
+    out = [np.ascontiguousarray(a, dtype=np.float64) for a in _check_corners(v0, v1, v2)]
+    _check_finite(out)
+    return out[0], out[1], out[2]
+
+
+def _check_finite(corners) -> None:
+    for name, a in zip(("v0", "v1", "v2"), corners, strict=True):
         if not np.isfinite(a).all():
             raise ValueError(f"{name}: coordinates must be finite")
-    return out[0], out[1], out[2]
 
 
 def _measure(d: np.ndarray, by_length: np.ndarray | bool) -> np.ndarray:
@@ -96,112 +124,207 @@ def _measure(d: np.ndarray, by_length: np.ndarray | bool) -> np.ndarray:
     return area
 
 
+def _area(d: np.ndarray, by_length: np.ndarray) -> np.ndarray:
+    """_measure for extents d shaped (..., xyz, node), where negative extents belong to sides that hold
+    no triangles (the caller masks those costs)."""
+    x, y, z = d[..., 0, :], d[..., 1, :], d[..., 2, :]
+    out = x + y
+    out *= z
+    out += x * y
+    if by_length.any():
+        out = np.where(by_length, x + y + z, out)
+    return out
+
+
 def _exclusive_cumsum(x: np.ndarray) -> np.ndarray:
     out = np.zeros(len(x), dtype=np.int64)
     np.cumsum(x[:-1], out=out[1:])
     return out
 
 
-def _scans(b: np.ndarray, op) -> tuple[np.ndarray, np.ndarray]:
+def _scans(b: np.ndarray, op, side: str = "both"):
     """Prefix and suffix reductions over the bins (first axis) of b, shape (w, ...): prefix[i] covers
-    bins 0..i and suffix[i] covers bins i+1..w-1, for the w - 1 split positions. An explicit loop of
-    whole-row operations is several times faster than ufunc.accumulate here."""
+    bins 0..i and suffix[i] covers bins i+1..w-1, for the w - 1 split positions. side "prefix" or
+    "suffix" returns that one alone. An explicit loop of whole-row operations is several times faster
+    than ufunc.accumulate here. May return views of b."""
     w = b.shape[0]
-    pre = np.empty((w - 1, *b.shape[1:]), dtype=b.dtype)
-    suf = np.empty_like(pre)
-    pre[0] = b[0]
-    suf[w - 2] = b[w - 1]
-    for i in range(1, w - 1):
-        op(pre[i - 1], b[i], out=pre[i])
-        op(suf[w - 1 - i], b[w - 1 - i], out=suf[w - 2 - i])
-    return pre, suf
+    if w == 2:
+        out = b[:1], b[1:]
+    else:
+        out = []
+        if side != "suffix":
+            pre = np.empty((w - 1, *b.shape[1:]), dtype=b.dtype)
+            pre[0] = b[0]
+            for i in range(1, w - 1):
+                op(pre[i - 1], b[i], out=pre[i])
+            out.append(pre)
+        if side != "prefix":
+            suf = np.empty((w - 1, *b.shape[1:]), dtype=b.dtype)
+            suf[w - 2] = b[w - 1]
+            for i in range(w - 2, 0, -1):
+                op(suf[i], b[i], out=suf[i - 1])
+            out.append(suf)
+    if side == "both":
+        return tuple(out)
+    if w == 2:
+        return out[0] if side == "prefix" else out[1]
+    return out[0]
 
 
-def _best_splits(cen, tlo, thi, seg, off, counts):
+def _node_min_max(x: np.ndarray, off: np.ndarray, seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-node min and max of each row of x (k, m), nodes contiguous from `off`. reduceat for a few
+    long nodes; ufunc.at for many short ones, where reduceat pays per segment."""
+    if len(off) * 16 < x.shape[1]:
+        return np.minimum.reduceat(x, off, axis=1), np.maximum.reduceat(x, off, axis=1)
+    lo = np.full((x.shape[0], len(off)), np.inf, dtype=x.dtype)
+    hi = np.full((x.shape[0], len(off)), -np.inf, dtype=x.dtype)
+    for r in range(x.shape[0]):
+        np.minimum.at(lo[r], seg, x[r])
+        np.maximum.at(hi[r], seg, x[r])
+    return lo, hi
+
+
+def _best_splits(csum, lo, hi, off, counts, work: _Work, seg=None):
     """Binned SAH for every node of a level at once.
 
-    cen, tlo, thi: float32 (3, m) centroids and boxes of the level's triangles, grouped by node.
-    seg: node of each triangle; off, counts: each node's first position and size in those arrays.
-    Returns (sah, axis, k, bins): the best split of each node puts bins < k of `axis` on the left and
-    has SAH cost sah (inf where no split has triangles on both sides); bins is uint8 (3, m).
-
-    A node gets the smallest width in _BIN_WIDTHS that is >= its triangle count (at most BINS). Nodes of
-    one width share a table laid out (bin, xyz, node), so that scans over bins are whole-row operations.
+    csum, lo, hi: float32 (3, m): centroid sums (lo + hi) and boxes of the binned triangles, grouped by
+    node; off, counts: each node's first position and size in them (counts >= 2); seg, if given: the
+    node of each triangle.
+    Returns (sah, axis, k, cmin, scale): the best split of node j puts a triangle on the left when
+    (csum[axis] - cmin[axis, j]) * scale[axis, j] < k, and has SAH cost sah (inf where no split has
+    triangles on both sides). cmin, scale: float32 (3, nseg).
     """
     nseg = len(counts)
-    m = cen.shape[1]
-    cmin = np.minimum.reduceat(cen, off, axis=1)
-    ext = np.maximum.reduceat(cen, off, axis=1) - cmin
-    ext[ext <= 0] = 1  # all centroids equal on this axis: all land in bin 0, so no split along it
+    m = csum.shape[1]
+    if seg is None:
+        seg = np.repeat(np.arange(nseg, dtype=np.intp), counts)
+    cmin, cmax = _node_min_max(csum, off, seg)
+    ext = cmax - cmin
+    ext[~(ext >= _EXT_MIN)] = 1  # all centroids (about) equal on this axis: all land in bin 0, no split
 
     widths = np.array(_BIN_WIDTHS)
-    cls = np.searchsorted(widths, np.minimum(counts, BINS))
+    cls = np.searchsorted(widths, np.minimum(-(-counts // 2), BINS))
     width = widths[cls]
+    # Slightly under width / ext, so that (csum - cmin) * scale < width in float32: no clamp needed.
+    scale = ((width * (1 - 2.0**-20)).astype(np.float32) / ext).astype(np.float32)
     classes = [(int(w), np.flatnonzero(cls == i)) for i, w in enumerate(widths)]
     classes = [(w, s) for w, s in classes if len(s)]
-    slot = np.empty(nseg, dtype=np.intp)  # position of the node in its class
-    box_base = np.empty(nseg, dtype=np.intp)  # start of its class's (w, 3, n) box table
-    cnt_base = np.empty(nseg, dtype=np.intp)  # start of its class's (w, n) count table
+    # Nodes of one width share a box table laid out (bin, axis, xyz, node) and, per axis, a count table
+    # (bin, node): scans over bins are then whole-row operations.
+    bbase = np.empty(nseg, dtype=np.intp)  # the node's slot in its class's box table
+    cbase = np.empty(nseg, dtype=np.intp)  # and in its class's count tables
     stride = np.empty(nseg, dtype=np.intp)  # nodes in its class
-    box_len = cnt_len = 0
+    blen = clen = 0
     for w, s in classes:
-        slot[s] = np.arange(len(s))
+        ar = np.arange(len(s))
+        bbase[s] = blen + ar
+        cbase[s] = clen + ar
         stride[s] = len(s)
-        box_base[s] = box_len
-        cnt_base[s] = cnt_len
-        box_len += w * 3 * len(s)
-        cnt_len += w * len(s)
-    w_t = width[seg]
-    stride_t = stride[seg]
-    box_t = box_base[seg] + slot[seg]
-    cnt_t = cnt_base[seg] + slot[seg]
-    w_f = w_t.astype(np.float32)
-
-    bins = np.empty((3, m), dtype=np.uint8)
-    flat = np.zeros(nseg, dtype=bool)
-    node_size = np.zeros(nseg)
-    sah = np.full(nseg, np.inf)
-    best_axis = np.zeros(nseg, dtype=np.intp)
-    best_k = np.ones(nseg, dtype=np.intp)
-    costs = {w: np.empty((3, w - 1, len(s)), dtype=np.float32) for w, s in classes}
+        blen += 9 * w * len(s)
+        clen += w * len(s)
+    if len(classes) == 1:  # one width (most levels): the node's slot is its index, the stride one number
+        stride_t, bbase_t, cbase_t = nseg, seg, seg
+    else:
+        stride_t = np.take(stride, seg, out=work.i[0][:m])
+        bbase_t = np.take(bbase, seg, out=work.i[1][:m])
+        cbase_t = np.take(cbase, seg, out=work.i[2][:m])
+    b = work.i[3][:m]
+    key = work.i[4][:m]
+    q = work.f[0][:m]
+    bmin = np.full(blen, np.inf, dtype=np.float32)
+    bmax = np.full(blen, -np.inf, dtype=np.float32)
+    cnts = []
     for a in range(3):
-        q = (cen[a] - cmin[a][seg]) / ext[a][seg]  # in [0, 1]
-        b = (q * w_f).astype(np.intp)
-        np.minimum(b, w_t - 1, out=b)
-        bins[a] = b
+        np.subtract(csum[a], cmin[a][seg], out=q)  # >= 0: cmin is their minimum
+        q *= scale[a][seg]
+        b[...] = q  # truncation is floor here
         b *= stride_t
-        cnt = np.bincount(cnt_t + b, minlength=cnt_len)
-        key = box_t + 3 * b
-        bmin = np.full(box_len, np.inf, dtype=np.float32)
-        bmax = np.full(box_len, -np.inf, dtype=np.float32)
+        np.add(cbase_t, b, out=key)
+        cnts.append(np.bincount(key, minlength=clen))
+        np.multiply(b, 9, out=key)
+        key += bbase_t
+        if a:
+            key += 3 * a * stride_t
         for j in range(3):
             if j:
                 key += stride_t
-            np.minimum.at(bmin, key, tlo[j])
-            np.maximum.at(bmax, key, thi[j])
-        for w, s in classes:
-            n = len(s)
-            tab = slice(box_base[s[0]], box_base[s[0]] + w * 3 * n)
-            lmin, rmin = _scans(bmin[tab].reshape(w, 3, n), np.minimum)
-            lmax, rmax = _scans(bmax[tab].reshape(w, 3, n), np.maximum)
-            if a == 0:  # the node's own box is the union of its bins
-                d = np.maximum(lmax[-1], rmax[-1]) - np.minimum(lmin[-1], rmin[-1])
-                flat[s] = _measure(d, False) == 0
-                node_size[s] = _measure(d, flat[s])
-            c = cnt[cnt_base[s[0]] : cnt_base[s[0]] + w * n].reshape(w, n)
-            n_left, n_right = (x.astype(np.float32) for x in _scans(c, np.add))
-            cost = costs[w][a]
-            np.multiply(n_left, _measure((lmax - lmin).transpose(1, 0, 2), flat[s]), out=cost)
-            cost += n_right * _measure((rmax - rmin).transpose(1, 0, 2), flat[s])
-            cost[(n_left == 0) | (n_right == 0)] = np.inf
+            np.minimum.at(bmin, key, lo[j])
+            np.maximum.at(bmax, key, hi[j])
+
+    sah = np.full(nseg, np.inf)
+    best_axis = np.zeros(nseg, dtype=np.intp)
+    best_k = np.ones(nseg, dtype=np.intp)
     for w, s in classes:
-        c = costs[w].reshape(3 * (w - 1), len(s))
-        best = np.argmin(c, axis=0)  # first minimum: lowest axis, then lowest bin
-        cost = c[best, np.arange(len(s))].astype(np.float64)
-        sah[s] = np.where(np.isfinite(cost), TRAVERSAL_COST + INTERSECT_COST * cost / node_size[s], np.inf)
-        best_axis[s] = best // (w - 1)
-        best_k[s] = best % (w - 1) + 1
-    return sah, best_axis, best_k, bins
+        n = len(s)
+        t0, c0 = bbase[s[0]], cbase[s[0]]
+        bl = bmin[t0 : t0 + 9 * w * n].reshape(w, 3, 3, n)
+        bh = bmax[t0 : t0 + 9 * w * n].reshape(w, 3, 3, n)
+        d = bh[:, 0].max(axis=0) - bl[:, 0].min(axis=0)  # the node's box: all bins of one axis
+        flat = _measure(d, False) == 0
+        node_size = _measure(d, flat)
+        # One side at a time (half the memory): extents, then their areas, (w - 1, axis, node).
+        span = _scans(bh, np.maximum, "prefix")
+        cost = _area(np.subtract(span, _scans(bl, np.minimum, "prefix"), out=span), flat)
+        span = _scans(bh, np.maximum, "suffix")
+        right = _area(np.subtract(span, _scans(bl, np.minimum, "suffix"), out=span), flat)
+        del span
+        empty = np.zeros(cost.shape, dtype=bool)
+        for a in range(3):
+            n_left, n_right = _scans(cnts[a][c0 : c0 + w * n].reshape(w, n), np.add)
+            cost[:, a] *= n_left
+            right[:, a] *= n_right
+            empty[:, a] = (n_left == 0) | (n_right == 0)
+        cost += right
+        cost[empty] = np.inf
+        cost = cost.reshape((w - 1) * 3, n)
+        best = np.argmin(cost, axis=0)  # first minimum: lowest bin, then lowest axis
+        bc = cost[best, np.arange(n)].astype(np.float64)
+        sah[s] = np.where(np.isfinite(bc), TRAVERSAL_COST + INTERSECT_COST * bc / node_size, np.inf)
+        best_axis[s] = best % 3
+        best_k[s] = best // 3 + 1
+    return sah, best_axis, best_k, cmin, scale
+
+
+def _small_splits(box: np.ndarray, first: np.ndarray, n_tris: int) -> tuple[np.ndarray, np.ndarray]:
+    """SAH over every split of nodes of n_tris (2..LEAF_TRIS_MAX) triangles into two non-empty sets,
+    rather than bins: at most 7 to try, and binning this few leaves most of them out.
+
+    box: float32 (6, m) boxes of the level; first: (n,) each node's first position in it.
+    Returns (sah, mask): the best split's cost and which triangles go left (bit i: the node's i-th).
+    The last triangle always goes right, so each split is tried once; ties go to the lowest mask."""
+    tri = [np.take(box, first + i, axis=1) for i in range(n_tris)]  # (6, n) each
+    node_lo = np.minimum.reduce([t[:3] for t in tri])
+    node_hi = np.maximum.reduce([t[3:] for t in tri])
+    d = node_hi - node_lo
+    flat = _measure(d, False) == 0
+    node_size = _measure(d, flat)
+    best = np.full(len(first), np.inf, dtype=np.float32)
+    best_mask = np.zeros(len(first), dtype=np.int64)
+    for mask in range(1, 1 << (n_tris - 1)):
+        cost = np.zeros(len(first), dtype=np.float32)
+        for side in (mask, ~mask):
+            members = [tri[i] for i in range(n_tris) if side >> i & 1]
+            lo = np.minimum.reduce([t[:3] for t in members]) if len(members) > 1 else members[0][:3]
+            hi = np.maximum.reduce([t[3:] for t in members]) if len(members) > 1 else members[0][3:]
+            cost += len(members) * _measure(hi - lo, flat)
+        better = cost < best
+        best[better] = cost[better]
+        best_mask[better] = mask
+    sah = TRAVERSAL_COST + INTERSECT_COST * best.astype(np.float64) / node_size
+    return sah, best_mask
+
+
+def _sample(off: np.ndarray, counts: np.ndarray):
+    """Positions to bin: all triangles of a node, or every s-th of a big one (s = n // SAMPLE_TRIS).
+    Returns (positions, or None for all; their per-node offsets; their per-node counts)."""
+    stride = np.maximum(counts // SAMPLE_TRIS, 1)
+    if np.all(stride == 1):
+        return None, off, counts
+    n = -(-counts // stride)
+    soff = _exclusive_cumsum(n)
+    node = np.repeat(np.arange(len(counts)), n)
+    pos = np.repeat(off, n) + (np.arange(int(n.sum())) - soff[node]) * stride[node]
+    return pos, soff, n
 
 
 def _lower_halves(cen64: np.ndarray, seg: np.ndarray) -> np.ndarray:
@@ -220,30 +343,51 @@ def _lower_halves(cen64: np.ndarray, seg: np.ndarray) -> np.ndarray:
     return rank - starts[node] < (n // 2)[node]
 
 
+class _Work:
+    """Buffers for the per-triangle arrays, reused level after level (a level holds at most T triangles):
+    fresh ones each level cost page faults, up to a fifth of the build. (Grow-only scratch for the bin
+    tables as well halved the faults of a first build again, but raised its peak memory by 40%.)"""
+
+    def __init__(self, n: int):
+        self.box = np.empty((6, n), dtype=np.float32)
+        self.box_next = np.empty((6, n), dtype=np.float32)
+        self.csum = np.empty((3, n), dtype=np.float32)
+        self.ids_next = np.empty(n, dtype=np.int32)
+        self.f = [np.empty(n, dtype=np.float32) for _ in range(2)]
+        self.i = [np.empty(n, dtype=np.intp) for _ in range(6)]
+        self.t = [np.empty(n, dtype=bool) for _ in range(3)]
+        self.arange = np.arange(n, dtype=np.intp)
+
+
 def build_bvh(v0: np.ndarray, v1: np.ndarray, v2: np.ndarray) -> BVH:
     """Build the BVH of triangles (v0[i], v1[i], v2[i]).
 
     v0, v1, v2: float32 or float64 (T, 3) corners, T >= 1, finite. Degenerate triangles are allowed.
     """
-    a, b, c = _corners(v0, v1, v2)
+    a, b, c = _check_corners(v0, v1, v2)
     n_tris = a.shape[0]
-    lo64 = np.minimum(np.minimum(a, b), c)
-    hi64 = np.maximum(np.maximum(a, b), c)
+    lo = np.minimum(np.minimum(a, b), c)  # exact in the input's type
+    hi = np.maximum(np.maximum(a, b), c)
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):  # NaN and inf reach lo or hi
+        _check_finite((a, b, c))
 
-    # SAH working set: float32 (3, T), normalised to [-1, 1] by the scene's largest half extent (one scale
-    # for all axes, so areas keep their ratios). Halves first: no overflow for any finite input.
-    scene_lo = lo64.min(axis=0)
-    scene_hi = hi64.max(axis=0)
+    # SAH working set: float32 (6, T), normalised to [-1, 1] by the scene's largest half extent. Computed
+    # in float64 from the same values whatever the input type; halves first: no overflow for any finite input.
+    scene_lo = np.array([lo[:, i].min() for i in range(3)], dtype=np.float64)  # per column: 20x faster
+    scene_hi = np.array([hi[:, i].max() for i in range(3)], dtype=np.float64)
     center = 0.5 * scene_lo + 0.5 * scene_hi
     half = float(np.max(0.5 * scene_hi - 0.5 * scene_lo))
     half = half if half > 0 else 1.0
-
-    def norm(x):
-        return np.ascontiguousarray(((x - center) / half).astype(np.float32).T)
-
-    tlo = norm(lo64)
-    thi = norm(hi64)
-    cen = norm(0.5 * lo64 + 0.5 * hi64)
+    work = _Work(n_tris)
+    box0 = np.empty((6, n_tris), dtype=np.float32)  # in input order
+    for r in range(3):  # per column: a (T, 3) temporary and a transposing copy cost 5x more
+        box0[r] = (lo[:, r] - center[r]) / half
+        box0[r + 3] = (hi[:, r] - center[r]) / half
+    csum0 = box0[:3] + box0[3:]
+    # While every node is sampled (the top levels), the level's triangles are only `ids`: the samples and
+    # the chosen axis' centroids are gathered from box0. From the first level that bins whole nodes on,
+    # the boxes travel with the triangles (`box`, permuted with them).
+    box = None
     ids = np.arange(n_tris, dtype=np.int32)
 
     order = np.empty(n_tris, dtype=np.int32)
@@ -253,41 +397,93 @@ def build_bvh(v0: np.ndarray, v1: np.ndarray, v2: np.ndarray) -> BVH:
     start = np.zeros(1, dtype=np.int64)  # first position in `order` of each node of the level
     counts = np.array([n_tris], dtype=np.int64)
     level_base = 0
+    depth = 0  # of this level's nodes
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         while len(counts):
             nseg = len(counts)
-            m = cen.shape[1]
+            m = len(ids)
             off = _exclusive_cumsum(counts)
             seg = np.repeat(np.arange(nseg, dtype=np.intp), counts)
-            local = np.arange(m, dtype=np.int64) - off[seg]
-
-            if m > nseg:
-                sah, axis, k, bins = _best_splits(cen, tlo, thi, seg, off, counts)
-            else:  # every node holds one triangle
-                sah = np.full(nseg, np.inf)
-                axis = k = np.zeros(nseg, dtype=np.intp)
-                bins = np.zeros((3, m), dtype=np.uint8)
+            many = counts > LEAF_TRIS_MAX  # binned; smaller ones try every partition (_small_splits)
+            whole = (counts > 1) & ((counts <= LEAF_TRIS_MAX) | (counts < 2 * SAMPLE_TRIS))  # not sampled
+            if box is None and whole.any():
+                box = work.box[:, :m]
+                for r in range(6):
+                    np.take(box0[r], ids, out=box[r])
+            if box is not None:
+                csum = work.csum[:, :m]
+                np.add(box[:3], box[3:], out=csum)
+            sah = np.full(nseg, np.inf)
+            axis = np.zeros(nseg, dtype=np.intp)
+            k = np.ones(nseg, dtype=np.intp)
+            cmin = np.zeros((3, nseg), dtype=np.float32)
+            scale = np.ones((3, nseg), dtype=np.float32)
+            if many.any():
+                nodes = np.flatnonzero(many)
+                pos, s_off, s_counts = _sample(_exclusive_cumsum(counts[nodes]), counts[nodes])
+                if len(nodes) < nseg:
+                    pos_many = np.flatnonzero(many[seg])
+                    pos = pos_many if pos is None else pos_many[pos]
+                if pos is None:  # every node binned whole: the level's own arrays
+                    r = _best_splits(csum, box[:3], box[3:], s_off, s_counts, work, seg)
+                elif box is None:
+                    tri = ids[pos]
+                    bs = np.take(box0, tri, axis=1)
+                    r = _best_splits(np.take(csum0, tri, axis=1), bs[:3], bs[3:], s_off, s_counts, work)
+                else:
+                    bs = np.take(box, pos, axis=1)
+                    r = _best_splits(np.take(csum, pos, axis=1), bs[:3], bs[3:], s_off, s_counts, work)
+                sah[nodes], axis[nodes], k[nodes], cmin[:, nodes], scale[:, nodes] = r
+            small = []  # (first positions of nodes of n_small triangles, n_small, their left masks)
+            for n_small in range(2, LEAF_TRIS_MAX + 1):
+                nodes = np.flatnonzero(counts == n_small)
+                if len(nodes):
+                    sah[nodes], mask = _small_splits(box, off[nodes], n_small)
+                    small.append((off[nodes], n_small, mask))
             # Leaf when small enough and no split is cheaper; else split: by SAH when some split has
             # triangles on both sides, else (all float32 centroids equal) by count at the median.
-            leaf = (counts <= LEAF_TRIS_MAX) & ~(sah < INTERSECT_COST * counts)
-            middle = ~leaf & ~np.isfinite(sah)
+            leaf = (counts <= LEAF_TRIS_MAX) & ~((sah < INTERSECT_COST * counts) & (depth < DEPTH_MAX))
+            # Depth budget: halving by count reaches <= LEAF_TRIS_MAX in `need` levels. A node that would
+            # otherwise risk a leaf deeper than DEPTH_MAX (SAH peeling a few triangles a level, as a
+            # hostile mesh can make it) splits at the median instead; real meshes never get near.
+            need = np.ceil(np.log2(np.maximum((counts + LEAF_TRIS_MAX - 1) // LEAF_TRIS_MAX, 1)))
+            middle = ~leaf & (~np.isfinite(sah) | (depth + need >= DEPTH_MAX))
 
-            leaf_t = leaf[seg]
-            order[start[seg[leaf_t]] + local[leaf_t]] = ids[leaf_t]
-
-            split_t = ~leaf_t
-            go_left = bins[axis[seg], np.arange(m)] < k[seg]
-            mid_t = middle[seg]
+            # Go left: the expression that binned the node's triangles, on the chosen axis, for all of them.
+            ax_t = np.take(axis, seg, out=work.i[0][:m])
+            cx = work.f[1][:m]
+            if box is None:
+                ax_t *= n_tris
+                ax_t += ids
+                np.take(csum0.reshape(-1), ax_t, out=cx)
+            else:
+                np.copyto(cx, csum[0])
+                np.copyto(cx, csum[1], where=ax_t == 1)
+                np.copyto(cx, csum[2], where=ax_t == 2)
+            nodes_all = np.arange(nseg)
+            cx -= cmin[axis, nodes_all][seg]
+            cx *= scale[axis, nodes_all][seg]
+            go_left = np.less(cx, k.astype(np.float32)[seg], out=work.t[0][:m])
+            for first, n_small, mask in small:
+                bit = np.arange(n_small)
+                go_left[first[:, None] + bit] = (mask[:, None] >> bit) & 1
             if middle.any():
+                mid_t = middle[seg]
                 mid_ids = ids[mid_t]
-                go_left[mid_t] = _lower_halves(0.5 * lo64[mid_ids] + 0.5 * hi64[mid_ids], seg[mid_t])
-            go_left &= split_t
-            go_right = split_t & ~go_left
-            cl = np.cumsum(go_left) - go_left
-            cr = np.cumsum(go_right) - go_right
-            n_left = np.add.reduceat(go_left.astype(np.int64), off)
-            n_right = counts - n_left
-
+                cen64 = 0.5 * lo[mid_ids].astype(np.float64) + 0.5 * hi[mid_ids].astype(np.float64)
+                go_left[mid_t] = _lower_halves(cen64, seg[mid_t])
+            any_leaf = bool(leaf.any())
+            go_right = work.t[1][:m]
+            if any_leaf:
+                split_t = np.take(~leaf, seg, out=work.t[2][:m])
+                go_left &= split_t
+                np.greater(split_t, go_left, out=go_right)
+            else:
+                np.logical_not(go_left, out=go_right)
+            cl = np.cumsum(go_left, dtype=np.intp, out=work.i[1][:m])  # left-goers up to and including each
+            cr = np.cumsum(go_right, dtype=np.intp, out=work.i[2][:m])
+            n_left = np.diff(np.r_[0, cl[off[1:] - 1], cl[-1]])
+            n_right = np.diff(np.r_[0, cr[off[1:] - 1], cr[-1]])
             split = np.flatnonzero(~leaf)
             if np.any(n_left[split] == 0) or np.any(n_right[split] == 0):
                 raise AssertionError("bvh: a split left one side empty")
@@ -296,27 +492,45 @@ def build_bvh(v0: np.ndarray, v1: np.ndarray, v2: np.ndarray) -> BVH:
             levels.append((level_base, leaf, start, counts, child))
             level_base += nseg
 
-            # Next level: children in parent order, left before right.
+            # Next level: children in parent order, left before right. A triangle's new position is its
+            # child's offset plus its rank among the node's triangles going the same way; a leaf's
+            # triangles go after them all, in order, to be written out.
             new_counts = np.column_stack((n_left[split], n_right[split])).ravel()
             new_start = np.column_stack((start[split], start[split] + n_left[split])).ravel()
             new_off = _exclusive_cumsum(new_counts)
-            # A triangle's new position: its child's offset plus its rank among the node's triangles
-            # going the same way (cl, cr count those before it on the whole level).
-            left_base = np.zeros(nseg, dtype=np.int64)
-            right_base = np.zeros(nseg, dtype=np.int64)
-            left_base[split] = new_off[0::2] - cl[off[split]]
-            right_base[split] = new_off[1::2] - cr[off[split]]
-            seg_s = seg[split_t]
-            dest = np.where(go_left[split_t], left_base[seg_s] + cl[split_t], right_base[seg_s] + cr[split_t])
-            src = np.empty(len(dest), dtype=np.intp)
-            src[dest] = np.flatnonzero(split_t)
-            cen = np.take(cen, src, axis=1)
-            tlo = np.take(tlo, src, axis=1)
-            thi = np.take(thi, src, axis=1)
-            ids = ids[src]
+            m_new = int(new_counts.sum())
+            left_base = np.zeros(nseg, dtype=np.intp)
+            right_base = np.zeros(nseg, dtype=np.intp)
+            left_base[split] = new_off[0::2] - (cl[off[split]] - go_left[off[split]]) - 1
+            right_base[split] = new_off[1::2] - (cr[off[split]] - go_right[off[split]]) - 1
+            dest = np.take(right_base, seg, out=work.i[3][:m])
+            dest += cr
+            cl += np.take(left_base, seg, out=work.i[4][:m])
+            np.copyto(dest, cl, where=go_left)
+            if any_leaf:
+                in_leaf = ~(go_left | go_right)
+                dest[in_leaf] = m_new + work.arange[: m - m_new]
+            src = work.i[5][:m]
+            src[dest] = work.arange[:m]
+            if any_leaf:
+                leaves = np.flatnonzero(leaf)
+                lc = counts[leaves]
+                leaf_first = np.repeat(start[leaves] - _exclusive_cumsum(lc), lc)
+                order[leaf_first + work.arange[: m - m_new]] = ids[src[m_new:]]
+                src = src[:m_new]
+            if box is not None:
+                box_next = work.box_next[:, :m_new]
+                for r in range(6):
+                    np.take(box[r], src, out=box_next[r])
+                box = box_next
+                work.box, work.box_next = work.box_next, work.box
+            ids_next = np.take(ids, src, out=work.ids_next[:m_new])
+            work.ids_next = ids.base if ids.base is not None else ids
+            ids = ids_next
             start, counts = new_start, new_counts
+            depth += 1
 
-    return _flatten(levels, level_base, order, lo64, hi64)
+    return _flatten(levels, level_base, order, lo, hi)
 
 
 def _round_down(x: np.ndarray) -> np.ndarray:
@@ -333,30 +547,42 @@ def _round_up(x: np.ndarray) -> np.ndarray:
     return f
 
 
-def _flatten(levels, n_nodes: int, order: np.ndarray, lo64: np.ndarray, hi64: np.ndarray) -> BVH:
-    """Exact bounds (float64, then rounded outward) and the depth-first pre-order renumbering."""
+def _flatten(levels, n_nodes: int, order: np.ndarray, tri_lo: np.ndarray, tri_hi: np.ndarray) -> BVH:
+    """Exact bounds (in the corners' type, then rounded outward to float32) and the depth-first
+    pre-order renumbering. tri_lo, tri_hi: (T, 3) corner-wise min / max, in original order. Works on
+    one coordinate at a time: numpy's 1-D gathers are several times faster than fancy row indexing."""
     is_leaf = np.concatenate([lv[1] for lv in levels])
     first = np.concatenate([lv[2] for lv in levels])
     count = np.concatenate([lv[3] for lv in levels])
     left = np.concatenate([lv[4] for lv in levels])
     spans = [(lv[0], lv[0] + len(lv[1])) for lv in levels]
 
-    # Leaves tile [0, T) of the leaf order; reduceat over their starts (ascending) gives their boxes.
+    # Leaves tile [0, T) of the leaf order, each 1..LEAF_TRIS_MAX consecutive triangles: a leaf's box is
+    # the min / max over rows start .. start + count - 1 (the last one repeated for shorter leaves).
     leaf_ids = np.flatnonzero(is_leaf)
     leaf_ids = leaf_ids[np.argsort(first[leaf_ids], kind="stable")]
     starts = first[leaf_ids]
-    if starts[0] != 0 or np.any(starts[1:] != starts[:-1] + count[leaf_ids][:-1]):
+    last = count[leaf_ids] - 1
+    if starts[0] != 0 or np.any(starts[1:] != starts[:-1] + last[:-1] + 1) or np.any(last >= LEAF_TRIS_MAX):
         raise AssertionError("bvh: leaves do not tile the triangle order")
-    lo = np.empty((n_nodes, 3))
-    hi = np.empty((n_nodes, 3))
-    lo[leaf_ids] = np.minimum.reduceat(lo64[order], starts, axis=0)
-    hi[leaf_ids] = np.maximum.reduceat(hi64[order], starts, axis=0)
+    rows = [starts + np.minimum(last, i) for i in range(LEAF_TRIS_MAX)]
+    # Per coordinate row (min x, y, z, max x, y, z), exact: min / max of the corners' own values.
+    box = [np.empty(n_nodes, dtype=tri_lo.dtype) for _ in range(6)]
+    tri_lo, tri_hi = np.take(tri_lo, order, axis=0), np.take(tri_hi, order, axis=0)  # in leaf order
+    for r in range(6):
+        x = tri_lo[:, r] if r < 3 else tri_hi[:, r - 3]
+        op = np.minimum if r < 3 else np.maximum
+        leaf_box = x[rows[0]]
+        for row in rows[1:]:
+            op(leaf_box, x[row], out=leaf_box)
+        box[r][leaf_ids] = leaf_box
     size = np.ones(n_nodes, dtype=np.int64)  # nodes in each subtree
     for s, e in reversed(spans):
         inner = s + np.flatnonzero(~is_leaf[s:e])
         lc = left[inner]
-        lo[inner] = np.minimum(lo[lc], lo[lc + 1])
-        hi[inner] = np.maximum(hi[lc], hi[lc + 1])
+        for r in range(6):
+            op = np.minimum if r < 3 else np.maximum
+            box[r][inner] = op(box[r][lc], box[r][lc + 1])
         size[inner] = 1 + size[lc] + size[lc + 1]
 
     pre = np.zeros(n_nodes, dtype=np.int64)  # pre-order index of each breadth-first node
@@ -366,10 +592,15 @@ def _flatten(levels, n_nodes: int, order: np.ndarray, lo64: np.ndarray, hi64: np
         pre[lc] = pre[inner] + 1
         pre[lc + 1] = pre[inner] + 1 + size[lc]
 
+    by_pre = np.empty(n_nodes, dtype=np.int64)  # breadth-first node at each pre-order index
+    by_pre[pre] = np.arange(n_nodes)
+    bounds = np.empty((n_nodes, 6), dtype=np.float32)
     with np.errstate(over="ignore"):
-        bounds = np.empty((n_nodes, 6), dtype=np.float32)
-        bounds[pre, :3] = _round_down(lo)
-        bounds[pre, 3:] = _round_up(hi)
+        for r in range(6):
+            x = np.take(box[r], by_pre)
+            if x.dtype != np.float32:  # float32 corners: the exact boxes are float32 already
+                x = _round_down(x) if r < 3 else _round_up(x)
+            bounds[:, r] = x
     links = np.zeros((n_nodes, 2), dtype=np.int32)
     inner = np.flatnonzero(~is_leaf)
     links[pre[inner], 0] = pre[left[inner] + 1]

@@ -13,7 +13,17 @@ import pytest
 from conftest import BUNNY
 from plyfile import PlyData
 
-from meshrender.bvh import BVH, INTERSECT_COST, LEAF_TRIS_MAX, build_bvh, intersect_closest, sah_cost
+import meshrender.bvh as bvh_module
+from meshrender.bvh import (
+    BVH,
+    INTERSECT_COST,
+    LEAF_TRIS_MAX,
+    SAMPLE_TRIS,
+    TRAVERSAL_COST,
+    build_bvh,
+    intersect_closest,
+    sah_cost,
+)
 
 REL_TOL = 1e-9  # t from the BVH walk vs brute force: one formula, two float64 codings, rounding apart
 
@@ -233,6 +243,75 @@ def test_small_node_becomes_leaf_only_when_sah_says_so():
     assert sah_cost(split) < 2 * INTERSECT_COST
 
 
+def half_area(lo, hi):
+    d = np.maximum(np.asarray(hi, np.float64) - lo, 0)
+    return d[..., 0] * d[..., 1] + d[..., 1] * d[..., 2] + d[..., 2] * d[..., 0]
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_small_node_takes_the_cheapest_split(n):
+    # For a node of at most LEAF_TRIS_MAX triangles every split into two sets is tried: the build's
+    # choice (leaf, or which triangles go left) must be the cheapest by SAH, found here by brute force
+    # over all of them, children counted as leaves. Near-ties are skipped (float32 vs float64 rounding).
+    rng = np.random.default_rng(40 + n)
+    checked = 0
+    for _ in range(60):
+        centers = rng.random((n, 1, 3)) * rng.choice([0.2, 1.0, 5.0])
+        soup = tuple(centers[:, 0] + rng.standard_normal((n, 3)) * rng.choice([0.05, 0.5]) for _ in range(3))
+        lo = np.minimum(np.minimum(soup[0], soup[1]), soup[2])
+        hi = np.maximum(np.maximum(soup[0], soup[1]), soup[2])
+        root = half_area(lo.min(0), hi.max(0))
+        options = {(): INTERSECT_COST * n}  # the leaf
+        for mask in range(1, 1 << (n - 1)):
+            left = tuple(i for i in range(n) if mask >> i & 1)
+            right = [i for i in range(n) if not mask >> i & 1]
+            sides = [(len(s), half_area(lo[s].min(0), hi[s].max(0))) for s in (list(left), right)]
+            options[left] = TRAVERSAL_COST + INTERSECT_COST * sum(k * a for k, a in sides) / root
+        costs = sorted(options.values())
+        if costs[1] - costs[0] < 1e-4 * costs[0]:
+            continue
+        want = min(options, key=options.get)
+        bvh = build_bvh(*soup)
+        check_structure(bvh, *soup)
+        if want == ():
+            assert bvh.links[0, 1] == n, "a split was cheaper than this leaf"
+        else:
+            assert bvh.links[0, 1] == 0
+            got = leaf_triangles(bvh, 1)
+            assert got in (set(want), set(range(n)) - set(want))
+        checked += 1
+    assert checked > 30
+
+
+def test_sampled_top_levels_keep_the_tree_good():
+    # Nodes of >= 2 * SAMPLE_TRIS triangles choose their split from a sample. The tree must stay about as
+    # cheap as one that bins every triangle: within 1% SAH on a soup where the top 4 levels are sampled.
+    soup = random_soup(32 * SAMPLE_TRIS, seed=41, size=0.01)
+    sampled = build_bvh(*soup)
+    check_structure(sampled, *soup)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bvh_module, "SAMPLE_TRIS", 10**9)
+        full = build_bvh(*soup)
+    assert sah_cost(sampled) < 1.01 * sah_cost(full)
+    assert sampled.order.tobytes() != full.order.tobytes()  # the sample did steer the build
+
+
+@pytest.mark.parametrize("depth_max", [10, 12])
+def test_depth_stays_within_the_kernel_stack(depth_max):
+    # The kernel's traversal stack bounds the depth (DEPTH_MAX = STACK_DEPTH - 1). Squeeze the budget on
+    # a soup whose SAH tree is deeper (14; halving by count needs 10): the build must halve where it
+    # runs short, and still find every hit. (The 1.1M-triangle bunny stays at 23 of the real 63.)
+    soup = random_soup(3000, seed=42)
+    assert check_structure(build_bvh(*soup), *soup)["depth"] > depth_max
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bvh_module, "DEPTH_MAX", depth_max)
+        bvh = build_bvh(*soup)
+    stats = check_structure(bvh, *soup)
+    assert stats["depth"] <= depth_max
+    origins, directions = rays_at([0, 0, 0], [1, 1, 1], 150, seed=43)
+    assert_same_hits(bvh, *soup, origins, directions)
+
+
 # ---------------------------------------------------------------- traversal against brute force
 
 
@@ -282,7 +361,7 @@ def test_build_is_deterministic():
         one, two = build_bvh(*soup), build_bvh(*soup)
         for name in ("bounds", "links", "order"):
             assert getattr(one, name).tobytes() == getattr(two, name).tobytes(), name
-    soup32 = random_soup(1000, seed=9, dtype=np.float32)
+    soup32 = random_soup(3 * SAMPLE_TRIS, seed=9, dtype=np.float32)  # big enough to bin a sample at the top
     from32 = build_bvh(*soup32)
     from64 = build_bvh(*(v.astype(np.float64) for v in soup32))  # same values, wider type
     for name in ("bounds", "links", "order"):
