@@ -26,7 +26,7 @@ import msgspec
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-# The checkout's packages before this folder's scripts: bench/kernels.py would shadow the kernels package.
+# The checkout's packages before this folder's scripts (a bench script named like a package would shadow it).
 sys.path.insert(0, str(REPO))
 
 import meshrender.bvh as bvh_now  # noqa: E402

@@ -14,7 +14,7 @@ process) and warm (from the disk cache), the host BVH build for the 1.1M triangl
 memory (peak RSS of this process after each scene, and of each Mitsuba process).
 
     DRJIT_LIBLLVM_PATH=/usr/lib/x86_64-linux-gnu/libLLVM-19.so \\
-        .venv/bin/python bench/kernels.py [--spp 64] [--repeats 3] [--only cornell bunny ...]
+        .venv/bin/python bench/kernel_speed.py [--spp 64] [--repeats 3] [--only cornell bunny ...]
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ from render import kernel_compile_s  # noqa: E402
 from scene_files import scene_file  # noqa: E402
 from store import subdivide  # noqa: E402
 
-# this file is called kernels.py: bench/ goes last on the path, so `kernels` is the repo's package
+# the repo's packages first (this file is not called kernels.py for that reason: Python puts a
+# script's folder first on the path, and bench/kernels.py shadowed the `kernels` package for
+# every script in bench/ that renders)
 sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
 
 THREADS = 2  # the issue's comparison: both renderers on the same two cores
