@@ -5,6 +5,17 @@ CPU; `gpu` must get a GPU or fails; `cpu` is the LLVM x64/arm64 backend. Whateve
 recorded in a `BackendInfo` (which backend, whether it fell back, and the reason) so the log,
 the JSON record and later the party's status can all say it. Compiled kernels are cached on
 disk by Taichi's offline cache under the user's cache directory.
+
+A GPU that starts can still run out of memory on a big scene: Taichi then raises a plain
+RuntimeError from its C++ core (texts in GPU_OOM_TEXTS, each with where Taichi 1.7.4 makes it).
+`gpu_oom_reason` recognises those, and `fall_back_to_cpu` re-starts Taichi on the CPU
+(`ti.reset()`, then the CPU backend with the same threads) and records the fallback and its
+reason; the renderer (meshrender/render.py) then uploads the scene again and renders the unit
+again. A test drives that very path on a machine without a GPU by MESHRENDER_FAULT (read here and
+nowhere else): `gpu-oom` makes the first scene upload of the process, `gpu-oom-launch` its first
+kernel launch, raise the RuntimeError Taichi raises on a CUDA out-of-memory, on any backend but
+an explicit `cpu`; `gpu-oom@N` is the Nth upload (a peer's render process uploads the built-in
+scene to warm the kernel first, so `@2` is a job's scene).
 """
 
 from __future__ import annotations
@@ -22,6 +33,41 @@ from meshrender.errors import BackendError
 log = logging.getLogger("meshrender.backend")
 
 BACKENDS = ("auto", "cpu", "gpu")
+FAULT_ENV = "MESHRENDER_FAULT"  # test hook: "gpu-oom[@N]" or "gpu-oom-launch[@N]" (module docstring)
+FAULT_STAGES = {"gpu-oom": "upload", "gpu-oom-launch": "launch"}
+FAULT_AT_MAX = 1000  # the N of "@N": a test's count of uploads or launches, not a schedule
+OOM_CHARS_MAX = 300  # Taichi's error text kept in a fallback's reason: a line, not a traceback
+
+# What Taichi 1.7.4 raises (RuntimeError: its C++ `throw std::string` is translated by
+# taichi/python/py_exception_translator.cpp) when device memory runs out, and where it comes from:
+GPU_OOM_TEXTS = (
+    # taichi/rhi/cuda/cuda_driver.h, CUDADriverFunction::operator(): every CUDA driver call that
+    # fails, "CUDA Error CUDA_ERROR_OUT_OF_MEMORY: out of memory while calling malloc
+    # (cuMemAlloc_v2)" (ndarray allocation), malloc_async_impl (cuMemAllocAsync), launch_kernel
+    # (cuLaunchKernel: the kernel's local memory does not fit)
+    "CUDA_ERROR_OUT_OF_MEMORY",
+    # taichi/rhi/llvm/device_memory_pool.cpp, allocate_raw_memory: the pool got no pointer
+    "Device memory allocation (",
+    # taichi/runtime/llvm/llvm_runtime_executor.cpp, preallocate_memory (CUDA at init)
+    "Failed to pre-allocate device memory",
+    # taichi/runtime/gfx/runtime.cpp, launch_kernel: Vulkan buffers for a launch
+    "Failed to allocate args buffer",
+    "Failed to allocate ret buffer",
+    "Failed to allocate ext arr buffer",
+    # taichi/runtime/program_impls/gfx/gfx_program.cpp, allocate_memory_on_device: a Vulkan ndarray
+    # whose VulkanDevice::allocate_memory returned RhiResult::out_of_memory (vmaCreateBuffer gave
+    # VK_ERROR_OUT_OF_DEVICE_MEMORY or VK_ERROR_OUT_OF_HOST_MEMORY)
+    "[gfx_program.cpp:allocate_memory_on_device@",
+)
+# The text Taichi 1.7.4 raises when cuMemAlloc_v2 fails allocating an ndarray (the injected fault)
+CUDA_OOM_UPLOAD = (
+    "[cuda_driver.h:operator()@92] CUDA Error CUDA_ERROR_OUT_OF_MEMORY: out of memory while calling "
+    "malloc (cuMemAlloc_v2)"
+)
+CUDA_OOM_LAUNCH = (
+    "[cuda_driver.h:operator()@92] CUDA Error CUDA_ERROR_OUT_OF_MEMORY: out of memory while calling "
+    "launch_kernel (cuLaunchKernel)"
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +79,7 @@ class BackendInfo:
     reason: str  # why this backend, in words
     threads: int  # CPU threads (0: Taichi's default, all cores)
     init_s: float
+    cause: str = ""  # why it fell back, for programs: "no-gpu", "gpu-oom"; "" when it did not
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -117,7 +164,7 @@ def init_backend(requested: str = "auto", threads: int = 0) -> BackendInfo:
             if not name:
                 raise BackendError("neither a GPU nor the CPU backend could start")
             reason = "no GPU: " + "; ".join(tried) + "; rendering on the CPU"
-            info = BackendInfo(requested, name, False, True, reason, threads, 0.0)
+            info = BackendInfo(requested, name, False, True, reason, threads, 0.0, "no-gpu")
     info = BackendInfo(**{**asdict(info), "init_s": time.perf_counter() - t0})
     if info.fell_back:
         log.warning("backend: %s", info.reason)
@@ -128,4 +175,63 @@ def init_backend(requested: str = "auto", threads: int = 0) -> BackendInfo:
 
 
 def current_backend() -> BackendInfo | None:
+    return _current
+
+
+def gpu_oom_reason(exc: BaseException) -> str | None:
+    """Taichi's error text when `exc` is a device running out of memory (GPU_OOM_TEXTS), else None."""
+    if not isinstance(exc, RuntimeError):
+        return None
+    text = str(exc)
+    if any(t in text for t in GPU_OOM_TEXTS):
+        return " ".join(text.split())[:OOM_CHARS_MAX]
+    return None
+
+
+_fault_fired: set[str] = set()  # injected faults fire once per process
+_fault_seen = {"upload": 0, "launch": 0}  # uploads and launches so far, for "@N"
+
+
+def injected_fault(stage: str) -> None:
+    """Raise MESHRENDER_FAULT's out-of-memory error at `stage` ("upload", "launch") the Nth time
+    (default 1) this process gets there on a backend that was not asked to be the CPU."""
+    fault = os.environ.get(FAULT_ENV, "")
+    if not fault or fault in _fault_fired:
+        return
+    name, _, at = fault.partition("@")
+    if name not in FAULT_STAGES or not (at == "" or (at.isdigit() and 1 <= int(at) <= FAULT_AT_MAX)):
+        raise BackendError(f"{FAULT_ENV}={fault[:40]!r}: expected one of {', '.join(FAULT_STAGES)}, "
+                           f"optionally with @N (1..{FAULT_AT_MAX})")  # fmt: skip
+    if FAULT_STAGES[name] != stage or _current is None or _current.requested == "cpu":
+        return
+    _fault_seen[stage] += 1
+    if _fault_seen[stage] < int(at or 1):
+        return
+    _fault_fired.add(fault)
+    log.info("%s=%s: raising a CUDA out-of-memory error at the %s", FAULT_ENV, fault, stage)
+    raise RuntimeError(CUDA_OOM_UPLOAD if stage == "upload" else CUDA_OOM_LAUNCH)
+
+
+def fall_back_to_cpu(oom: str) -> BackendInfo:
+    """The device ran out of memory (`oom`: Taichi's text): restart Taichi on the CPU and say so.
+    Every ndarray and compiled kernel of the old runtime is gone: the caller uploads again."""
+    global _current
+    info = _current
+    if info is None:
+        raise BackendError("no backend was started")
+    if info.requested == "gpu":
+        raise BackendError(f"the scene does not fit in GPU memory ({oom}); use --backend auto or cpu")
+    import taichi as ti
+
+    t0 = time.perf_counter()
+    ti.reset()
+    name = _try_init(ti, ti.cpu, info.threads)
+    if not name:
+        raise BackendError("the GPU ran out of memory and the CPU backend failed to start (see the log)")
+    where = f" on {info.name}" if info.is_gpu else ""
+    injected = f" (injected by {FAULT_ENV})" if _fault_fired else ""
+    reason = f"GPU out of memory{where}{injected}: {oom}; rendering on the CPU"
+    init_s = time.perf_counter() - t0
+    _current = BackendInfo(info.requested, name, False, True, reason, info.threads, init_s, "gpu-oom")
+    log.warning("backend: %s", reason)
     return _current

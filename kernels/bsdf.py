@@ -1,4 +1,5 @@
-"""The BSDFs: diffuse, conductor, dielectric (smooth, rough, thin) and plastic, as Taichi funcs.
+"""The BSDFs: diffuse, conductor, dielectric (smooth, rough, thin), plastic and glTF's
+metallic-roughness, as Taichi funcs.
 
 How they are called
   * Everything is in the local shading frame, whose +z is the surface's FRONT normal (the side
@@ -41,6 +42,16 @@ The models
               reflectance made on the host when rough) and R_int the coat's internal diffuse
               reflectance (host too: scene.materials.coat_tables). The coat is sampled with
               probability (1 - t(wo)) w, the base with t(wo) (1 - w), w = 1 / (1 + mean(base)).
+  gltf        the glTF 2.0 spec's reference BRDF (Appendix B): mix(dielectric, metal, metallic),
+              metal = F_m D G2 / (4 cos_o cos_i) with Schlick F_m of F0 = base, dielectric =
+              fresnel_mix: (1 - F_d) base / pi + F_d D G2 / (4 cos_o cos_i), Schlick F_d of F0 =
+              ((ior - 1) / (ior + 1))^2 (0.04 at glTF's 1.5), all at the half vector (so it is
+              reciprocal). The two specular lobes are one GGX lobe with Schlick F0 = mix(F0_d, base,
+              metallic); alpha = roughness^2 (floored at ALPHA_MIN: never a delta lobe), the same
+              G2 as the conductor. Sampled: the GGX lobe (VNDF) with probability p_s, Lambert
+              otherwise, p_s = s / (s + d) from wo alone, s = mean(Schlick(F0, cos_o)), d = (1 -
+              metallic) mean(base) (1 - F_d(cos_o)), kept in [0.1, 0.9] so neither lobe starves.
+              The roughness and metallic arrive per texel (the caller sets `alpha` and `metallic`).
 """
 
 import math  # no "from __future__ import annotations": Taichi reads the annotations as objects
@@ -55,6 +66,7 @@ from meshrender.compiled import (
     KIND_CONDUCTOR,
     KIND_DIELECTRIC,
     KIND_DIFFUSE,
+    KIND_GLTF,
     KIND_PLASTIC,
     MAT_COAT_RINT,
     MAT_COAT_TABLE,
@@ -63,6 +75,7 @@ from meshrender.compiled import (
     MAT_IOR,
     MAT_K,
     MAT_KIND,
+    MAT_METALLIC,
     MAT_ROUGHNESS,
     MAT_THIN,
     MAT_TWO_SIDED,
@@ -71,6 +84,7 @@ from meshrender.compiled import (
 PI = math.pi
 INV_PI = 1.0 / math.pi
 ALPHA_MIN = 1e-3  # GGX alpha floor for roughness > 0: keeps D and the pdf finite in float32
+GLTF_LOBE_P_MIN = 0.1  # gltf: each lobe is sampled at least this often (a lobe's weight is a guess)
 
 Bsdf = ti.types.struct(
     kind=ti.i32,
@@ -84,6 +98,7 @@ Bsdf = ti.types.struct(
     two_sided=ti.i32,
     r_int=ti.f32,  # plastic: the coat's internal diffuse reflectance
     row=ti.i32,  # the material's row, for the plastic coat table
+    metallic=ti.f32,  # gltf: per texel
 )
 
 
@@ -106,6 +121,7 @@ def bsdf_load(materials: ti.template(), m: ti.i32, base: vec3) -> Bsdf:
         two_sided=ti.i32(materials[m, MAT_TWO_SIDED]),
         r_int=0.0,
         row=m,
+        metallic=0.0,
     )
     # only the fields the kind uses are read: every hit pays for these loads
     if b.kind == KIND_CONDUCTOR:
@@ -119,7 +135,18 @@ def bsdf_load(materials: ti.template(), m: ti.i32, base: vec3) -> Bsdf:
     elif b.kind == KIND_PLASTIC:
         b.ior = materials[m, MAT_IOR]
         b.r_int = materials[m, MAT_COAT_RINT]
+    elif b.kind == KIND_GLTF:
+        b.ior = materials[m, MAT_IOR]
+        b.metallic = ti.min(1.0, ti.max(0.0, materials[m, MAT_METALLIC]))
+        b.alpha = gltf_alpha(r)
     return b
+
+
+@ti.func
+def gltf_alpha(roughness: ti.f32) -> ti.f32:
+    """glTF's GGX alpha: roughness^2, floored (its lobe is never a delta)."""
+    r = ti.min(1.0, ti.max(0.0, roughness))
+    return ti.max(r * r, ALPHA_MIN)
 
 
 @ti.func
@@ -339,6 +366,35 @@ def plastic_eval(materials: ti.template(), b: Bsdf, wo: vec3, wi: vec3):
 
 
 @ti.func
+def gltf_lobes(b: Bsdf, wo: vec3):
+    """(F0 of the GGX lobe, F0 of the dielectric part, P(sample the GGX lobe)) for wo."""
+    r = (b.ior - 1.0) / (b.ior + 1.0)
+    f0_d = r * r
+    f0 = vec3(f0_d) * (1.0 - b.metallic) + b.base * b.metallic
+    fs = schlick(f0, wo.z)
+    spec = (fs.x + fs.y + fs.z) / 3.0
+    fd = schlick(vec3(f0_d), wo.z).x
+    diff = (1.0 - b.metallic) * (b.base.x + b.base.y + b.base.z) / 3.0 * (1.0 - fd)
+    p_s = 0.5
+    if spec + diff > 0.0:
+        p_s = spec / (spec + diff)
+    p_s = ti.min(1.0 - GLTF_LOBE_P_MIN, ti.max(GLTF_LOBE_P_MIN, p_s))
+    return f0, f0_d, p_s
+
+
+@ti.func
+def gltf_eval(b: Bsdf, wo: vec3, wi: vec3):
+    """Both directions in the upper hemisphere: f |cos_i| and the pdf of the two-lobe sampler."""
+    f0, f0_d, p_s = gltf_lobes(b, wo)
+    h, val, p = microfacet_reflection(b.alpha, wo, wi)
+    c = ti.max(0.0, wo.dot(h))
+    fd = schlick(vec3(f0_d), c).x
+    f = schlick(f0, c) * val + b.base * ((1.0 - b.metallic) * (1.0 - fd) * wi.z * INV_PI)
+    pdf = p_s * p + (1.0 - p_s) * wi.z * INV_PI
+    return f, pdf
+
+
+@ti.func
 def bsdf_eval(materials: ti.template(), b: Bsdf, wo: vec3, wi: vec3):
     """f(wo, wi) |cos theta_i| of the non-delta lobes, and the pdf of sampling wi through them."""
     f = vec3(0.0)
@@ -361,6 +417,8 @@ def bsdf_eval(materials: ti.template(), b: Bsdf, wo: vec3, wi: vec3):
                     h, val, p = microfacet_reflection(b.alpha, o, i)
                     f = conductor_fresnel(b, ti.max(0.0, i.dot(h))) * val
                     pdf = p
+            elif b.kind == KIND_GLTF:
+                f, pdf = gltf_eval(b, o, i)
             else:
                 f, pdf = plastic_eval(materials, b, o, i)
     return f, pdf
@@ -443,6 +501,17 @@ def bsdf_sample(materials: ti.template(), b: Bsdf, wo: vec3, u1: ti.f32, u2: ti.
                         if p > 0.0:
                             pdf = p
                             weight = conductor_fresnel(b, ti.max(0.0, wi.dot(hh))) * (val / p)
+            elif b.kind == KIND_GLTF:
+                _f0, _f0d, p_s = gltf_lobes(b, o)
+                if u3 < p_s:
+                    wi = reflect(o, ggx_sample_vndf(o, b.alpha, u1, u2))
+                else:
+                    wi = sample_cosine(u1, u2)
+                if wi.z > 0.0:
+                    f, p = gltf_eval(b, o, wi)
+                    if p > 0.0:
+                        pdf = p
+                        weight = f / p
             else:
                 t_o = coat_transmittance(materials, b, o.z)
                 w_spec = 1.0 / (1.0 + (b.base.x + b.base.y + b.base.z) / 3.0)

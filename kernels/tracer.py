@@ -13,6 +13,24 @@ How it works
     thin) and plastic, emission on any material (one- or two-sided). The BSDF works in a frame
     whose +z is the surface's FRONT (the counter-clockwise face normal's side, a dielectric's
     outside), whichever side the ray comes from; a one-sided material is black from the back.
+  * Textures: a material slot names a `tex_refs` row (image, wrap modes repeat / clamp /
+    mirror, sRGB colour or linear data, a 2x3 UV transform); lookups are bilinear with texel
+    centres at half-integers. glTF's slots: base colour x factor; metallic-roughness per texel
+    (G roughness, B metallic) into the gltf BSDF; a tangent-space normal map bends the
+    interpolated normal (T from `tangents`, B = w N x T, x and y times the map's scale) BEFORE
+    the leak guard below, so a map never lets light through; emission x the emissive texture.
+  * Emissive textures in NEE and MIS: the compiler picks emissive triangles by area x emission
+    x the texture's mean colour (the whole image's, not the triangle's footprint); a light
+    sample takes the texel's radiance at the sampled point, and a BSDF ray that hits the
+    emitter sees the same texel. Both use the same area pdf, so the MIS weights agree and the
+    estimate is unbiased; dark texels are only sampled in vain.
+  * glTF alpha: a MASK surface with alpha < cutoff, and a BLEND one with probability 1 - alpha,
+    is passed through (the ray goes on from behind it, the path's bounce count unchanged), by
+    camera and bounce rays and by shadow rays (an any-hit that lands on a non-opaque surface
+    walks the segment in order). BLEND's coin is the sample's own hash (ALPHA_SALT_*, a dim per
+    bounce and layer), so renders stay deterministic; past ALPHA_SKIPS_MAX layers a surface is
+    opaque. A light sample on an emitter with alpha is weighted by its coverage there (MASK 0 or
+    1, BLEND alpha), what the rays that hit it see on average.
   * Shading vs geometric normals, so that no light leaks: the interpolated normal ns is turned
     to the geometric normal ng's side; where wo lies on different sides of ns and ng, ns is
     replaced by ng. A direction wi (a BSDF sample or a light sample) counts only when ns and ng
@@ -28,6 +46,9 @@ How it works
     is made by scene.compile._lights); light and BSDF samples of the environment, the triangles
     and the suns with a radius are weighted by the power heuristic (MIS), while delta lights
     (point, spot, radius-0 sun) are reached by NEE alone, with no MIS weight.
+  * Beside the radiance sums, each pixel gets the denoiser's albedo and normal sums over the same
+    samples, recorded at the first vertex that is not delta-only (kernels/aov.py says what they
+    hold), so they split as bit-identically as the image.
   * Russian roulette after `rr_depth` bounces, on the throughput times eta^2 (eta: the relative
     index the path has crossed, as Mitsuba), so radiance's 1/eta^2 inside glass does not kill
     paths there; at most `max_depth` path segments (Mitsuba's
@@ -42,7 +63,8 @@ import math  # no "from __future__ import annotations": Taichi reads the annotat
 import taichi as ti
 from taichi.math import vec2, vec3
 
-from kernels.bsdf import bsdf_eval, bsdf_has_smooth, bsdf_load, bsdf_sample
+from kernels.aov import clamp01, delta_tint, facing_normal, surface_albedo
+from kernels.bsdf import KIND_GLTF, bsdf_eval, bsdf_has_smooth, bsdf_load, bsdf_sample, gltf_alpha
 from kernels.lights import (
     cdf_search,
     env_eval,
@@ -53,16 +75,35 @@ from kernels.lights import (
     suns_eval,
 )
 from meshrender.compiled import (
+    ALPHA_MASK,
+    ALPHA_OPAQUE,
     CAM_FOCUS_DIST,
     CAM_FORWARD,
     CAM_LENS_RADIUS,
     CAM_POS,
     CAM_RIGHT,
     CAM_UP,
+    MAT_ALPHA,
+    MAT_ALPHA_CUTOFF,
+    MAT_ALPHA_MODE,
+    MAT_ALPHA_TEX,
     MAT_BASE,
     MAT_BASE_TEX,
     MAT_EMIT,
+    MAT_EMIT_TEX,
     MAT_EMIT_TWO_SIDED,
+    MAT_METALLIC,
+    MAT_MR_TEX,
+    MAT_NORMAL_SCALE,
+    MAT_NORMAL_TEX,
+    MAT_ROUGHNESS,
+    TEXREF_IMAGE,
+    TEXREF_SRGB,
+    TEXREF_WRAP_S,
+    TEXREF_WRAP_T,
+    TEXREF_XFORM,
+    WRAP_MIRROR,
+    WRAP_REPEAT,
 )
 
 PI = math.pi
@@ -71,6 +112,9 @@ STACK_DEPTH = 64  # BVH depth bound: the binned-SAH builder stays far below this
 RAY_EPS = 1e-4  # origin offset along the normal, relative to the hit point's magnitude (>= 1)
 SHADOW_SLACK = 1e-5  # shadow segments stop this fraction short of the (already lifted) light point
 RR_Q_MAX = 0.95  # Russian roulette survival cap, as Mitsuba: bounds the path length in bright scenes
+ALPHA_SKIPS_MAX = 16  # cut-out surfaces a ray passes through before the next is taken as opaque
+ALPHA_SALT_PATH = 0xA5A5A5A5  # BLEND's own random streams (path rays, shadow rays), keyed like dims
+ALPHA_SALT_SHADOW = 0x5A5A5A5A
 
 # Sample dimensions: camera first, then a fixed block per bounce.
 DIM_PIXEL = 0  # 0, 1: position inside the pixel (box filter)
@@ -229,9 +273,12 @@ def intersect(
     o: vec3,
     d: vec3,
     t_max: ti.f32,
-    any_hit: ti.template(),
+    any_hit: ti.i32,
 ):
-    """Closest hit along o + t d for t in (0, t_max); with any_hit, stop at the first one."""
+    """Closest hit along o + t d for t in (0, t_max); with any_hit != 0, stop at the first one.
+    Every call site inlines the whole traversal (Taichi inlines ti.funcs), and each one costs
+    the kernel's compile seconds: the bounce loop keeps one for its path ray and one for its
+    shadow ray (any_hit is a runtime flag so the shadow ray's alpha walk can share it)."""
     hit = Hit(t=t_max, u=0.0, v=0.0, tri=-1)
     inv_d = safe_inv(d)
     stack = ti.Vector([0] * STACK_DEPTH, dt=ti.i32)
@@ -251,9 +298,8 @@ def intersect(
                     hit.v = v
                     hit.tri = k
             node = -1
-            if ti.static(any_hit):
-                if hit.tri >= 0:
-                    sp = 0
+            if any_hit != 0 and hit.tri >= 0:
+                sp = 0
             if sp > 0:
                 sp -= 1
                 node = stack[sp]
@@ -288,33 +334,144 @@ def intersect(
 
 
 @ti.func
-def srgb_texel(texels: ti.template(), lut: ti.template(), idx: ti.i32) -> vec3:
-    return vec3(lut[ti.i32(texels[idx, 0])], lut[ti.i32(texels[idx, 1])], lut[ti.i32(texels[idx, 2])])
+def wrap_index(i: ti.i32, n: ti.i32, mode: ti.i32) -> ti.i32:
+    """Texel index i of a row or column of n under a glTF wrap mode."""
+    r = ti.min(ti.max(i, 0), n - 1)  # clamp to edge
+    if mode == WRAP_REPEAT:
+        r = (i % n + n) % n
+    elif mode == WRAP_MIRROR:
+        k = (i % (2 * n) + 2 * n) % (2 * n)
+        r = k if k < n else 2 * n - 1 - k
+    return r
 
 
 @ti.func
-def texture_bilinear(
-    texels: ti.template(), tex_info: ti.template(), lut: ti.template(), tex: ti.i32, uv: vec2
-):
-    """Bilinear lookup with repeat wrapping; uv in glTF convention (v = 0 is the top row)."""
-    first = tex_info[tex, 0]
-    w = tex_info[tex, 1]
-    h = tex_info[tex, 2]
-    x = (uv.x - ti.floor(uv.x)) * w - 0.5
-    y = (uv.y - ti.floor(uv.y)) * h - 0.5
+def wrap_coord(t: ti.f32, mode: ti.i32) -> ti.f32:
+    """t brought near [0, 1] without changing what it samples (float precision for big uvs)."""
+    r = ti.min(ti.max(t, -1.0), 2.0)  # clamp: everything outside samples the edge anyway
+    if mode == WRAP_REPEAT:
+        r = t - ti.floor(t)
+    elif mode == WRAP_MIRROR:
+        r = t - 2.0 * ti.floor(0.5 * t)
+    return r
+
+
+@ti.func
+def texel(texels: ti.template(), lut: ti.template(), idx: ti.i32, srgb: ti.i32) -> vec3:
+    c = vec3(ti.f32(texels[idx, 0]), ti.f32(texels[idx, 1]), ti.f32(texels[idx, 2])) * (1.0 / 255.0)
+    if srgb != 0:
+        c = vec3(lut[ti.i32(texels[idx, 0])], lut[ti.i32(texels[idx, 1])], lut[ti.i32(texels[idx, 2])])
+    return c
+
+
+@ti.func
+def tex_valid(tex_info: ti.template(), tex_refs: ti.template(), n_tex: ti.i32, ref: ti.i32) -> ti.i32:
+    """1 when `ref` names a tex_refs row whose image exists (rows may come from a peer)."""
+    ok = 0
+    if ref >= 0 and ref < tex_refs.shape[0] and n_tex > 0:
+        img = ti.i32(tex_refs[ref, TEXREF_IMAGE])
+        if img >= 0 and img < n_tex:
+            ok = 1
+    return ok
+
+
+@ti.func
+def texture_sample(
+    texels: ti.template(), tex_info: ti.template(), tex_refs: ti.template(), lut: ti.template(),
+    ref: ti.i32, uv: vec2,
+) -> vec3:  # fmt: skip
+    """Bilinear lookup of a (valid) tex_refs row at uv (glTF convention: v = 0 is the top row):
+    its UV transform, its wrap modes, sRGB colour or linear data; texel centres at half-integers."""
+    img = ti.i32(tex_refs[ref, TEXREF_IMAGE])
+    first = tex_info[img, 0]
+    w = tex_info[img, 1]
+    h = tex_info[img, 2]
+    srgb = ti.i32(tex_refs[ref, TEXREF_SRGB])
+    ws = ti.i32(tex_refs[ref, TEXREF_WRAP_S])
+    wt = ti.i32(tex_refs[ref, TEXREF_WRAP_T])
+    tu = tex_refs[ref, TEXREF_XFORM] * uv.x + tex_refs[ref, TEXREF_XFORM + 1] * uv.y
+    tv = tex_refs[ref, TEXREF_XFORM + 3] * uv.x + tex_refs[ref, TEXREF_XFORM + 4] * uv.y
+    tu += tex_refs[ref, TEXREF_XFORM + 2]
+    tv += tex_refs[ref, TEXREF_XFORM + 5]
+    x = wrap_coord(tu, ws) * w - 0.5
+    y = wrap_coord(tv, wt) * h - 0.5
     x0f = ti.floor(x)
     y0f = ti.floor(y)
     fx = x - x0f
     fy = y - y0f
-    x0 = (ti.i32(x0f) % w + w) % w
-    y0 = (ti.i32(y0f) % h + h) % h
-    x1 = (x0 + 1) % w
-    y1 = (y0 + 1) % h
-    c00 = srgb_texel(texels, lut, first + y0 * w + x0)
-    c10 = srgb_texel(texels, lut, first + y0 * w + x1)
-    c01 = srgb_texel(texels, lut, first + y1 * w + x0)
-    c11 = srgb_texel(texels, lut, first + y1 * w + x1)
+    xi = ti.i32(x0f)
+    yi = ti.i32(y0f)
+    x0 = wrap_index(xi, w, ws)
+    x1 = wrap_index(xi + 1, w, ws)
+    y0 = wrap_index(yi, h, wt)
+    y1 = wrap_index(yi + 1, h, wt)
+    c00 = texel(texels, lut, first + y0 * w + x0, srgb)
+    c10 = texel(texels, lut, first + y0 * w + x1, srgb)
+    c01 = texel(texels, lut, first + y1 * w + x0, srgb)
+    c11 = texel(texels, lut, first + y1 * w + x1, srgb)
     return (c00 * (1.0 - fx) + c10 * fx) * (1.0 - fy) + (c01 * (1.0 - fx) + c11 * fx) * fy
+
+
+@ti.func
+def hit_uv(uvs: ti.template(), indices: ti.template(), tri: ti.i32, u: ti.f32, v: ti.f32) -> vec2:
+    i0 = indices[tri, 0]
+    i1 = indices[tri, 1]
+    i2 = indices[tri, 2]
+    return (
+        (1.0 - u - v) * vec2(uvs[i0, 0], uvs[i0, 1])
+        + u * vec2(uvs[i1, 0], uvs[i1, 1])
+        + v * vec2(uvs[i2, 0], uvs[i2, 1])
+    )
+
+
+@ti.func
+def alpha_passes(
+    materials: ti.template(), tri_material: ti.template(), uvs: ti.template(), indices: ti.template(),
+    texels: ti.template(), tex_info: ti.template(), tex_refs: ti.template(), lut: ti.template(),
+    n_tex: ti.i32, tri: ti.i32, u: ti.f32, v: ti.f32, key: ti.u32, dim: ti.i32,
+) -> ti.i32:  # fmt: skip
+    """1 when a ray goes through triangle `tri` at (u, v): glTF's MASK (alpha < cutoff) or BLEND
+    (with probability 1 - alpha, decided by the sample's own random dimension `dim` of `key`)."""
+    m = tri_material[tri]
+    mode = ti.i32(materials[m, MAT_ALPHA_MODE])
+    res = 0
+    if mode != ALPHA_OPAQUE:
+        a = alpha_value(materials, texels, tex_info, tex_refs, lut, n_tex, m, hit_uv(uvs, indices, tri, u, v))
+        if mode == ALPHA_MASK:
+            res = 1 if a < materials[m, MAT_ALPHA_CUTOFF] else 0
+        else:
+            res = 1 if rand(key, dim) >= a else 0
+    return res
+
+
+@ti.func
+def alpha_value(
+    materials: ti.template(), texels: ti.template(), tex_info: ti.template(), tex_refs: ti.template(),
+    lut: ti.template(), n_tex: ti.i32, m: ti.i32, uv: vec2,
+) -> ti.f32:  # fmt: skip
+    """Material m's alpha at uv: the factor times the base colour image's alpha."""
+    a = materials[m, MAT_ALPHA]
+    at = ti.i32(materials[m, MAT_ALPHA_TEX])
+    if tex_valid(tex_info, tex_refs, n_tex, at) != 0:
+        a *= texture_sample(texels, tex_info, tex_refs, lut, at, uv).x
+    return a
+
+
+@ti.func
+def alpha_coverage(
+    materials: ti.template(), texels: ti.template(), tex_info: ti.template(), tex_refs: ti.template(),
+    lut: ti.template(), n_tex: ti.i32, m: ti.i32, uv: vec2,
+) -> ti.f32:  # fmt: skip
+    """How much of material m's surface is there at uv, as the rays that hit it see on average:
+    1 opaque, MASK 0 or 1, BLEND alpha (a light sample's weight, matching alpha_passes)."""
+    mode = ti.i32(materials[m, MAT_ALPHA_MODE])
+    c = 1.0
+    if mode != ALPHA_OPAQUE:
+        a = alpha_value(materials, texels, tex_info, tex_refs, lut, n_tex, m, uv)
+        c = a
+        if mode == ALPHA_MASK:
+            c = 0.0 if a < materials[m, MAT_ALPHA_CUTOFF] else 1.0
+    return c
 
 
 # ----------------------------------------------------------------------------- the kernel
@@ -354,6 +511,8 @@ def render_rect(
     tri_emit_pdf: F32_1D,
     tex_texels: U8_2D,
     tex_info: I32_2D,
+    tex_refs: F32_2D,
+    tangents: F32_2D,
     env_params: F32_1D,
     env_texels: F32_2D,
     env_cond_cdf: F32_1D,
@@ -362,8 +521,10 @@ def render_rect(
     lights: F32_2D,
     srgb_lut: F32_1D,
     out: F32_3D,
+    aov_out: F32_3D,
 ):
-    """out[j, i] = sum over samples s0..s1-1 of the radiance through pixel (x0 + i, y0 + j)."""
+    """out[j, i] = sum over samples s0..s1-1 of the radiance through pixel (x0 + i, y0 + j);
+    aov_out[j, i] = the same samples' sums of albedo (0..2) and shading normal (3..5), kernels/aov.py."""
     cam_pos = vec3(camera[CAM_POS], camera[CAM_POS + 1], camera[CAM_POS + 2])
     cam_right = vec3(camera[CAM_RIGHT], camera[CAM_RIGHT + 1], camera[CAM_RIGHT + 2])
     cam_up = vec3(camera[CAM_UP], camera[CAM_UP + 1], camera[CAM_UP + 2])
@@ -375,6 +536,8 @@ def render_rect(
         py = y0 + j
         pixel = ti.u32(py) * ti.u32(width) + ti.u32(px)
         acc = vec3(0.0)
+        acc_albedo = vec3(0.0)
+        acc_normal = vec3(0.0)
         for s in range(s0, s1):
             key = sample_key(seed, frame, pixel, ti.u32(s))
             # --- camera ray (box filter: uniform in the pixel)
@@ -394,14 +557,44 @@ def render_rect(
             prev_pdf = 0.0  # the solid-angle pdf of the BSDF sample that led here
             prev_delta = 1  # 1: no light sample could have found what this ray hits (MIS weight 1)
             eta_path = 1.0  # relative index crossed so far: radiance's 1 / eta^2 is kept out of RR
+            albedo = vec3(0.0)  # the denoiser's features (kernels/aov.py): final at the first
+            normal = vec3(0.0)  # non-delta vertex, provisional at a delta one
+            aov_found = 0
+            aov_tint = vec3(1.0)  # the delta vertices' colour so far
             for b in range(max_depth):
                 dim = DIM_BOUNCE + b * DIMS_PER_BOUNCE
-                hit = intersect(positions, indices, bvh_bounds, bvh_links, ro, rd, ti.math.inf, False)
+                # glTF alpha: through cut-outs (MASK) and, stochastically, BLEND surfaces; hit.t
+                # stays the distance from ro, so emission's MIS below sees the whole segment.
+                # One traversal call site for the first hit and the ones behind cut-outs.
+                hit = Hit(t=ti.math.inf, u=0.0, v=0.0, tri=-1)
+                o_a = ro
+                t_a = 0.0
+                n_skip = 0
+                while True:
+                    hit = intersect(positions, indices, bvh_bounds, bvh_links, o_a, rd, ti.math.inf, 0)
+                    hit.t += t_a
+                    if hit.tri < 0 or n_skip >= ALPHA_SKIPS_MAX:
+                        break
+                    dim_a = (dim + DIMS_PER_BOUNCE) * ALPHA_SKIPS_MAX + n_skip
+                    if alpha_passes(
+                        materials, tri_material, uvs, indices, tex_texels, tex_info, tex_refs, srgb_lut,
+                        n_tex, hit.tri, hit.u, hit.v, key ^ ti.u32(ALPHA_SALT_PATH), dim_a,
+                    ) == 0:  # fmt: skip
+                        break
+                    a0, a1, a2 = tri_vertices(positions, indices, hit.tri)
+                    o_a = offset_origin(ro + hit.t * rd, (a1 - a0).cross(a2 - a0).normalized(), rd)
+                    t_a = (o_a - ro).dot(rd)
+                    n_skip += 1
                 if hit.tri < 0:
                     # the ray escapes: the environment and the suns' discs of directions, each
                     # MIS-weighted against the BSDF sample that led here (a camera ray: weight 1)
+                    if aov_found == 0:  # before any non-delta vertex: the sky's colour, no normal
+                        albedo = vec3(0.0)
+                        normal = vec3(0.0)
                     if p_env > 0.0:
                         rad, pdf_e = env_eval(env_params, env_texels, env_info, rd)
+                        if aov_found == 0:
+                            albedo = aov_tint * clamp01(rad)
                         w = 1.0
                         if prev_delta == 0:
                             w = power_heuristic(prev_pdf, p_env * pdf_e)
@@ -418,8 +611,12 @@ def render_rect(
                 p = ro + hit.t * rd
                 wo = -rd
                 m = tri_material[tri]
+                uv = hit_uv(uvs, indices, tri, hit.u, hit.v)
                 # --- emission seen by this ray
                 le = vec3(materials[m, MAT_EMIT], materials[m, MAT_EMIT + 1], materials[m, MAT_EMIT + 2])
+                et = ti.i32(materials[m, MAT_EMIT_TEX])
+                if le.max() > 0.0 and tex_valid(tex_info, tex_refs, n_tex, et) != 0:
+                    le *= texture_sample(tex_texels, tex_info, tex_refs, srgb_lut, et, uv)
                 cos_front = ng_front.dot(wo)
                 if le.max() > 0.0 and (cos_front > 0.0 or materials[m, MAT_EMIT_TWO_SIDED] > 0.0):
                     w = 1.0
@@ -441,6 +638,24 @@ def render_rect(
                     ns = ng
                 else:
                     ns = ns.normalized()
+                    nt = ti.i32(materials[m, MAT_NORMAL_TEX])
+                    has_tangents = tangents.shape[0] == positions.shape[0]
+                    if tex_valid(tex_info, tex_refs, n_tex, nt) != 0 and has_tangents:
+                        # glTF normal map: tangent space (T, B = w N x T, N), x and y times its scale
+                        tg = (
+                            bw * vec3(tangents[i0, 0], tangents[i0, 1], tangents[i0, 2])
+                            + hit.u * vec3(tangents[i1, 0], tangents[i1, 1], tangents[i1, 2])
+                            + hit.v * vec3(tangents[i2, 0], tangents[i2, 1], tangents[i2, 2])
+                        )
+                        tg -= ns * ns.dot(tg)
+                        if tg.norm_sqr() > 1e-12:
+                            tg = tg.normalized()
+                            bt = ns.cross(tg) * (1.0 if tangents[i0, 3] >= 0.0 else -1.0)
+                            c = texture_sample(tex_texels, tex_info, tex_refs, srgb_lut, nt, uv) * 2.0 - 1.0
+                            sc = materials[m, MAT_NORMAL_SCALE]
+                            nm = (c.x * sc) * tg + (c.y * sc) * bt + c.z * ns
+                            if nm.norm_sqr() > 1e-12:
+                                ns = nm.normalized()
                     if ns.dot(ng) < 0.0:
                         ns = -ns
                 if ns.dot(wo) * (1.0 if cos_front >= 0.0 else -1.0) <= 1e-6:
@@ -449,14 +664,21 @@ def render_rect(
                 wo_l = to_local(wo, t_axis, s_axis, ns)
                 base = vec3(materials[m, MAT_BASE], materials[m, MAT_BASE + 1], materials[m, MAT_BASE + 2])
                 tex = ti.i32(materials[m, MAT_BASE_TEX])
-                if tex >= 0 and tex < n_tex:
-                    uv = (
-                        bw * vec2(uvs[i0, 0], uvs[i0, 1])
-                        + hit.u * vec2(uvs[i1, 0], uvs[i1, 1])
-                        + hit.v * vec2(uvs[i2, 0], uvs[i2, 1])
-                    )
-                    base = base * texture_bilinear(tex_texels, tex_info, srgb_lut, tex, uv)
+                if tex_valid(tex_info, tex_refs, n_tex, tex) != 0:
+                    base = base * texture_sample(tex_texels, tex_info, tex_refs, srgb_lut, tex, uv)
                 bsdf = bsdf_load(materials, m, base)
+                if bsdf.kind == KIND_GLTF:
+                    mr = ti.i32(materials[m, MAT_MR_TEX])
+                    if tex_valid(tex_info, tex_refs, n_tex, mr) != 0:  # per texel: G roughness, B metallic
+                        c = texture_sample(tex_texels, tex_info, tex_refs, srgb_lut, mr, uv)
+                        bsdf.alpha = gltf_alpha(materials[m, MAT_ROUGHNESS] * c.y)
+                        bsdf.metallic = ti.min(1.0, ti.max(0.0, materials[m, MAT_METALLIC] * c.z))
+                if aov_found == 0:  # the denoiser's features, final unless delta-only here
+                    albedo = aov_tint * surface_albedo(bsdf)
+                    if cos_front > 0.0 or materials[m, MAT_EMIT_TWO_SIDED] > 0.0:  # a light: lit up
+                        albedo = aov_tint * clamp01(surface_albedo(bsdf) + le)
+                    normal = facing_normal(ns, wo)
+                    aov_found = bsdf_has_smooth(bsdf)
                 # --- next-event estimation
                 u_pick = rand(key, dim + DIM_LIGHT_PICK)
                 ul1 = rand(key, dim + DIM_LIGHT_POS)
@@ -495,6 +717,14 @@ def render_rect(
                                 materials[lm, MAT_EMIT + 1],
                                 materials[lm, MAT_EMIT + 2],
                             )
+                            elt = ti.i32(materials[lm, MAT_EMIT_TEX])
+                            uv_l = hit_uv(uvs, indices, lt, su * (1.0 - ul2), su * ul2)
+                            if tex_valid(tex_info, tex_refs, n_tex, elt) != 0:  # the texel-exact radiance
+                                li *= texture_sample(tex_texels, tex_info, tex_refs, srgb_lut, elt, uv_l)
+                            if materials[lm, MAT_ALPHA_MODE] != ALPHA_OPAQUE:  # its cut-outs do not emit
+                                li *= alpha_coverage(
+                                    materials, tex_texels, tex_info, tex_refs, srgb_lut, n_tex, lm, uv_l
+                                )
                             pdf_light = p_tris * tri_emit_pdf[lt] * d2 / ti.abs(cos_l)
                             q_end = offset_origin(q, nl, -wi)
                 elif n_lights > 0:
@@ -516,8 +746,41 @@ def render_rect(
                             t_sh = seg.norm()
                             d_sh = seg / t_sh
                             t_sh *= 1.0 - SHADOW_SLACK
-                        sh = intersect(positions, indices, bvh_bounds, bvh_links, o_sh, d_sh, t_sh, True)
-                        if sh.tri < 0:
+                        # any hit blocks, unless it is a cut-out: then the segment is walked in
+                        # order from its start, through what `alpha_passes` lets by; past
+                        # ALPHA_SKIPS_MAX surfaces it is blocked. One traversal call site.
+                        blocker = -1
+                        o_s = o_sh
+                        t_left = t_sh
+                        n_s = 0
+                        any_hit = 1
+                        while True:
+                            sh = intersect(
+                                positions, indices, bvh_bounds, bvh_links, o_s, d_sh, t_left, any_hit
+                            )
+                            if sh.tri < 0:
+                                break
+                            if any_hit != 0:
+                                if materials[tri_material[sh.tri], MAT_ALPHA_MODE] == ALPHA_OPAQUE:
+                                    blocker = sh.tri
+                                    break
+                                any_hit = 0
+                                continue
+                            if n_s >= ALPHA_SKIPS_MAX or alpha_passes(
+                                materials, tri_material, uvs, indices, tex_texels, tex_info, tex_refs,
+                                srgb_lut, n_tex, sh.tri, sh.u, sh.v, key ^ ti.u32(ALPHA_SALT_SHADOW),
+                                (dim + DIMS_PER_BOUNCE) * ALPHA_SKIPS_MAX + n_s,
+                            ) == 0:  # fmt: skip
+                                blocker = sh.tri
+                                break
+                            a0, a1, a2 = tri_vertices(positions, indices, sh.tri)
+                            o2 = offset_origin(o_s + sh.t * d_sh, (a1 - a0).cross(a2 - a0).normalized(), d_sh)
+                            t_left -= (o2 - o_s).dot(d_sh)
+                            o_s = o2
+                            n_s += 1
+                            if t_left <= 0.0:
+                                break
+                        if blocker < 0:
                             mis = 1.0 if light_delta != 0 else power_heuristic(pdf_light, pdf_b)
                             L += beta * f * li * (mis / pdf_light)
                 # --- continue the path by sampling the BSDF
@@ -532,6 +795,8 @@ def render_rect(
                 if wi.dot(ng) * wi_l.z <= 0.0:  # ns and ng disagree on wi's side: it would leak
                     break
                 beta *= weight
+                if aov_found == 0:
+                    aov_tint *= delta_tint(weight, eta_s)
                 prev_pdf = pdf
                 prev_delta = delta
                 eta_path *= eta_s
@@ -546,6 +811,14 @@ def render_rect(
             # cannot poison a pixel; finite fireflies are kept (unbiased)
             if not (ti.math.isnan(L).any() or ti.math.isinf(L).any()):
                 acc += L
+            acc_albedo += albedo
+            acc_normal += normal
         out[j, i, 0] = acc.x
         out[j, i, 1] = acc.y
         out[j, i, 2] = acc.z
+        aov_out[j, i, 0] = acc_albedo.x
+        aov_out[j, i, 1] = acc_albedo.y
+        aov_out[j, i, 2] = acc_albedo.z
+        aov_out[j, i, 3] = acc_normal.x
+        aov_out[j, i, 4] = acc_normal.y
+        aov_out[j, i, 5] = acc_normal.z

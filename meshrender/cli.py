@@ -135,6 +135,8 @@ def _settings_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--pass-spp", type=_positive, help="samples per pass (the film's unit of order)")
     r.add_argument("--exposure", type=float, help="PNG exposure, in stops")
     r.add_argument("--tile", type=_positive, metavar="PX", help="bucket size in pixels")
+    r.add_argument("--denoise", action="store_const", const=True,
+                   help="also write NAME.denoised.png/.exr (Open Image Denoise, whole frame)")  # fmt: skip
 
 
 SOLO_PARTY = "solo"  # the party a TUI-started peer joins when none is named: this machine alone
@@ -323,7 +325,7 @@ def _settings(args: argparse.Namespace, s):
     """The scene's settings with the command line's overrides, checked."""
     overrides = {}
     for arg, field in (("spp", "spp"), ("max_depth", "max_depth"), ("seed", "seed"), ("pass_spp", "pass_spp"),
-                       ("exposure", "exposure"), ("tile", "bucket_px")):  # fmt: skip
+                       ("exposure", "exposure"), ("tile", "bucket_px"), ("denoise", "denoise")):  # fmt: skip
         if getattr(args, arg, None) is not None:
             overrides[field] = getattr(args, arg)
     if getattr(args, "res", None) is not None:
@@ -354,6 +356,11 @@ def _party_output(args, out: dict, settings, record_extra: dict) -> dict:
             **{k: v for k, v in out.items() if k != "outputs"},
         }
         out["written"] = write_outputs(args.output, read_exr(exr), record, settings.exposure)
+        den = [p for p in out["outputs"] if p.endswith(".denoised.exr")][:1]
+        if den:  # the coordinator denoised the frame: beside OUT too
+            from .output import write_denoised
+
+            out["written"] += write_denoised(args.output, read_exr(den[0]), settings.exposure)
     return out
 
 
@@ -504,12 +511,14 @@ def cmd_render(args: argparse.Namespace) -> int:
             scene = load_compiled(store, args.scene)
         t_loaded = t_compiled = time.perf_counter()
         source = args.scene
+        scene_warnings: list[str] = []  # said when the scene was added to the store
     else:
         loaded = load_scene(args.scene, allow_outside=args.allow_outside)
         t_loaded = time.perf_counter()
         scene = compile_scene(loaded)
         t_compiled = time.perf_counter()
         source = loaded.source
+        scene_warnings = list(loaded.warnings)  # e.g. a glTF extension used but not applied
     s = scene.settings
     settings = _settings(args, s)
     if args.party:
@@ -552,7 +561,14 @@ def cmd_render(args: argparse.Namespace) -> int:
         },
         "samples_per_second": samples / render_s if render_s > 0 else 0.0,
         "mean_rgb": mean_rgb,
+        "warnings": scene_warnings,
     }
+    if settings.denoise:
+        from .denoise import denoise_frame
+
+        record["denoise"] = denoise_frame(film, out, settings.exposure, args.threads)
+        if "error" in record["denoise"]:
+            print(f"meshrender: warning: no denoised image: {record['denoise']['error']}", file=sys.stderr)
     outputs = write_outputs(out, image, record, settings.exposure)
     record["outputs"] = outputs
     if args.json:
@@ -562,6 +578,8 @@ def cmd_render(args: argparse.Namespace) -> int:
             f"{outputs[0]}: {settings.width}x{settings.height} {settings.spp} spp in {render_s:.2f}s "
             f"({record['samples_per_second'] / 1e6:.2f} Msamples/s on {renderer.backend.name})"
         )
+        if "outputs" in record.get("denoise", {}):
+            print(f"{record['denoise']['outputs'][0]}: denoised in {record['denoise']['seconds']:.2f}s")
     return 0
 
 

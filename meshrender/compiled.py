@@ -11,7 +11,11 @@ Layouts
   bvh_bounds  float32 (N, 6): min xyz, max xyz.
   bvh_links   int32   (N, 2): interior: (index of right child, 0) with the left child at i + 1;
                               leaf: (first triangle, triangle count >= 1).
-  tex_info    int32   (K, 3): (first texel, width, height); texels are rows top to bottom.
+  tex_info    int32   (K, 3): (first texel, width, height) per image; texels are rows top to bottom.
+  tex_refs    float32 (R, TEXREF_STRIDE): how a material slot samples an image (see TEXREF_*):
+                              the image, wrap modes, sRGB or linear texels, a 2x3 UV transform.
+  tangents    float32 (V, 4) or (0, 4): per vertex tangent xyz and handedness w (glTF's TANGENT),
+                              present when some material has a normal map.
   env_info    int32   (3,):   (width, height, has_image).
   env_params  float32 (5,):   rgb scale, rotation deg about +y, the image's sampling normaliser.
   env_cond_cdf float32 (H*W,): per texel row, the running sum over columns of the bilinear
@@ -37,7 +41,7 @@ from msgspec import Meta
 
 from .settings import RenderSettings
 
-FORMAT_VERSION = 3  # 2: mesh_vertex_ranges; 3: materials and lights of Step 8
+FORMAT_VERSION = 4  # 2: mesh_vertex_ranges; 3: materials and lights of Step 8; 4: glTF texture slots
 
 # One row per material; the kernel's BSDFs (kernels/bsdf.py) read the fields their kind uses.
 MAT_STRIDE = 64
@@ -56,20 +60,48 @@ MAT_THIN = 19  # dielectric: 1 for a thin pane
 MAT_COAT_RINT = 20  # plastic: the coat's internal diffuse reflectance (scene.materials.coat_tables)
 MAT_COAT_TABLE = 21  # plastic, rough: the coat's transmittance at cos = i / (COAT_TABLE_SIZE - 1)
 COAT_TABLE_SIZE = 32  # at 21..52: linear in cos, within 1e-3 of the integral (Mitsuba keeps 64)
+# glTF's slots (any kind may use them; texture slots hold a tex_refs row or -1)
+MAT_METALLIC = 53  # gltf: metallic factor (x the metallic-roughness texture's B)
+MAT_MR_TEX = 54  # gltf: metallic-roughness texture (G roughness, B metallic; linear)
+MAT_NORMAL_TEX = 55  # tangent-space normal map (linear), needs `tangents`
+MAT_NORMAL_SCALE = 56  # the normal map's x and y scale
+MAT_EMIT_TEX = 57  # emissive texture (sRGB), times MAT_EMIT
+MAT_ALPHA_MODE = 58  # ALPHA_* below
+MAT_ALPHA_CUTOFF = 59  # mask: alpha below this passes through
+MAT_ALPHA = 60  # base colour alpha factor (x MAT_ALPHA_TEX)
+MAT_ALPHA_TEX = 61  # the base colour texture's alpha as an image (linear, in every channel) or -1
+ALPHA_OPAQUE = 0
+ALPHA_MASK = 1
+ALPHA_BLEND = 2  # stochastic: a hash of the sample's dimensions picks pass-through with 1 - alpha
+ALPHA_MODES = {"opaque": ALPHA_OPAQUE, "mask": ALPHA_MASK, "blend": ALPHA_BLEND}
 KIND_DIFFUSE = 0
 KIND_CONDUCTOR = 1
 KIND_DIELECTRIC = 2
 KIND_PLASTIC = 3
+KIND_GLTF = 4
 KINDS = {
     "diffuse": KIND_DIFFUSE,
     "conductor": KIND_CONDUCTOR,
     "dielectric": KIND_DIELECTRIC,
     "plastic": KIND_PLASTIC,
+    "gltf": KIND_GLTF,
 }
 FRESNEL_SCHLICK = 0
 FRESNEL_COMPLEX = 1
 FRESNEL_NONE = 2  # F = 1 (times base colour): a perfect mirror
 FRESNELS = {"schlick": FRESNEL_SCHLICK, "complex": FRESNEL_COMPLEX, "none": FRESNEL_NONE}
+
+# One row per (image, sampler, transform, colour space) a material slot uses.
+TEXREF_STRIDE = 10
+TEXREF_IMAGE = 0  # row of tex_info
+TEXREF_WRAP_S = 1  # WRAP_* below, along u
+TEXREF_WRAP_T = 2  # along v
+TEXREF_SRGB = 3  # 1: texels are sRGB-encoded colour (base, emissive); 0: linear data (/ 255)
+TEXREF_XFORM = 4  # 4..9: u' = a u + b v + c, v' = d u + e v + f (KHR_texture_transform)
+WRAP_REPEAT = 0
+WRAP_CLAMP = 1
+WRAP_MIRROR = 2
+WRAPS = {"repeat": WRAP_REPEAT, "clamp": WRAP_CLAMP, "mirror": WRAP_MIRROR}
 
 LIGHT_STRIDE = 16
 LIGHT_KIND = 0  # LIGHT_POINT, LIGHT_SPOT, LIGHT_SUN (directional)
@@ -113,6 +145,8 @@ ARRAY_SPECS: dict[str, tuple[str, tuple[int, ...]]] = {
     "tri_emit_pdf": ("float32", ()),  # per triangle: P(select) / area, 0 for non-emitters
     "tex_texels": ("uint8", (3,)),  # sRGB-encoded
     "tex_info": ("int32", (3,)),
+    "tex_refs": ("float32", (TEXREF_STRIDE,)),  # how material slots sample the images
+    "tangents": ("float32", (4,)),  # (V, 4) with normal maps, else (0, 4)
     "env_params": ("float32", ()),  # (5,): rgb scale, rotation deg about +y, sampling normaliser
     "env_texels": ("float32", (3,)),  # linear, >= 0, rows top (+y) to bottom
     "env_cond_cdf": ("float32", ()),  # per row: running sums of the density's cells over columns

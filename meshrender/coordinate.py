@@ -41,7 +41,7 @@ from .backoff import Backoff
 from .film import Film
 from .frameview import FrameView
 from .jobs import JobDB, JobError, JobSpec, UnitRecord
-from .output import write_exr, write_json, write_png
+from .output import denoised_path, write_exr, write_json, write_png
 from .protocol import (
     LEASE_DUE_S_MAX,
     Beat,
@@ -55,9 +55,9 @@ from .protocol import (
 )
 from .schedule import Coordinator, Discard, Lease, Penalize, Revoke, ScheduleConfig, Verdict
 from .settings import RenderSettings
-from .store.chunkstore import ChunkStore
+from .store.chunkstore import CHUNK_BYTES_MAX, ChunkStore
 from .store.hashing import chunk_hash
-from .units import UnitResult, WorkUnit, frame_units
+from .units import AOV_CHANNELS, UnitResult, WorkUnit, frame_units
 from .work import memory_link_pair, serve_job
 
 log = logging.getLogger("meshrender.coordinate")
@@ -73,20 +73,40 @@ LEASE_LOG_MAX = 100_000  # leases listed in job.json; a longer job lists its fir
 RESULT_BATCH_MAX = 64  # accepted results stored per batch: one commit (one fsync) in each file for all
 
 
-class StoredResult(msgspec.Struct, frozen=True, kw_only=True):
-    """A unit result as the store keeps it: its chunk hash is the digest duplicates are compared by."""
+class StoredResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A unit result as the store keeps it: its chunk hash is the digest duplicates are compared by.
+    (omit_defaults: a result without AOVs encodes exactly as before they existed.)"""
 
     unit: WorkUnit
     sample_counts: list[int]
     sums: bytes  # float32 (passes, h, w, 3), C order
+    aov_sums: bytes = b""  # float32 (passes, h, w, AOV_CHANNELS), C order; b"": none
 
 
 _result_encoder = msgspec.msgpack.Encoder()
 _result_decoder = msgspec.msgpack.Decoder(StoredResult)
 
 
-def encode_result(unit: WorkUnit, sample_counts: list[int], sums: bytes) -> bytes:
-    return _result_encoder.encode(StoredResult(unit=unit, sample_counts=list(sample_counts), sums=sums))
+def encode_result(unit: WorkUnit, sample_counts: list[int], sums: bytes, aov_sums: bytes = b"") -> bytes:
+    """The stored chunk; the AOVs are left out when with them it would not fit one chunk."""
+    r = StoredResult(unit=unit, sample_counts=list(sample_counts), sums=sums, aov_sums=aov_sums)
+    data = _result_encoder.encode(r)
+    if aov_sums and len(data) > CHUNK_BYTES_MAX:
+        data = _result_encoder.encode(msgspec.structs.replace(r, aov_sums=b""))
+    return data
+
+
+def check_aov(unit: WorkUnit, aov_sums: bytes) -> np.ndarray | None:
+    """The AOV sums as an array (None when there are none), or ValueError saying what is wrong."""
+    if not aov_sums:
+        return None
+    shape = (unit.pass_count, unit.height, unit.width, AOV_CHANNELS)
+    if len(aov_sums) != 4 * int(np.prod(shape)):
+        raise ValueError(f"{len(aov_sums)} bytes of AOV sums for a {shape} unit")
+    arr = np.frombuffer(aov_sums, np.float32).reshape(shape)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("AOV sums hold NaN or infinite values")
+    return arr
 
 
 def check_result(
@@ -108,7 +128,8 @@ def check_result(
 def decode_result(data: bytes, settings: RenderSettings) -> UnitResult:
     r = _result_decoder.decode(data)
     arr = check_result(r.unit, r.sample_counts, r.sums, settings)
-    return UnitResult(unit=r.unit, sums=arr, sample_counts=list(r.sample_counts))
+    aov = check_aov(r.unit, r.aov_sums)
+    return UnitResult(unit=r.unit, sums=arr, sample_counts=list(r.sample_counts), aov_sums=aov)
 
 
 def job_units(spec: JobSpec) -> list[WorkUnit]:
@@ -586,10 +607,11 @@ class JobRun:
             return
         try:
             sums = check_result(unit, msg.sample_counts, msg.sums, self.spec.settings)
+            check_aov(unit, msg.aov_sums)
         except ValueError as exc:
             self._drop(who, f"sent a malformed result: {exc}", penalize=True)
             return
-        chunk = encode_result(unit, msg.sample_counts, msg.sums)
+        chunk = encode_result(unit, msg.sample_counts, msg.sums, msg.aov_sums)
         digest = chunk_hash(chunk)
         verdict = self.coordinator.on_result(who, msg.lease_id, unit, bytes.fromhex(digest), now)
         self.verdicts[verdict.value] += 1
@@ -660,6 +682,15 @@ class JobRun:
         exr.parent.mkdir(parents=True, exist_ok=True)
         write_exr(exr, image)
         write_png(png, image, spec.settings.exposure)
+        if spec.settings.denoise:  # the whole frame at once, here (this is the writer's thread)
+            from .denoise import denoise_frame
+
+            den = denoise_frame(film, exr, spec.settings.exposure)
+            if "error" in den:
+                log.warning("job %s frame %d: no denoised image: %s", self.job_id[:12], frame, den["error"])
+            else:
+                log.info("job %s frame %d denoised (features: %s) in %.2f s", self.job_id[:12], frame,
+                         den["features"], den["seconds"])  # fmt: skip
 
     def _frame_complete(self, frame: int) -> None:
         """Every unit of `frame` is accepted: its files are written now, by the result writer (after
@@ -689,6 +720,9 @@ class JobRun:
             if frame not in self._written:  # finished before a restart, say
                 self._write_frame(store, self.db, frame, by_frame.get(frame, []))
             written += [str(p) for p in self._frame_paths(frame)]
+            exr = self._frame_paths(frame)[0]
+            denoised = (denoised_path(exr, ".exr"), denoised_path(exr, ".png"))
+            written += [str(p) for p in denoised if p.exists()]
         record = self.db.get(self.job_id)
         provenance = {
             "job_id": self.job_id,

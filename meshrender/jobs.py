@@ -156,9 +156,18 @@ _spec_decoder = msgspec.msgpack.Decoder(JobSpec)
 _outputs_decoder = msgspec.json.Decoder(list[str])
 
 
+def spec_bytes(spec: JobSpec) -> bytes:
+    """The spec's msgpack encoding, as stored and hashed. A field added later is left out while it
+    holds its default (settings.denoise), so every older job keeps its encoding and its id."""
+    data = msgspec.to_builtins(spec)
+    if not spec.settings.denoise:
+        del data["settings"]["denoise"]
+    return _spec_encoder.encode(data)
+
+
 def job_id(spec: JobSpec) -> str:
-    """The job's id: BLAKE3 of the spec's msgpack encoding, 64 lowercase hex digits."""
-    return blake3.blake3(_spec_encoder.encode(spec)).hexdigest()
+    """The job's id: BLAKE3 of the spec's msgpack encoding (spec_bytes), 64 lowercase hex digits."""
+    return blake3.blake3(spec_bytes(spec)).hexdigest()
 
 
 def validate_spec(spec: JobSpec) -> None:
@@ -430,7 +439,7 @@ class JobDB:
                 db.execute(
                     """INSERT INTO jobs (id, spec, priority, state, seq, submitted_s, submitter)
                        VALUES (?, ?, ?, 'queued', ?, ?, ?)""",
-                    (jid, _spec_encoder.encode(spec), priority, seq, float(now), who),
+                    (jid, spec_bytes(spec), priority, seq, float(now), who),
                 )
             else:
                 self._set_state(

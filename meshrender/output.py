@@ -88,6 +88,19 @@ def write_json(path: str | os.PathLike, record: dict) -> None:
     _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
+def denoised_path(out: str | os.PathLike, suffix: str) -> Path:
+    """NAME.denoised.png / NAME.denoised.exr beside OUT (NAME.png or NAME.exr)."""
+    return Path(out).with_suffix("").with_suffix(f".denoised{suffix}")
+
+
+def write_denoised(out: str | os.PathLike, linear: np.ndarray, exposure: float = 0.0) -> list[str]:
+    """Write the denoised frame beside OUT's noisy pair, same kinds; returns the paths written."""
+    exr, png = denoised_path(out, ".exr"), denoised_path(out, ".png")
+    write_exr(exr, linear)
+    write_png(png, linear, exposure)
+    return [str(exr), str(png)] if Path(out).suffix.lower() == ".exr" else [str(png), str(exr)]
+
+
 def write_outputs(
     out: str | os.PathLike, linear: np.ndarray, record: dict, exposure: float = 0.0
 ) -> list[str]:

@@ -205,6 +205,8 @@ class UnitDone(Msg, tag="unit"):
     sums: Annotated[bytes, Meta(max_length=CHUNK_WIRE_BYTES_MAX)]  # float32 (passes, h, w, 3), C order
     seconds: Annotated[float, Meta(ge=0)]
     backend: Label
+    # the denoiser's albedo and normal sums, float32 (passes, h, w, 6); b"" from a peer without them
+    aov_sums: Annotated[bytes, Meta(max_length=CHUNK_WIRE_BYTES_MAX)] = b""
 
 
 class LeaseRefused(Msg, tag="refuse"):
@@ -337,6 +339,7 @@ class Status(Msg, tag="status"):
     # render. A coordinator offers a job only to a member whose renderer is ready (or says nothing).
     renderer: Label = ""
     renderer_note: Reason = ""  # in words: "renderer compiling kernels (first run, cold cache), 40 s so far"
+    fallback: Label = ""  # why it fell back to the CPU, for programs: "no-gpu", "gpu-oom" (out of GPU memory)
 
 
 class Have(Msg, tag="have"):

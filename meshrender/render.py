@@ -19,7 +19,7 @@ from .compiled import LIGHT_ANGLE, LIGHT_KIND, LIGHT_SUN, CompiledScene
 from .film import Film
 from .scene.compile import camera_at, camera_tangents
 from .settings import RenderSettings
-from .units import UnitResult, WorkUnit, frame_units
+from .units import AOV_CHANNELS, UnitResult, WorkUnit, frame_units
 
 # sRGB-encoded byte -> linear float, for base-colour textures (decoded per texel in the kernel)
 _c = np.arange(256, dtype=np.float64) / 255.0
@@ -48,17 +48,11 @@ class Renderer:
         if not _TI_DTYPES:
             _init_dtypes()
         self._ti = ti
-        self._dev = {}
         t0 = time.perf_counter()
-        for name, arr in scene.arrays.items():
-            if arr.shape[0] == 0:  # Taichi cannot allocate empty arrays: pad, counts say what is real
-                arr = np.zeros((1, *arr.shape[1:]), arr.dtype)
-            nd = ti.ndarray(dtype=_TI_DTYPES[arr.dtype.str], shape=arr.shape)
-            nd.from_numpy(arr)
-            self._dev[name] = nd
-        lut = ti.ndarray(dtype=ti.f32, shape=(256,))
-        lut.from_numpy(SRGB_TO_LINEAR)
-        self._dev["srgb_lut"] = lut
+        try:
+            self._upload()
+        except RuntimeError as exc:  # the GPU is out of memory: on the CPU (re-raises anything else)
+            self._fall_back(exc)
         self.upload_s = time.perf_counter() - t0
         self._out: dict[tuple[int, int], object] = {}
         self.stats = RenderStats()
@@ -75,25 +69,71 @@ class Renderer:
         suns = (lights[:, LIGHT_KIND] == LIGHT_SUN) & (lights[:, LIGHT_ANGLE] > 0)
         self._n_suns = int(np.count_nonzero(suns))  # the compiler puts them first
 
+    def _upload(self) -> None:
+        from kernels.backend import injected_fault
+
+        ti = self._ti
+        injected_fault("upload")  # a test's MESHRENDER_FAULT=gpu-oom, where Taichi would raise it
+        self._dev = {}
+        for name, arr in self.scene.arrays.items():
+            if arr.shape[0] == 0:  # Taichi cannot allocate empty arrays: pad, counts say what is real
+                arr = np.zeros((1, *arr.shape[1:]), arr.dtype)
+            nd = ti.ndarray(dtype=_TI_DTYPES[arr.dtype.str], shape=arr.shape)
+            nd.from_numpy(arr)
+            self._dev[name] = nd
+        lut = ti.ndarray(dtype=ti.f32, shape=(256,))
+        lut.from_numpy(SRGB_TO_LINEAR)
+        self._dev["srgb_lut"] = lut
+
+    def _fall_back(self, exc: RuntimeError) -> None:
+        """Re-raise `exc` unless it is the device running out of memory; else restart Taichi on
+        the CPU (kernels.backend.fall_back_to_cpu says so in the log) and upload the scene again."""
+        from kernels.backend import fall_back_to_cpu, gpu_oom_reason
+
+        oom = gpu_oom_reason(exc)
+        if oom is None:
+            raise exc
+        self._dev, self._out = {}, {}  # the old runtime's arrays, gone with it
+        self.backend = fall_back_to_cpu(oom)
+        self._upload()
+        self._compiled, self._camera_frame = False, None
+
     def _out_buffer(self, h: int, w: int):
         buf = self._out.get((h, w))
         if buf is None:
             if len(self._out) > 8:  # bounded: frames use at most 4 bucket shapes
                 self._out.clear()
-            buf = self._ti.ndarray(dtype=self._ti.f32, shape=(h, w, 3))
+            buf = (
+                self._ti.ndarray(dtype=self._ti.f32, shape=(h, w, 3)),
+                self._ti.ndarray(dtype=self._ti.f32, shape=(h, w, AOV_CHANNELS)),
+            )
             self._out[(h, w)] = buf
         return buf
 
     def render_unit(self, unit: WorkUnit, settings: RenderSettings | None = None) -> UnitResult:
+        """Render `unit`; a GPU out of memory here renders it again on the CPU (`backend` says so)."""
+        from kernels.backend import injected_fault
+
+        stats = RenderStats(**vars(self.stats))  # passes done before the error are done again
+        try:
+            injected_fault("launch")  # a test's MESHRENDER_FAULT=gpu-oom-launch
+            return self._render_unit(unit, settings)
+        except RuntimeError as exc:
+            self._fall_back(exc)
+            self.stats = stats
+            return self._render_unit(unit, settings)
+
+    def _render_unit(self, unit: WorkUnit, settings: RenderSettings | None) -> UnitResult:
         from kernels.tracer import render_rect
 
         settings = settings or self.scene.settings
         unit.check(settings)
         camera = self._camera(unit.frame)
         tan_x, tan_y = camera_tangents(self._camera_row, settings.width, settings.height)
-        out = self._out_buffer(unit.height, unit.width)
+        out, aov = self._out_buffer(unit.height, unit.width)
         d = self._dev
         sums = np.empty((unit.pass_count, unit.height, unit.width, 3), np.float32)
+        aov_sums = np.empty((unit.pass_count, unit.height, unit.width, AOV_CHANNELS), np.float32)
         counts = []
         for k, p in enumerate(unit.passes):
             s0, s1 = settings.pass_range(p)
@@ -105,10 +145,12 @@ class Renderer:
                 self._n_lights, self._n_suns,
                 camera, d["positions"], d["normals"], d["uvs"], d["indices"], d["tri_material"],
                 d["materials"], d["bvh_bounds"], d["bvh_links"], d["emit_tri"], d["emit_cdf"],
-                d["tri_emit_pdf"], d["tex_texels"], d["tex_info"], d["env_params"], d["env_texels"],
-                d["env_cond_cdf"], d["env_marg_cdf"], d["env_info"], d["lights"], d["srgb_lut"], out,
+                d["tri_emit_pdf"], d["tex_texels"], d["tex_info"], d["tex_refs"], d["tangents"],
+                d["env_params"], d["env_texels"],
+                d["env_cond_cdf"], d["env_marg_cdf"], d["env_info"], d["lights"], d["srgb_lut"], out, aov,
             )  # fmt: skip
             sums[k] = out.to_numpy()
+            aov_sums[k] = aov.to_numpy()
             dt = time.perf_counter() - t0
             if not self._compiled:
                 self._compiled = True
@@ -118,7 +160,7 @@ class Renderer:
             self.stats.samples += unit.pixels * (s1 - s0)
             counts.append(s1 - s0)
         self.stats.units += 1
-        return UnitResult(unit=unit, sums=sums, sample_counts=counts)
+        return UnitResult(unit=unit, sums=sums, sample_counts=counts, aov_sums=aov_sums)
 
     def _camera(self, frame: int):
         """The device camera for `frame` (an animated scene's is uploaded when the frame changes)."""

@@ -27,6 +27,12 @@ a second); `RenderProcess` starts a fresh one on the next request. A child that 
 garbage raises RenderError and is restarted next time; a start that failed is tried again only
 after a back-off (RESTART_BACKOFF_S, growing with each failure in a row), and the peer keeps
 trying (`peer.rendering.Rendering.warm`) rather than giving up after one miss.
+
+A GPU that runs out of memory on a scene (meshrender/render.py falls back to the CPU inside the
+child) keeps the child alive on the CPU: `Ready` (when it happened while warming) or `Rendered`
+says which backend the child runs on now and why, the parent's `ready` follows, and `on_state`
+hears of it. A unit that began on a GPU and ended on the CPU is not returned as the job's backend
+class: `render` raises BackendChanged (a RendererDown: the lease goes back without a strike).
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from msgspec import Meta
 
 from .errors import MeshrenderError
 from .settings import RenderSettings
-from .units import UnitResult, WorkUnit
+from .units import AOV_CHANNELS, UnitResult, WorkUnit
 
 log = logging.getLogger("meshrender.renderproc")
 
@@ -78,6 +84,10 @@ class RendererDown(RenderError):
     back-off), so this passes."""
 
 
+class BackendChanged(RendererDown):
+    """The render process fell back from the GPU to the CPU during this unit (out of GPU memory)."""
+
+
 class _Msg(msgspec.Struct, frozen=True, kw_only=True, tag_field="t"):
     pass
 
@@ -89,6 +99,7 @@ class Ready(_Msg, tag="ready"):
     reason: str
     threads: int
     kernel_s: float = 0.0  # compiling the kernel (or loading it from the disk cache) at start
+    cause: str = ""  # why it fell back: "no-gpu", "gpu-oom" (kernels.backend.BackendInfo.cause)
 
 
 class Starting(_Msg, tag="starting"):
@@ -111,6 +122,13 @@ class Rendered(_Msg, tag="rendered"):
     sums: bytes  # float32 (pass_count, height, width, 3), C order
     seconds: float
     compile_s: float  # > 0 when this unit paid for compiling the kernel (or loading it from cache)
+    # where the child renders now: it changes when the GPU ran out of memory ("" from an old child)
+    backend: str = ""
+    is_gpu: bool = False
+    fell_back: bool = False
+    reason: str = ""
+    cause: str = ""
+    aov_sums: bytes = b""  # float32 (pass_count, height, width, AOV_CHANNELS): albedo, normal sums
 
 
 class Failed(_Msg, tag="failed"):
@@ -205,7 +223,7 @@ def _child(store_root: str, backend: str, threads: int) -> int:
     slow = os.environ.get(SLOW_START_ENV)
     if slow:
         time.sleep(float(slow))
-    from kernels.backend import BackendError, init_backend
+    from kernels.backend import BackendError, current_backend, init_backend
 
     from .render import Renderer
     from .store.chunkstore import ChunkStore, StoreError
@@ -223,8 +241,9 @@ def _child(store_root: str, backend: str, threads: int) -> int:
     beats.cold = _cache_is_empty()
     beats.say("compiling kernels")
     kernel_s = _warm_kernel(backend, threads)
+    info = current_backend() or info  # warming may have run out of GPU memory and moved to the CPU
     beats.finish(Ready(backend=info.name, is_gpu=info.is_gpu, fell_back=info.fell_back, reason=info.reason,
-                       threads=info.threads, kernel_s=kernel_s))  # fmt: skip
+                       threads=info.threads, kernel_s=kernel_s, cause=info.cause))  # fmt: skip
     while True:
         header = inp.read(HEADER.size)
         if len(header) < HEADER.size:
@@ -245,10 +264,13 @@ def _child(store_root: str, backend: str, threads: int) -> int:
             result = renderer.render_unit(req.unit, req.settings)
             seconds = time.perf_counter() - t0
             compile_s = renderer.stats.compile_s if compiled_before == 0 else 0.0
+            b = renderer.backend
             send(Rendered(unit=req.unit, sample_counts=result.sample_counts,
                           sums=np.ascontiguousarray(result.sums).tobytes(), seconds=seconds,
-                          compile_s=compile_s))  # fmt: skip
-        except (MissingChunksError, StoreError, ValueError) as exc:
+                          aov_sums=np.ascontiguousarray(result.aov_sums).tobytes(), compile_s=compile_s,
+                          backend=b.name, is_gpu=b.is_gpu, fell_back=b.fell_back,
+                          reason=b.reason, cause=b.cause))  # fmt: skip
+        except (MissingChunksError, StoreError, ValueError, BackendError) as exc:
             send(Failed(reason=str(exc)))
 
 
@@ -427,13 +449,36 @@ class RenderProcess:
             if not isinstance(msg, Rendered) or msg.unit != unit:
                 await self.stop()
                 raise RendererDown("the renderer answered something else than the unit asked for")
+            was_gpu = self.ready.is_gpu
+            self._follow_backend(msg)
+            if was_gpu and not self.ready.is_gpu:
+                raise BackendChanged(f"this peer renders on the CPU now: {self.ready.reason}")
             shape = (unit.pass_count, unit.height, unit.width, 3)
             sums = np.frombuffer(msg.sums, np.float32)
             if sums.size != int(np.prod(shape)):
                 await self.stop()
                 raise RendererDown("the renderer sent sums of the wrong size")
+            aov = np.frombuffer(msg.aov_sums, np.float32)
+            if aov.size not in (0, int(np.prod(shape[:3])) * AOV_CHANNELS):
+                await self.stop()
+                raise RendererDown("the renderer sent AOV sums of the wrong size")
+            aov = aov.reshape(*shape[:3], AOV_CHANNELS) if aov.size else None
             self.loaded_scene = scene_id
-            return UnitResult(unit=unit, sums=sums.reshape(shape), sample_counts=list(msg.sample_counts)), msg
+            result = UnitResult(unit=unit, sums=sums.reshape(shape), sample_counts=list(msg.sample_counts),
+                                aov_sums=aov)  # fmt: skip
+            return result, msg
+
+    def _follow_backend(self, msg: Rendered) -> None:
+        """The child says where it renders now: a GPU out of memory moved it to the CPU."""
+        r = self.ready
+        if not msg.backend or (msg.backend, msg.is_gpu, msg.fell_back, msg.reason, msg.cause) == (
+            r.backend, r.is_gpu, r.fell_back, r.reason, r.cause):  # fmt: skip
+            return
+        self.ready = msgspec.structs.replace(r, backend=msg.backend[:32], is_gpu=msg.is_gpu,
+                                             fell_back=msg.fell_back, reason=msg.reason,
+                                             cause=msg.cause[:32])  # fmt: skip
+        log.warning("the renderer moved to %s: %s", self.ready.backend, self.ready.reason)
+        self._set("ready", f"ready on {self.ready.backend} (fell back: {self.ready.reason})")
 
     async def stop(self) -> None:
         """Kill the child now (a unit in its kernel stops too); the next render starts a new one."""

@@ -29,6 +29,8 @@ class RenderSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     seed: Annotated[int, Meta(ge=0, le=0xFFFFFFFF)] = 0
     bucket_px: Annotated[int, Meta(ge=4, le=BUCKET_PX_MAX)] = 64
     exposure: Annotated[float, Meta(ge=-32.0, le=32.0)] = 0.0  # stops, PNG only
+    # also write NAME.denoised.png/.exr: Open Image Denoise over the assembled frame (meshrender.denoise)
+    denoise: bool = False
 
     @property
     def pass_count(self) -> int:

@@ -19,6 +19,10 @@ from msgspec import Meta
 from .settings import RES_PX_MAX, SPP_MAX, RenderSettings
 
 FRAME_MAX = 1 << 24  # frames in one job; far beyond any animation
+# A unit's denoiser features per pixel and pass: albedo sums (0..2), shading-normal sums (3..5)
+AOV_CHANNELS = 6
+AOV_ALBEDO = slice(0, 3)
+AOV_NORMAL = slice(3, 6)
 
 
 class WorkUnit(msgspec.Struct, frozen=True, kw_only=True, order=True):
@@ -55,11 +59,13 @@ class WorkUnit(msgspec.Struct, frozen=True, kw_only=True, order=True):
 @dataclass(frozen=True)
 class UnitResult:
     """Per-pass float32 sums: `sums[k]` is the (height, width, 3) block for pass unit.pass_index + k;
-    `sample_counts[k]` its samples per pixel."""
+    `sample_counts[k]` its samples per pixel. `aov_sums[k]`, when present, holds the same samples'
+    sums of the denoiser's albedo and normal (AOV_ALBEDO, AOV_NORMAL: kernels/aov.py says what)."""
 
     unit: WorkUnit
     sums: np.ndarray  # float32 (pass_count, height, width, 3)
     sample_counts: list[int]
+    aov_sums: np.ndarray | None = None  # float32 (pass_count, height, width, AOV_CHANNELS)
 
     def __post_init__(self):
         want = (self.unit.pass_count, self.unit.height, self.unit.width, 3)
@@ -67,6 +73,10 @@ class UnitResult:
             raise ValueError(f"unit result {self.sums.dtype}{self.sums.shape}, want float32{want}")
         if len(self.sample_counts) != self.unit.pass_count:
             raise ValueError("one sample count per pass expected")
+        if self.aov_sums is not None:
+            want = (*want[:3], AOV_CHANNELS)
+            if self.aov_sums.dtype != np.float32 or self.aov_sums.shape != want:
+                raise ValueError(f"unit AOVs {self.aov_sums.dtype}{self.aov_sums.shape}, want float32{want}")
 
 
 def bucket_grid(settings: RenderSettings, bucket_px: int | None = None) -> list[tuple[int, int, int, int]]:

@@ -26,6 +26,7 @@ import math
 import trio
 
 from .protocol import (
+    CHUNK_WIRE_BYTES_MAX,
     Beat,
     JobEnd,
     JobOffer,
@@ -41,8 +42,17 @@ from .schedule import Heartbeat, RenderNext, WorkerJob
 
 log = logging.getLogger("meshrender.work")
 
+
+def _aov_that_fits(rendered) -> bytes:
+    """The unit's AOV sums, or b"" when with them its result would not fit one stored chunk (the
+    coordinator then denoises that frame from colour alone)."""
+    if len(rendered.sums) + len(rendered.aov_sums) + RESULT_SLACK_BYTES > CHUNK_WIRE_BYTES_MAX:
+        return b""
+    return rendered.aov_sums
+
 OFFER_TIMEOUT_S = 10.0  # a coordinator sends its offer right after opening the link
 LINK_CHANNEL_MSGS = 64  # messages queued on a memory link before the sender waits
+RESULT_SLACK_BYTES = 64 << 10  # a stored result's fields beside its sums (unit, counts, framing)
 READY_WAIT_S = 5.0  # an offer waits this long for a renderer that is (re)starting, then the link closes
 
 
@@ -196,6 +206,7 @@ async def serve_job(peer, link, coordinator: str) -> dict:
                     sums=rendered.sums,
                     seconds=rendered.seconds,
                     backend=backend_name,
+                    aov_sums=_aov_that_fits(rendered),
                 )
             )
             state["units"] += 1

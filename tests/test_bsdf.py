@@ -78,6 +78,11 @@ MATERIALS = {
     "dielectric_thin": mat("dielectric", base_color=WHITE, thin=True, ior=1.5),
     "plastic_rough": mat("plastic", base_color=(0.6, 0.3, 0.2), roughness=0.5, ior=1.49),
     "plastic_smooth": mat("plastic", base_color=(0.6, 0.3, 0.2), roughness=0.0, ior=1.49),
+    # glTF's metallic-roughness: a dielectric over Lambert, half metal, a metal; rough and glossy
+    "gltf_dielectric": mat("gltf", base_color=(0.7, 0.5, 0.3), roughness=0.5, metallic=0.0),
+    "gltf_half_metal": mat("gltf", base_color=(0.9, 0.6, 0.3), roughness=0.3, metallic=0.5, ior=1.7),
+    "gltf_metal": mat("gltf", base_color=(0.9, 0.8, 0.5), roughness=0.7, metallic=1.0),
+    "gltf_two_sided": mat("gltf", base_color=(0.4, 0.6, 0.8), roughness=0.4, metallic=0.2, two_sided=True),
 }
 NAMES = list(MATERIALS)
 
@@ -143,6 +148,11 @@ CHI2_CASES = [
     ("dielectric_rough", -0.7),  # from inside: total internal reflection past the critical angle
     ("plastic_rough", 0.5),
     ("plastic_smooth", 0.6),  # the base's lobe; the coat's mirror is a delta, counted apart
+    ("gltf_dielectric", 0.8),
+    ("gltf_dielectric", 0.2),  # grazing: the specular lobe's share grows with Fresnel
+    ("gltf_half_metal", 0.5),
+    ("gltf_metal", 0.6),
+    ("gltf_two_sided", -0.4),
 ]
 
 
@@ -218,7 +228,7 @@ def test_one_sided_back_is_black_two_sided_mirrors(bsdfs):
     rng = np.random.default_rng(3)
     wi = sphere_dirs(500, rng)
     back = direction(-0.6)
-    for name in ("diffuse", "conductor_schlick", "plastic_rough"):
+    for name in ("diffuse", "conductor_schlick", "plastic_rough", "gltf_half_metal"):
         assert not bsdfs.eval(name, back, wi)[:, :3].any()
         assert not (bsdfs.sample(name, back, rng.random((200, 3)))[:, 6] > 0).any()
     front = bsdfs.eval("diffuse_two_sided", -back, wi * [1, 1, -1])
@@ -272,6 +282,10 @@ FURNACE = {  # material, (low, high) bounds of the sphere's mean under a uniform
     # Mitsuba's roughplastic model: the coat's single-scattering loss is not given back to the
     # base (Mitsuba 3.9.1 itself gives 0.920 in this furnace; this kernel 0.919)
     "rough plastic": (mat("plastic", base_color=WHITE, roughness=0.3), (0.9, 1.005)),
+    # glTF metallic-roughness: a white metal is a rough mirror (F = 1); the white dielectric
+    # is Lambert under a Fresnel-weighted GGX lobe, short only by that lobe's single scattering
+    "gltf metal": (mat("gltf", base_color=WHITE, roughness=0.3, metallic=1.0), (0.98, 1.005)),
+    "gltf dielectric": (mat("gltf", base_color=WHITE, roughness=0.5, metallic=0.0), (0.98, 1.005)),
 }
 
 

@@ -21,6 +21,7 @@ from meshrender.jobs import (
     JobSpec,
     UnitRecord,
     job_id,
+    spec_bytes,
     validate_spec,
 )
 from meshrender.settings import RenderSettings
@@ -575,8 +576,6 @@ PRAGMA user_version = 1;
 
 
 def test_a_schema_1_queue_opens_with_its_jobs_and_results(tmp_path):
-    import msgspec
-
     path = tmp_path / "jobs.sqlite"
     s = spec(seed=5)
     units = frame_units(s.settings)[:2]
@@ -585,7 +584,7 @@ def test_a_schema_1_queue_opens_with_its_jobs_and_results(tmp_path):
     with con:
         con.execute(
             "INSERT INTO jobs VALUES (?, ?, 2, 'running', 1, 1.0, 2.0, NULL, NULL, 8, 'old', '[]')",
-            (job_id(s), msgspec.msgpack.encode(s)),
+            (job_id(s), spec_bytes(s)),  # as a schema-1 peer wrote it: no settings.denoise
         )
         for n, u in enumerate(units):
             con.execute(

@@ -70,7 +70,7 @@ def test_chunks_are_bounded_and_large_parts_are_cut(big_textured):
     sizes = {h: len(b) for h, b in cut.chunks.items() if h != cut.scene_id}
     assert max(sizes.values()) <= CDC_MAX_BYTES
     texels = next(a for a in cut.manifest.arrays if a.name == "tex_texels")
-    assert len(texels.segments) == len(cut.meta["texture_names"]) == 5  # one segment per texture
+    assert len(texels.segments) == len(cut.meta["texture_names"]) == 8  # one segment per image
     big = [c.size for s in texels.segments for c in s.chunks]
     assert len(big) > 20 and 256 << 10 <= np.mean(big) <= 1 << 20  # CDC average in range
     small = {a.name: a for a in cut.manifest.arrays}

@@ -53,7 +53,8 @@ from meshrender.units import frame_units
 s = msgspec.json.decode(sys.argv[1], type=RenderSettings)
 r = Renderer(compile_scene(load_scene("cornell")), backend="cpu", threads=1)
 units = frame_units(s, bucket_px=9, passes_per_unit=2)[::-1]
-np.save(sys.argv[2], render_frame(r, s, units=units).sums)
+film = render_frame(r, s, units=units)
+np.save(sys.argv[2], np.concatenate([film.sums, film.aov_sums], -1))  # radiance, albedo, normal
 """
 
 
@@ -64,7 +65,7 @@ def test_another_process_with_other_buckets_gives_the_same_bits(cornell, rendere
         check=True, cwd=REPO, timeout=300,
     )  # fmt: skip
     here = render_frame(renderer_for(cornell), SMALL)
-    assert np.array_equal(bits(np.load(out)), bits(here.sums))
+    assert np.array_equal(bits(np.load(out)), bits(np.concatenate([here.sums, here.aov_sums], -1)))
 
 
 @pytest.mark.parametrize("env_image", [False, True], ids=["constant", "equirect"])

@@ -33,9 +33,10 @@ def test_format_renders_an_image(fmt, renderer_for):
 def test_textured_gltf_uses_its_textures(renderer_for):
     loaded = load_scene(FILES["gltf"])
     scene = compile_scene(loaded)
-    # five base colour images (glass is shared by two materials): three 128x128, 64x64, 128x64
-    assert len(scene.texture_names) == 5
-    assert scene.arrays["tex_texels"].shape[0] == 3 * 128 * 128 + 64 * 64 + 128 * 64
+    # five base colour images (glass is shared by two materials): three 128x128, 64x64, 128x64;
+    # and the 16x16 normal map and two metallic-roughness maps
+    assert len(scene.texture_names) == 8
+    assert scene.arrays["tex_texels"].shape[0] == 3 * 128 * 128 + 64 * 64 + 128 * 64 + 3 * 16 * 16
     settings = msgspec.structs.replace(scene.settings, width=48, height=48, spp=4, pass_spp=4)
     img = render_frame(renderer_for(scene), settings).image()
     # the same scene with every texture dropped renders differently

@@ -25,7 +25,8 @@ def test_import_dedupes_and_loads_back_exactly(tmp_path, cornell, big_textured):
     big = compile_scene(load_scene(big_textured))
     with ChunkStore(tmp_path / "store", durable=False) as store:
         first = import_scene(store, big)
-        assert big.arrays["tex_texels"].nbytes == 5 * 2048 * 1024 * 3
+        # 5 noise base colour images, and the 3 small metallic-roughness and normal maps
+        assert big.arrays["tex_texels"].nbytes == 5 * 2048 * 1024 * 3 + 3 * 16 * 16 * 3
         assert first.new_bytes == first.total_bytes > big.arrays["tex_texels"].nbytes
         again = import_scene(store, big)
         assert again.scene_id == first.scene_id and again.new_bytes == 0 and again.new_chunks == 0

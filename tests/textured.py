@@ -6,8 +6,8 @@ helmet-like toy on a stand: six glTF meshes drawn as seven (the lens is instance
 mirrored), one mesh with two primitives and two materials, a node tree with translation,
 rotation, non-uniform scale and a matrix, float, uint8 and uint16 indices, normalized uint16
 texture coordinates, five base colour textures (four PNG, one JPEG, one shared by two
-materials) and the features the loader reduces or ignores (metallicRoughnessTexture, normal and
-occlusion textures, alphaMode BLEND), as the Khronos FlightHelmet has them.
+materials) and the helmet's other slots (metallicRoughnessTexture, normal and occlusion
+textures, alphaMode BLEND), as the Khronos FlightHelmet has them.
 
 The committed copy in tests/data/textured_gltf/ is what `python tests/textured.py` writes.
 `texture_px=(W, H)` replaces each base colour image by seeded noise of that size (PNG, stored

@@ -76,8 +76,8 @@ def human_bytes(n: int) -> str:
 
 
 def backend_text(status: dict | None) -> Text:
-    """GPU, CPU, or "CPU (fell back: why)" in the warning colour; "starting" before the renderer
-    has said; "no renderer" for a client."""
+    """GPU, CPU, or "CPU (fell back)" in the warning colour ("CPU (GPU out of memory)" when a GPU
+    could not hold the scene); "starting" before the renderer has said; "client" for a client."""
     if not status:
         return Text("?", style="dim")
     if not status.get("renders", True):
@@ -85,7 +85,8 @@ def backend_text(status: dict | None) -> Text:
     if status.get("gpu") is None:
         return Text("starting", style="dim")
     if status.get("fell_back"):
-        return Text("CPU (fell back)", style="bold yellow")
+        why = "GPU out of memory" if status.get("fallback") == "gpu-oom" else "fell back"
+        return Text(f"CPU ({why})", style="bold yellow")
     return Text("GPU" if status.get("gpu") else "CPU", style="green" if status.get("gpu") else "")
 
 

@@ -125,7 +125,8 @@ class Presence:
             status = msgspec.structs.asdict(msg)
             before = p.statuses.get(author)
             p.statuses[author] = {**status, "t": round(time.time(), 3)}
-            if before is None or any(before[k] != status[k] for k in ("state", "backend", "fell_back")):
+            told = ("state", "backend", "fell_back", "fallback")  # a change of these is an event
+            if before is None or any(before[k] != status[k] for k in told):
                 p._event("peer-status", peer=author, **status)
         else:
             new = set(msg.scene_ids) - p.have_of.get(author, set())

@@ -8,7 +8,10 @@ How it works
     START_NOTE_S and gossiped in the peer's status (`on_state`).
   * `backend()` is what the work loop and the coordinator ask before rendering: the child's
     backend once it is up ("cpu"/"gpu", and its name). What it reported (the backend, a GPU, a
-    fallback and why) is kept here and read into the gossiped `Status` (`status_fields`).
+    fallback and why) is kept here and read into the gossiped `Status` (`status_fields`). A GPU
+    that runs out of memory later (on a job's scene) moves the render process to the CPU (until
+    it is restarted: a new one tries the GPU again): its state change (`on_state`) carries the new
+    backend, which is logged, sent as a "renderer" event with the reason, and gossiped at once.
   * `note(...)` counts a rendered unit and keeps the measured speed (Msamples/s), which the
     coordinators' schedules use; units that compiled kernels are left out of the speed.
 """
@@ -44,6 +47,7 @@ class Rendering:
         self.gpu: bool | None = None
         self.fell_back: bool | None = None
         self.reason = ""  # why the renderer runs where it does (a GPU fallback's cause)
+        self.fallback = ""  # the fallback's cause for programs: "no-gpu", "gpu-oom"
         self.error: str | None = None  # the last failure to start, for humans
         self.speed: float | None = None  # measured Msamples/s, once the renderer has run
         self.units = 0  # units rendered here
@@ -79,6 +83,8 @@ class Rendering:
         elif r.state == "stopped" and r.note.startswith("the renderer exited"):
             log.warning("%s; starting it again", r.note)
         self.peer._event("renderer-state", state=r.state, note=r.note)
+        if r.ready is not None:
+            self._take(r.ready)
         self.peer.presence.soon()
 
     async def backend(self) -> tuple[str, str]:
@@ -90,14 +96,23 @@ class Rendering:
         except RenderError as exc:
             self.error = str(exc)
             raise
-        changed = (self.gpu, self.fell_back) != (ready.is_gpu, ready.fell_back)
-        self.backend_name, self.gpu, self.fell_back = ready.backend, ready.is_gpu, ready.fell_back
-        self.reason = ready.reason[:REASON_CHARS_MAX]
-        if changed:
-            self.peer._event("renderer", backend=ready.backend, gpu=ready.is_gpu, fell_back=ready.fell_back,
-                             reason=ready.reason, threads=ready.threads, kernel_s=ready.kernel_s)  # fmt: skip
-            self.peer.presence.soon()
+        self._take(ready)
         return ("gpu" if ready.is_gpu else "cpu"), ready.backend
+
+    def _take(self, ready) -> None:
+        """What the render process reported (its start, or a later fallback): kept and told once."""
+        reason = ready.reason[:REASON_CHARS_MAX]
+        known = (self.gpu, self.fell_back, self.reason, self.fallback)
+        changed = known != (ready.is_gpu, ready.fell_back, reason, ready.cause)
+        self.backend_name, self.gpu, self.fell_back = ready.backend, ready.is_gpu, ready.fell_back
+        self.reason, self.fallback = reason, ready.cause
+        if changed:
+            if ready.cause == "gpu-oom":
+                log.warning("rendering on the CPU: %s", reason)
+            self.peer._event("renderer", backend=ready.backend, gpu=ready.is_gpu, fell_back=ready.fell_back,
+                             fallback=ready.cause, reason=ready.reason, threads=ready.threads,
+                             kernel_s=ready.kernel_s)  # fmt: skip
+            self.peer.presence.soon()
 
     def note(self, rendered, unit, settings) -> None:
         """A unit was rendered here: its speed (Msamples/s, units that compiled left out) is gossiped."""
@@ -116,6 +131,7 @@ class Rendering:
             "gpu": self.gpu,
             "units": self.units,
             "reason": self.reason,
+            "fallback": self.fallback,
             "renderer": r.state if r is not None else "",
             "renderer_note": r.note[:REASON_CHARS_MAX] if r is not None else "",
         }

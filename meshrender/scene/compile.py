@@ -2,7 +2,9 @@
 
 Steps: concatenate every mesh into one vertex and triangle list with global material ids;
 build the BVH over all triangles and reorder triangles into leaf order; pack materials,
-textures (uint8 sRGB texels, one flat array), emitters (triangles with a power CDF and each
+textures (uint8 texels, one flat array, an image stored once however many slots read it, and
+one `tex_refs` row per way a slot samples it: wrap modes, sRGB or linear, UV transform), the
+vertex tangents of normal-mapped meshes, emitters (triangles with a power CDF and each
 triangle's area-measure selection pdf), the environment (texels and the marginal/conditional
 tables of its bilinear luminance x sin(theta) density), the point, spot and directional lights
 (one row each, suns with a radius first, in a canonical order) with NEE's pick over the
@@ -20,6 +22,7 @@ import numpy as np
 
 from ..bvh import build_bvh
 from ..compiled import (
+    ALPHA_MODES,
     CAM_FOCUS_DIST,
     CAM_FORWARD,
     CAM_FOV_AXIS,
@@ -47,37 +50,78 @@ from ..compiled import (
     LIGHT_SPOT,
     LIGHT_STRIDE,
     LIGHT_SUN,
+    MAT_ALPHA,
+    MAT_ALPHA_CUTOFF,
+    MAT_ALPHA_MODE,
+    MAT_ALPHA_TEX,
     MAT_BASE,
     MAT_BASE_TEX,
     MAT_COAT_RINT,
     MAT_COAT_TABLE,
     MAT_EMIT,
+    MAT_EMIT_TEX,
     MAT_EMIT_TWO_SIDED,
     MAT_ETA,
     MAT_FRESNEL,
     MAT_IOR,
     MAT_K,
     MAT_KIND,
+    MAT_METALLIC,
+    MAT_MR_TEX,
+    MAT_NORMAL_SCALE,
+    MAT_NORMAL_TEX,
     MAT_ROUGHNESS,
     MAT_STRIDE,
     MAT_THIN,
     MAT_TWO_SIDED,
+    TEXREF_IMAGE,
+    TEXREF_SRGB,
+    TEXREF_STRIDE,
+    TEXREF_WRAP_S,
+    TEXREF_WRAP_T,
+    TEXREF_XFORM,
+    WRAPS,
     CompiledScene,
 )
 from ..errors import SceneError
 from .materials import coat_tables
-from .types import CameraDesc, EnvironmentDesc, LightDesc, LoadedScene, MaterialDesc, MeshData, TextureImage
+from .types import (
+    CameraDesc,
+    EnvironmentDesc,
+    LightDesc,
+    LoadedScene,
+    MaterialDesc,
+    MeshData,
+    TextureImage,
+    TextureSampler,
+)
 
 LUMINANCE = np.array([0.2126, 0.7152, 0.0722])  # Rec. 709 weights, for light power
 LIGHT_KINDS = ("point", "spot", "directional")
 LIGHTS_MAX = 100_000  # punctual lights per scene (scene.file's ENTRIES_MAX): a row each, a pick's search
 SPOT_CUTOFF_DEG_MAX = 180.0  # a spot of cutoff 180 lights every direction but its back axis
 SUN_RADIUS_DEG_MAX = 89.0  # a disc of directions below a hemisphere; the sun is 0.27
+SRGB_SLOTS = ("base_color", "emission")  # colour; the other slots hold linear data (glTF 2.0 3.9)
+MAT_TEX_SLOTS = {
+    "base_color": MAT_BASE_TEX,
+    "metallic_roughness": MAT_MR_TEX,
+    "normal": MAT_NORMAL_TEX,
+    "emission": MAT_EMIT_TEX,
+    "alpha": MAT_ALPHA_TEX,
+}
 
 
-def _material_row(mat: MaterialDesc, tex_index: int) -> np.ndarray:
-    """The material's MAT_STRIDE floats (layout in meshrender.compiled; models in kernels.bsdf)."""
+def _material_row(mat: MaterialDesc, tex_index: int, refs: dict[str, int] | None = None) -> np.ndarray:
+    """The material's MAT_STRIDE floats (layout in meshrender.compiled; models in kernels.bsdf).
+    `tex_index` is the base colour's tex_refs row, `refs` the other slots' (absent: none)."""
     row = np.zeros(MAT_STRIDE, np.float32)
+    for slot, col in MAT_TEX_SLOTS.items():
+        row[col] = (refs or {}).get(slot, -1)
+    row[MAT_METALLIC] = mat.metallic
+    row[MAT_NORMAL_SCALE] = mat.normal_scale
+    row[MAT_ALPHA_MODE] = ALPHA_MODES[mat.alpha_mode]
+    row[MAT_ALPHA_CUTOFF] = mat.alpha_cutoff
+    row[MAT_ALPHA] = mat.alpha
     row[MAT_KIND] = KINDS[mat.kind]
     row[MAT_BASE : MAT_BASE + 3] = mat.base_color
     row[MAT_BASE_TEX] = tex_index
@@ -97,14 +141,39 @@ def _material_row(mat: MaterialDesc, tex_index: int) -> np.ndarray:
     return row
 
 
-def _texture_u8(tex: TextureImage) -> np.ndarray:
+def _texture_u8(tex: TextureImage, srgb: bool = True) -> np.ndarray:
     px = tex.pixels
     if px.dtype == np.uint8:
         return px[..., :3]
-    # a float (linear) base-colour texture is stored sRGB-encoded like the others
     lin = np.clip(np.asarray(px[..., :3], np.float64), 0.0, 1.0)
+    if not srgb:  # a float data texture (e.g. a normal map from an EXR): stored linear
+        return np.round(lin * 255.0).astype(np.uint8)
+    # a float (linear) colour texture is stored sRGB-encoded like the others
     enc = np.where(lin <= 0.0031308, lin * 12.92, 1.055 * np.power(lin, 1 / 2.4) - 0.055)
     return np.round(enc * 255.0).astype(np.uint8)
+
+
+def _tex_ref_row(image: int, sampler: TextureSampler, srgb: bool) -> np.ndarray:
+    row = np.zeros(TEXREF_STRIDE, np.float32)
+    row[TEXREF_IMAGE] = image
+    row[TEXREF_WRAP_S] = WRAPS[sampler.wrap_s]
+    row[TEXREF_WRAP_T] = WRAPS[sampler.wrap_t]
+    row[TEXREF_SRGB] = 1.0 if srgb else 0.0
+    row[TEXREF_XFORM : TEXREF_XFORM + 6] = sampler.transform
+    return row
+
+
+def _emission_texture_mean(mat: MaterialDesc) -> np.ndarray:
+    """The emissive texture's mean linear colour (1 without one): NEE picks emitters by power."""
+    t = mat.emission_texture
+    if t is None:
+        return np.ones(3)
+    px = np.asarray(t.pixels[..., :3])
+    if px.dtype == np.uint8:
+        c = np.arange(256, dtype=np.float64) / 255.0
+        lut = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+        return lut[px].reshape(-1, 3).mean(axis=0)
+    return np.clip(px.astype(np.float64), 0.0, 1.0).reshape(-1, 3).mean(axis=0)
 
 
 def camera_array(cam: CameraDesc) -> np.ndarray:
@@ -243,15 +312,25 @@ def _mesh_digest(mesh: MeshData, tex_digest: dict[int, bytes]) -> bytes:
             a = np.ascontiguousarray(arr)
             h.update(f"{a.dtype.str}{a.shape}".encode())
             h.update(a.tobytes())
+    if mesh.tangents is not None:
+        h.update(np.ascontiguousarray(mesh.tangents, np.float32).tobytes())
     for m in mesh.materials:
-        t = m.base_color_texture
-        if t is not None and id(t) not in tex_digest:
-            px = np.ascontiguousarray(t.pixels)
-            tex_digest[id(t)] = blake3.blake3(f"{px.dtype.str}{px.shape}".encode() + px.tobytes()).digest()
-        tex = tex_digest[id(t)] if t is not None else b"-"
+        slots = m.textures()
+        for _slot, t in slots:
+            if id(t) not in tex_digest:
+                px = np.ascontiguousarray(t.pixels)
+                head = f"{px.dtype.str}{px.shape}".encode()
+                tex_digest[id(t)] = blake3.blake3(head + px.tobytes()).digest()
+        if [slot for slot, _ in slots] == ["base_color"]:
+            tex = tex_digest[id(slots[0][1])]  # as before glTF's other slots: the order stays
+        else:
+            tex = b"".join(slot.encode() + tex_digest[id(t)] for slot, t in slots) or b"-"
         desc = (m.kind, m.base_color, m.roughness, m.emission, m.two_sided_emission)
         if (m.kind, m.two_sided, m.fresnel, m.ior, m.thin) != ("diffuse", False, "schlick", 1.5, False):
             desc += (m.two_sided, m.fresnel, m.eta, m.k, m.ior, m.thin)  # Step 8's fields, when used
+        gltf = (m.metallic, m.normal_scale, m.alpha_mode, m.alpha_cutoff, m.alpha, sorted(m.samplers.items()))
+        if gltf != (0.0, 1.0, "opaque", 0.5, 1.0, []):
+            desc += gltf  # glTF's fields, when used
         h.update(repr(desc).encode() + tex)
     return h.digest()
 
@@ -267,30 +346,41 @@ def compile_scene(scene: LoadedScene) -> CompiledScene:
     if not scene.meshes:
         raise SceneError(scene.source, "the scene has no meshes")
     meshes = canonical_order(scene.meshes)
-    positions, normals, uvs, indices, tri_mat = [], [], [], [], []
+    positions, normals, uvs, indices, tri_mat, tangents = [], [], [], [], [], []
     materials: list[np.ndarray] = []
     material_names: list[str] = []
     textures: list[np.ndarray] = []
     texture_names: list[str] = []
-    tex_ids: dict[int, int] = {}  # id(TextureImage) -> index, so a shared texture is stored once
+    tex_ids: dict[tuple[int, bool], int] = {}  # (id(TextureImage), sRGB) -> image, stored once
+    ref_rows: list[np.ndarray] = []
+    ref_ids: dict[bytes, int] = {}  # a tex_refs row's bytes -> its index
     mat_ids: dict[int, int] = {}  # id(MaterialDesc) -> index
+    emit_scale: list[np.ndarray] = []  # per material: the emissive texture's mean colour
+    need_tangents = any(m.normal_texture is not None for mesh in meshes for m in mesh.materials)
     v_off = 0
     ranges = []
     for mesh in meshes:
         local_to_global = np.empty(len(mesh.materials), np.int32)
         for li, mat in enumerate(mesh.materials):
             if id(mat) not in mat_ids:
-                tex_index = -1
-                if mat.base_color_texture is not None:
-                    t = mat.base_color_texture
-                    if id(t) not in tex_ids:
-                        tex_ids[id(t)] = len(textures)
-                        textures.append(_texture_u8(t))
+                refs: dict[str, int] = {}
+                for slot, t in mat.textures():
+                    # a uint8 image is one array whatever its colour space; a float one is
+                    # encoded per space, so it is stored once per space it is read in
+                    srgb = slot in SRGB_SLOTS
+                    key = (id(t), srgb or t.pixels.dtype == np.uint8)
+                    if key not in tex_ids:
+                        tex_ids[key] = len(textures)
+                        textures.append(_texture_u8(t, srgb))
                         texture_names.append(t.name)
-                    tex_index = tex_ids[id(t)]
+                    row = _tex_ref_row(tex_ids[key], mat.samplers.get(slot, TextureSampler()), srgb)
+                    refs[slot] = ref_ids.setdefault(row.tobytes(), len(ref_rows))
+                    if refs[slot] == len(ref_rows):
+                        ref_rows.append(row)
                 mat_ids[id(mat)] = len(materials)
-                materials.append(_material_row(mat, tex_index))
+                materials.append(_material_row(mat, refs.get("base_color", -1), refs))
                 material_names.append(mat.name)
+                emit_scale.append(_emission_texture_mean(mat))
             local_to_global[li] = mat_ids[id(mat)]
         nv = len(mesh.positions)
         positions.append(np.asarray(mesh.positions, np.float32))
@@ -298,6 +388,9 @@ def compile_scene(scene: LoadedScene) -> CompiledScene:
             np.zeros((nv, 3), np.float32) if mesh.normals is None else np.asarray(mesh.normals, np.float32)
         )
         uvs.append(np.zeros((nv, 2), np.float32) if mesh.uvs is None else np.asarray(mesh.uvs, np.float32))
+        if need_tangents:
+            tan = mesh.tangents
+            tangents.append(np.zeros((nv, 4), np.float32) if tan is None else np.asarray(tan, np.float32))
         indices.append(np.asarray(mesh.indices, np.int64) + v_off)
         tri_mat.append(local_to_global[np.asarray(mesh.material_ids, np.int64)])
         ranges.append((v_off, nv))
@@ -313,7 +406,7 @@ def compile_scene(scene: LoadedScene) -> CompiledScene:
     tm = tm[bvh.order]
 
     mats = np.stack(materials).astype(np.float32)
-    emitters = _emitters(P, idx, tm, mats)
+    emitters = _emitters(P, idx, tm, mats, np.stack(emit_scale))
     environment = _environment(scene.environment, scene.source)
 
     if textures:
@@ -339,8 +432,10 @@ def compile_scene(scene: LoadedScene) -> CompiledScene:
         **emitters,
         "tex_texels": np.ascontiguousarray(texels, np.uint8),
         "tex_info": np.asarray(tex_info, np.int32).reshape(-1, 3),
+        "tex_refs": np.asarray(ref_rows, np.float32).reshape(-1, TEXREF_STRIDE),
+        "tangents": np.concatenate(tangents) if tangents else np.zeros((0, 4), np.float32),
         **environment,
-        **_lights(scene, P, idx, tm, mats, emitters, environment),
+        **_lights(scene, P, idx, tm, mats, emitters, environment, np.stack(emit_scale)),
         "camera": camera_array(scene.camera),
         "mesh_vertex_ranges": np.asarray(ranges, np.int32).reshape(-1, 2),
     }
@@ -365,9 +460,12 @@ def compile_scene(scene: LoadedScene) -> CompiledScene:
     )
 
 
-def _emitters(P: np.ndarray, idx: np.ndarray, tm: np.ndarray, mats: np.ndarray) -> dict[str, np.ndarray]:
-    """Emissive triangles, chosen for next-event estimation in proportion to their power."""
-    emit = mats[:, MAT_EMIT : MAT_EMIT + 3].astype(np.float64) @ LUMINANCE
+def _emitters(
+    P: np.ndarray, idx: np.ndarray, tm: np.ndarray, mats: np.ndarray, emit_scale: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Emissive triangles, chosen for next-event estimation in proportion to their power (an
+    emissive texture counts by its mean colour over the whole image)."""
+    emit = (mats[:, MAT_EMIT : MAT_EMIT + 3].astype(np.float64) * emit_scale) @ LUMINANCE
     tri_power_density = emit[tm]
     is_emitter = tri_power_density > 0
     tri_emit_pdf = np.zeros(len(idx), np.float32)
@@ -472,6 +570,7 @@ def _lights(
     mats: np.ndarray,
     emitters: dict[str, np.ndarray],
     env: dict[str, np.ndarray],
+    emit_scale: np.ndarray,
 ) -> dict[str, np.ndarray]:
     """The punctual lights' table and NEE's pick over the environment, the emissive triangles (as
     one group; `emit_cdf` chooses inside it by power) and each punctual light.
@@ -497,7 +596,8 @@ def _lights(
         area = 0.5 * np.linalg.norm(np.cross(p1 - p0, p2 - p0), axis=1)
         m = mats[tm[e_tris]].astype(np.float64)
         sides = 1.0 + (m[:, MAT_EMIT_TWO_SIDED] > 0)
-        tri_power = float(np.pi * np.sum(area * sides * (m[:, MAT_EMIT : MAT_EMIT + 3] @ LUMINANCE)))
+        le = m[:, MAT_EMIT : MAT_EMIT + 3] * emit_scale[tm[e_tris]]
+        tri_power = float(np.pi * np.sum(area * sides * (le @ LUMINANCE)))
     powers = np.array([_env_power(env, radius), tri_power, *(p for _, p in rows)], np.float64)
     if not math.isfinite(float(powers.sum())):
         problem = "the lights' total power overflows: an emission, intensity or environment is too large"

@@ -8,12 +8,17 @@ by the inverse transpose, winding flipped under a mirroring transform. Accessors
 numpy views over the buffer (any component type, normalized integers, byteStride, sparse
 substitution), each range checked against its bufferView and buffer first.
 
-Materials: baseColorFactor (x baseColorTexture, uint8 sRGB), metallic >= 0.5 is a conductor with
-the roughness, else diffuse; emissiveFactor x KHR_materials_emissive_strength is the emission;
-`doubleSided` (default false) is `two_sided`: a one-sided material's back side is black.
-A metallicRoughnessTexture or emissiveTexture cannot be applied per texel, so it is reduced to
-its mean, which keeps e.g. a leather material with a metal factor of 1 (the default) diffuse.
-KHR_texture_transform and texCoord sets are applied to each primitive's UVs.
+Materials are the `gltf` kind (kernels/bsdf.py: the spec's metallic-roughness BRDF): base colour
+factor x baseColorTexture (sRGB), metallic and roughness factors x metallicRoughnessTexture (B, G;
+linear) per texel in the kernel, normalTexture with its `scale` (tangents from TANGENT, else made
+by `tangent_frames`, a MikkTSpace-style generator), emissiveFactor x KHR_materials_emissive_strength
+x emissiveTexture (sRGB), alphaMode MASK (alphaCutoff) and BLEND (stochastic pass-through) with the
+base colour's alpha (factor x the image's alpha channel), KHR_materials_transmission (factor >= 0.5)
++ KHR_materials_ior as a dielectric: thin-walled as the extension says, unless KHR_materials_volume
+gives it a thickness; KHR_materials_ior alone sets the dielectric lobe's F0. Each slot keeps its
+sampler's wrap modes (repeat, clamp to edge, mirrored repeat) and its KHR_texture_transform; all
+filtering is bilinear. A primitive has one UV set (the base colour's texCoord, else the first
+slot's); slots asking for another are warned. `doubleSided` (default false) is `two_sided`.
 
 Anything that would render wrongly is a SceneError naming the file and the feature: required
 extensions we lack (Draco, meshopt, BasisU, ...), point/line modes, URIs with a scheme other
@@ -21,8 +26,8 @@ than `data:` (remote or `file:`). Files are read through `SceneFiles`: a buffer 
 that leads outside the scene's folder tree (absolute, `../`, a symlink) is refused. Budgets
 checked before allocating: the JSON's size and container count, each buffer's and all buffers'
 bytes, accessor counts (x stride within their bufferView), node depth and cycles. What can be
-rendered without (normal/occlusion maps, alpha, skins, morph targets, cameras, animations,
-punctual lights, other material extensions) is listed in `warnings`.
+rendered without (occlusion maps, skins, morph targets, cameras, animations, punctual lights,
+other material extensions, extensions only in extensionsUsed) is listed in `warnings`.
 
 The reader is our own rather than pygltflib: it is a hundred lines on top of msgspec, which
 validates every field we use with a precise path; pygltflib would be an extra dependency that
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import math
 import os
 import re
@@ -47,9 +53,9 @@ from msgspec import Meta, Struct
 
 from ..errors import MissingAssetsError, SceneError
 from .confine import SceneFiles
-from .images import TextureCache, decode_image_bytes, srgb_to_linear
+from .images import IMAGE_BYTES_MAX, TextureCache, decode_image_bytes
 from .obj import TRIS_MAX
-from .types import MaterialDesc, MeshData, TextureImage
+from .types import IDENTITY_UV, MaterialDesc, MeshData, TextureImage, TextureSampler
 
 GLB_MAGIC = b"glTF"
 GLB_JSON, GLB_BIN = 0x4E4F534A, 0x004E4942
@@ -63,7 +69,14 @@ ACCESSOR_COUNT_MAX = 1 << 28  # elements per accessor; 268M is far past TRIS_MAX
 NODE_DEPTH_MAX = 1024  # node trees deeper than this are cycles or machine-made garbage
 
 # Required extensions we implement; any other required one is refused.
-SUPPORTED_REQUIRED = {"KHR_materials_emissive_strength", "KHR_mesh_quantization", "KHR_texture_transform"}
+SUPPORTED_REQUIRED = {
+    "KHR_materials_emissive_strength",
+    "KHR_materials_ior",
+    "KHR_materials_transmission",
+    "KHR_materials_volume",
+    "KHR_mesh_quantization",
+    "KHR_texture_transform",
+}
 # Used (not required) extensions that change nothing we render, or that we apply.
 SILENT_EXTENSIONS = SUPPORTED_REQUIRED | {"KHR_materials_variants", "KHR_xmp_json_ld", "KHR_xmp"}
 
@@ -80,6 +93,15 @@ _MODES = {
     6: "TRIANGLE_FAN",
 }
 _WRAP_REPEAT = 10497
+_WRAPS = {10497: "repeat", 33071: "clamp", 33648: "mirror"}  # REPEAT, CLAMP_TO_EDGE, MIRRORED_REPEAT
+MATERIAL_EXTENSIONS = {  # material extensions applied (others are warned)
+    "KHR_materials_emissive_strength",
+    "KHR_materials_ior",
+    "KHR_materials_transmission",
+    "KHR_materials_volume",
+}
+TRANSMISSION_MIN = 0.5  # a transmissionFactor from here is glass (a dielectric); below, drawn opaque
+IOR_MAX = 10.0  # KHR_materials_ior allows [1, inf); no real material passes 4 (diamond is 2.42)
 
 Index = Annotated[int, Meta(ge=0)]
 Count = Annotated[int, Meta(ge=0)]
@@ -150,6 +172,7 @@ class _Texture(Struct):
 class _TextureInfo(Struct):
     index: Index
     texCoord: Count = 0
+    scale: float = 1.0  # normalTexture
     extensions: dict[str, Any] = {}
 
 
@@ -169,6 +192,7 @@ class _Material(Struct):
     emissiveTexture: _TextureInfo | None = None
     emissiveFactor: tuple[float, float, float] = (0.0, 0.0, 0.0)
     alphaMode: str = "OPAQUE"
+    alphaCutoff: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.5
     doubleSided: bool = False
     extensions: dict[str, Any] = {}
 
@@ -336,14 +360,13 @@ def _uri_path(uri: str, base: Path, src: str) -> Path | None:
 
 
 def _used_texture_infos(doc: _Doc) -> list[_TextureInfo]:
-    """Texture references whose images we read: base colour, metallic-roughness, emissive."""
+    """Texture references whose images we read: base colour, metallic-roughness, normal, emissive."""
     out = []
     for m in doc.materials:
         pbr = m.pbrMetallicRoughness
         if pbr is not None:
             out += [t for t in (pbr.baseColorTexture, pbr.metallicRoughnessTexture) if t is not None]
-        if m.emissiveTexture is not None:
-            out.append(m.emissiveTexture)
+        out += [t for t in (m.normalTexture, m.emissiveTexture) if t is not None]
     return out
 
 
@@ -379,7 +402,8 @@ class _Loader:
         self._notes: dict[str, int] = {}
         self._buffers: dict[int, bytes] = {}
         self._images: dict[int, TextureImage] = {}
-        self._materials: dict[int | None, tuple[MaterialDesc, int, np.ndarray | None]] = {}
+        self._materials: dict[int | None, tuple[MaterialDesc, int]] = {}
+        self._alphas: dict[int, TextureImage | None] = {}
         self._prims: dict[int, dict[bool, list]] = {}  # mesh index -> decoded primitives by "has normals"
 
     def note(self, what: str) -> None:
@@ -523,9 +547,10 @@ class _Loader:
                 name += " (flat)"
             mats: list[MaterialDesc] = []
             mat_slot: dict[int, int] = {}
-            P, N, UV, IDX, MID = [], [], [], [], []
+            P, N, UV, IDX, MID, TAN = [], [], [], [], [], []
             off = 0
-            for pos, nrm, uv, tris, mat in prims:
+            for pos, nrm, uv, tris, mat, tan in prims:
+                TAN.append(tan)
                 slot = mat_slot.setdefault(id(mat), len(mats))
                 if slot == len(mats):
                     mats.append(mat)
@@ -549,6 +574,16 @@ class _Loader:
                 uvs = np.concatenate(
                     [u if u is not None else np.zeros((len(p), 2)) for u, p in zip(UV, P, strict=True)]
                 ).astype(np.float32)
+            tangents = None
+            if any(t is not None for t in TAN):
+                t = np.concatenate(
+                    [t if t is not None else np.zeros((len(p), 4)) for t, p in zip(TAN, P, strict=True)]
+                )
+                xyz = t[:, :3] @ lin.T  # tangents follow the surface: the linear part itself
+                length = np.linalg.norm(xyz, axis=1, keepdims=True)
+                xyz = np.divide(xyz, length, out=np.zeros_like(xyz), where=length > 0)
+                w = t[:, 3:] * (1.0 if det > 0 else -1.0)  # a mirror flips the bitangent's side
+                tangents = np.concatenate([xyz, w], axis=1).astype(np.float32)
             out.append(
                 MeshData(
                     name=name,
@@ -558,6 +593,7 @@ class _Loader:
                     materials=mats,
                     normals=normals,
                     uvs=uvs,
+                    tangents=tangents,
                 )
             )
         return out
@@ -585,16 +621,14 @@ class _Loader:
             nrm = self._accessor(prim.attributes["NORMAL"], f"{what} NORMAL", ("VEC3",))
             if len(nrm) != nv:
                 raise SceneError(self.src, f"{what}: NORMAL has {len(nrm)} elements, POSITION has {nv}")
-        mat, uv_set, uv_xform = self._material(prim.material)
+        mat, uv_set = self._material(prim.material)
         uv = None
         key = f"TEXCOORD_{uv_set}"
         if key in prim.attributes:
             uv = self._accessor(prim.attributes[key], f"{what} {key}", ("VEC2",))
             if len(uv) != nv:
                 raise SceneError(self.src, f"{what}: {key} has {len(uv)} elements, POSITION has {nv}")
-            if uv_xform is not None:
-                uv = uv @ uv_xform[:2, :2].T + uv_xform[:2, 2]
-        elif mat.base_color_texture is not None:
+        elif mat.textures():
             self.note(f"textured material without {key} (texture sampled at uv 0,0)")
         if prim.indices is not None:
             idx = self._accessor(prim.indices, f"{what} indices", ("SCALAR",), (5121, 5123, 5125))
@@ -604,7 +638,20 @@ class _Loader:
         else:
             idx = np.arange(nv, dtype=np.int64)
         tris = self._triangles(idx, prim.mode, what)
-        return pos, nrm, uv, tris, mat
+        tan = None
+        if mat.normal_texture is not None:
+            if nrm is None or uv is None:
+                self.note("normalTexture on a primitive without NORMAL or TEXCOORD (not applied)")
+            elif "TANGENT" in prim.attributes:
+                tan = self._accessor(prim.attributes["TANGENT"], f"{what} TANGENT", ("VEC4",))
+                if len(tan) != nv:
+                    raise SceneError(self.src, f"{what}: TANGENT has {len(tan)} elements, POSITION has {nv}")
+                if not np.isfinite(tan).all():
+                    raise SceneError(self.src, f"{what}: TANGENT has values that are not finite")
+                tan[:, 3] = np.where(tan[:, 3] < 0, -1.0, 1.0)
+            else:
+                tan = tangent_frames(pos, nrm, uv, tris)
+        return pos, nrm, uv, tris, mat, tan
 
     def _triangles(self, idx: np.ndarray, mode: int, what: str) -> np.ndarray:
         n = len(idx)
@@ -737,8 +784,8 @@ class _Loader:
 
     # --- materials and images
 
-    def _material(self, i: int | None) -> tuple[MaterialDesc, int, np.ndarray | None]:
-        """(material, TEXCOORD set of its base colour texture, 3x3 UV transform or None), cached."""
+    def _material(self, i: int | None) -> tuple[MaterialDesc, int]:
+        """(material, the TEXCOORD set its primitives' UVs come from), cached."""
         got = self._materials.get(i)
         if got is not None:
             return got
@@ -749,62 +796,144 @@ class _Loader:
             m = _get(self.doc.materials, i, "material", self.src)
         name = m.name or f"material{i}"
         pbr = m.pbrMetallicRoughness or _Pbr()
-        metallic, roughness = pbr.metallicFactor, pbr.roughnessFactor
-        if pbr.metallicRoughnessTexture is not None:
-            mr = self._image_of(pbr.metallicRoughnessTexture, f"material '{name}' metallicRoughnessTexture")
-            px = mr.pixels.reshape(-1, 3)
-            scale = 255.0 if px.dtype == np.uint8 else 1.0
-            roughness *= float(px[:, 1].mean()) / scale  # linear data: G roughness, B metalness
-            metallic *= float(px[:, 2].mean()) / scale
-            self.note("metallicRoughnessTexture (reduced to its mean)")
-        tex, uv_set, xform = None, 0, None
-        if pbr.baseColorTexture is not None:
-            info = pbr.baseColorTexture
-            tex = self._image_of(info, f"material '{name}' baseColorTexture")
-            uv_set = info.texCoord
-            tt = info.extensions.get("KHR_texture_transform")
-            if tt is not None:
-                xform, uv_set = _texture_transform(tt, uv_set, self.src, name)
-            texture = _get(self.doc.textures, info.index, "texture", self.src)
-            if texture.sampler is not None:
-                s = _get(self.doc.samplers, texture.sampler, "sampler", self.src)
-                if s.wrapS != _WRAP_REPEAT or s.wrapT != _WRAP_REPEAT:
-                    self.note("clamped or mirrored texture wrap modes (textures repeat)")
+        exts = m.extensions
+        slots: dict[str, TextureImage] = {}
+        samplers: dict[str, TextureSampler] = {}
+        uv_sets: dict[str, int] = {}
+        infos = (
+            ("base_color", pbr.baseColorTexture, "baseColorTexture"),
+            ("metallic_roughness", pbr.metallicRoughnessTexture, "metallicRoughnessTexture"),
+            ("normal", m.normalTexture, "normalTexture"),
+            ("emission", m.emissiveTexture, "emissiveTexture"),
+        )
+        for slot, info, what in infos:
+            if info is None:
+                continue
+            slots[slot] = self._image_of(info, f"material '{name}' {what}")
+            samplers[slot], uv_sets[slot] = self._sampler(info, name)
+        uv_set = uv_sets.get("base_color", next(iter(uv_sets.values()), 0))
+        for u in uv_sets.values():
+            if u != uv_set:
+                self.note(f"texture slots reading different TEXCOORD sets (all read TEXCOORD_{uv_set})")
         emission = np.array(m.emissiveFactor, np.float64)
-        strength = m.extensions.get("KHR_materials_emissive_strength", {})
-        try:
-            emission *= float(strength.get("emissiveStrength", 1.0))
-        except (AttributeError, TypeError, ValueError):
-            raise SceneError(
-                self.src, f"material '{name}': malformed KHR_materials_emissive_strength"
-            ) from None
-        if m.emissiveTexture is not None and emission.max() > 0:
-            et = self._image_of(m.emissiveTexture, f"material '{name}' emissiveTexture")
-            emission *= srgb_to_linear(et.pixels).reshape(-1, 3).mean(axis=0)
-            self.note("emissiveTexture (reduced to its mean colour)")
-        for what, t in (("normalTexture", m.normalTexture), ("occlusionTexture", m.occlusionTexture)):
-            if t is not None:
-                self.note(f"{what} (ignored)")
-        if m.alphaMode != "OPAQUE":
-            self.note(f"alphaMode {m.alphaMode} (drawn opaque)")
-        for ext in m.extensions:
-            if ext not in SILENT_EXTENSIONS:
+        strength = _ext(exts, "KHR_materials_emissive_strength", self.src, name)
+        emission *= _number(strength, "emissiveStrength", 1.0, self.src, name, lo=0.0)
+        if emission.max() <= 0:
+            slots.pop("emission", None)
+        if not np.all(np.isfinite(emission)) or emission.min() < 0:
+            problem = f"emission {tuple(emission)} is not a finite colour >= 0"
+            raise SceneError(self.src, f"material '{name}': {problem}")
+        if m.occlusionTexture is not None:
+            self.note("occlusionTexture (ignored: a path tracer computes occlusion)")
+        alpha_mode = {"OPAQUE": "opaque", "MASK": "mask", "BLEND": "blend"}.get(m.alphaMode)
+        if alpha_mode is None:
+            problem = f"alphaMode {m.alphaMode!r} is not OPAQUE, MASK or BLEND"
+            raise SceneError(self.src, f"material '{name}': {problem}")
+        alpha_tex = None
+        if alpha_mode != "opaque" and pbr.baseColorTexture is not None:
+            alpha_tex = self._alpha_of(pbr.baseColorTexture, f"material '{name}' baseColorTexture")
+            if alpha_tex is not None:
+                samplers["alpha"] = samplers["base_color"]
+        for ext in exts:
+            if ext not in MATERIAL_EXTENSIONS and ext not in SILENT_EXTENSIONS:
                 self.note(f"material extension {ext} (ignored)")
+        metallic = float(min(max(pbr.metallicFactor, 0.0), 1.0))
+        roughness = float(min(max(pbr.roughnessFactor, 0.0), 1.0))
+        ior = _number(_ext(exts, "KHR_materials_ior", self.src, name), "ior", 1.5, self.src, name, lo=1.0)
+        if ior > IOR_MAX:
+            raise SceneError(self.src, f"material '{name}': KHR_materials_ior {ior} is above {IOR_MAX}")
+        tr = _ext(exts, "KHR_materials_transmission", self.src, name)
+        transmission = _number(tr, "transmissionFactor", 0.0, self.src, name, lo=0.0)
+        kind = "gltf"
+        thin = False
+        if transmission >= TRANSMISSION_MIN and metallic < 0.5:
+            kind = "dielectric"
+            volume = _ext(exts, "KHR_materials_volume", self.src, name)
+            thin = _number(volume, "thicknessFactor", 0.0, self.src, name, lo=0.0) <= 0.0
+            if "transmissionTexture" in tr:
+                self.note("transmissionTexture (the factor is used)")
+            if "metallic_roughness" in slots:
+                self.note("metallicRoughnessTexture on a transmissive material (the factors are used)")
+                slots.pop("metallic_roughness")
+            if thin and roughness > 0:
+                self.note("rough thin-walled transmission (drawn as a smooth pane)")
+            if volume and ("attenuationDistance" in volume or "attenuationColor" in volume):
+                self.note("KHR_materials_volume attenuation (ignored)")
+        elif transmission > 0:
+            self.note(f"transmissionFactor below {TRANSMISSION_MIN} (drawn opaque)")
+        if kind == "dielectric" and ior == 1.0:
+            ior = 1.0 + 1e-4  # an index of 1 is no interface at all; keep Fresnel defined
         mat = MaterialDesc(
             name=name,
-            kind="conductor" if metallic >= 0.5 else "diffuse",
+            kind=kind,
             base_color=(
                 float(pbr.baseColorFactor[0]),
                 float(pbr.baseColorFactor[1]),
                 float(pbr.baseColorFactor[2]),
             ),
-            base_color_texture=tex,
-            roughness=float(min(max(roughness, 0.0), 1.0)),
+            base_color_texture=slots.get("base_color"),
+            roughness=roughness,
             emission=(float(emission[0]), float(emission[1]), float(emission[2])),
             two_sided=m.doubleSided,  # glTF's default: one-sided, the back side black
+            ior=float(ior),
+            thin=thin,
+            metallic=metallic,
+            metallic_roughness_texture=slots.get("metallic_roughness"),
+            normal_texture=slots.get("normal"),
+            normal_scale=float(m.normalTexture.scale) if m.normalTexture is not None else 1.0,
+            emission_texture=slots.get("emission"),
+            alpha_mode=alpha_mode,
+            alpha_cutoff=float(m.alphaCutoff),
+            alpha=float(min(max(pbr.baseColorFactor[3], 0.0), 1.0)),
+            alpha_texture=alpha_tex,
+            samplers={k: v for k, v in samplers.items() if k in slots or k == "alpha"},
         )
-        self._materials[i] = got = (mat, uv_set, xform)
+        self._materials[i] = got = (mat, uv_set)
         return got
+
+    def _sampler(self, info: _TextureInfo, name: str) -> tuple[TextureSampler, int]:
+        """The slot's wrap modes and UV transform, and the TEXCOORD set it reads."""
+        texture = _get(self.doc.textures, info.index, "texture", self.src)
+        wrap_s = wrap_t = "repeat"
+        if texture.sampler is not None:
+            smp = _get(self.doc.samplers, texture.sampler, "sampler", self.src)
+            for what, v in (("wrapS", smp.wrapS), ("wrapT", smp.wrapT)):
+                if v not in _WRAPS:
+                    problem = f"{what} {v} is not a glTF wrap mode"
+                    raise SceneError(self.src, f"sampler {texture.sampler}: {problem}")
+            wrap_s, wrap_t = _WRAPS[smp.wrapS], _WRAPS[smp.wrapT]
+        uv_set, xform = info.texCoord, IDENTITY_UV
+        tt = info.extensions.get("KHR_texture_transform")
+        if tt is not None:
+            m3, uv_set = _texture_transform(tt, uv_set, self.src, name)
+            xform = tuple(float(x) for x in m3[:2].ravel())
+        return TextureSampler(wrap_s, wrap_t, xform), uv_set
+
+    def _alpha_of(self, info: _TextureInfo, what: str) -> TextureImage | None:
+        """The base colour image's alpha channel as a linear (H, W, 3) image, or None if it has none."""
+        texture = _get(self.doc.textures, info.index, "texture", self.src)
+        i = texture.source
+        assert i is not None  # _image_of refused a texture without a source
+        if i in self._alphas:
+            return self._alphas[i]
+        rgb = self._image_of(info, what)  # decoded and checked against the budgets already
+        img = _get(self.doc.images, i, "image", self.src)
+        if img.uri is not None and not img.uri.startswith("data:"):
+            p = _uri_path(img.uri, self.base, self.src)
+            assert p is not None
+            data = self.files.read(p, IMAGE_BYTES_MAX, "image file", self.src)
+        elif img.uri is not None:
+            data = _data_uri(img.uri, self.src, f"image {i}")
+        else:
+            buf, start, length, _ = self._view(img.bufferView, f"image {i}")  # type: ignore[arg-type]
+            data = buf[start : start + length]
+        alpha = _alpha_channel(data)
+        out = None
+        if alpha is not None and alpha.shape == rgb.pixels.shape[:2] and alpha.min() < 255:
+            out = TextureImage(f"{rgb.name}#alpha", np.ascontiguousarray(np.repeat(alpha[..., None], 3, 2)))
+            self.textures.add_pixels(out, self.src)
+        self._alphas[i] = out
+        return out
 
     def _image_of(self, info: _TextureInfo, what: str) -> TextureImage:
         texture = _get(self.doc.textures, info.index, "texture", self.src)
@@ -862,3 +991,83 @@ def _data_uri(uri: str, src: str, what: str) -> bytes:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise SceneError(src, f"{what}: data: URI is not valid base64") from None
+
+
+def _ext(exts: dict[str, Any], name: str, src: str, mat: str) -> dict[str, Any]:
+    """A material extension's object ({} when absent)."""
+    got = exts.get(name, {})
+    if not isinstance(got, dict):
+        raise SceneError(src, f"material '{mat}': {name} is not a JSON object")
+    return got
+
+
+def _number(obj: dict[str, Any], key: str, default: float, src: str, mat: str, lo: float) -> float:
+    v = obj.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < lo:
+        raise SceneError(src, f"material '{mat}': {key} {v!r} is not a number >= {lo}")
+    return float(v)
+
+
+def _alpha_channel(data: bytes) -> np.ndarray | None:
+    """The alpha channel of PNG/JPEG bytes already decoded once (so within every budget), or None."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as im:
+        if im.mode not in ("RGBA", "LA", "PA") and not (im.mode == "P" and "transparency" in im.info):
+            return None
+        return np.asarray(im.convert("RGBA"), np.uint8)[..., 3].copy()
+
+
+def tangent_frames(pos: np.ndarray, nrm: np.ndarray, uv: np.ndarray, tris: np.ndarray) -> np.ndarray:
+    """Per-vertex tangents (xyz, handedness w) for a normal map, following MikkTSpace's scheme:
+    each triangle's tangent dP/du (from its UV derivatives) is projected into every corner's
+    normal plane and summed with the corner's angle as weight; the bitangent's side w says
+    whether cross(N, T) points up the image (-dP/dv, glTF's v runs down). Unlike MikkTSpace it
+    does not split a vertex whose triangles disagree on w (a mirrored UV seam that shares
+    vertices): the sum decides. Degenerate UVs give any tangent perpendicular to the normal."""
+    with np.errstate(all="ignore"):  # a file's NaN or huge values: caught by the finiteness check below
+        out = _tangent_frames(pos, nrm, uv, tris)
+    bad = ~np.isfinite(out).all(axis=1)
+    out[bad] = (0.0, 0.0, 0.0, 1.0)  # no tangent: the kernel leaves such vertices' normals alone
+    return out
+
+
+def _tangent_frames(pos: np.ndarray, nrm: np.ndarray, uv: np.ndarray, tris: np.ndarray) -> np.ndarray:
+    p = pos[tris].astype(np.float64)  # (T, 3 corners, 3)
+    t = uv[tris].astype(np.float64)
+    n = nrm.astype(np.float64)
+    e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
+    d1, d2 = t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]
+    det = d1[:, 0] * d2[:, 1] - d2[:, 0] * d1[:, 1]
+    ok = np.abs(det) > 1e-20
+    inv = np.divide(1.0, det, out=np.zeros_like(det), where=ok)[:, None]
+    dpdu = (e1 * d2[:, 1:2] - e2 * d1[:, 1:2]) * inv
+    dpdv = (e2 * d1[:, 0:1] - e1 * d2[:, 0:1]) * inv
+    tan = np.zeros((len(pos), 3))
+    side = np.zeros(len(pos))
+    for c in range(3):
+        a = p[:, (c + 1) % 3] - p[:, c]
+        b = p[:, (c + 2) % 3] - p[:, c]
+        la, lb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+        cos = np.einsum("ij,ij->i", a, b) / np.maximum(la * lb, 1e-300)
+        angle = np.arccos(np.clip(cos, -1.0, 1.0)) * ok
+        v = tris[:, c]
+        nv = n[v]
+        tp = dpdu - nv * np.einsum("ij,ij->i", nv, dpdu)[:, None]
+        length = np.linalg.norm(tp, axis=1, keepdims=True)
+        tp = np.divide(tp, length, out=np.zeros_like(tp), where=length > 0)
+        np.add.at(tan, v, tp * angle[:, None])
+        up = -dpdv  # glTF's image "up": v decreasing
+        w = np.sign(np.einsum("ij,ij->i", np.cross(nv, tp), up))
+        np.add.at(side, v, w * angle)
+    tan -= n * np.einsum("ij,ij->i", n, tan)[:, None]
+    length = np.linalg.norm(tan, axis=1, keepdims=True)
+    bad = (length[:, 0] < 1e-12)
+    # any perpendicular for vertices with no usable UVs
+    helper = np.where(np.abs(n[:, :1]) < 0.9, [[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]])
+    alt = np.cross(n, helper)
+    alt_len = np.linalg.norm(alt, axis=1, keepdims=True)
+    alt = np.divide(alt, alt_len, out=np.zeros_like(alt), where=alt_len > 0)
+    tan = np.where(bad[:, None], alt, np.divide(tan, length, out=np.zeros_like(tan), where=length > 0))
+    w = np.where(side < 0, -1.0, 1.0)
+    return np.concatenate([tan, w[:, None]], axis=1)

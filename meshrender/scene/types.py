@@ -14,7 +14,7 @@ import numpy as np
 
 from ..settings import RenderSettings
 
-MaterialKind = Literal["diffuse", "conductor", "dielectric", "plastic"]
+MaterialKind = Literal["diffuse", "conductor", "dielectric", "plastic", "gltf"]
 Rgb = tuple[float, float, float]
 
 
@@ -24,6 +24,21 @@ class TextureImage:
 
     name: str
     pixels: np.ndarray
+
+
+Wrap = Literal["repeat", "clamp", "mirror"]
+IDENTITY_UV = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+@dataclass(frozen=True)
+class TextureSampler:
+    """How one material slot reads its image: wrap modes along u and v (glTF's sampler) and a
+    2x3 UV transform, u' = a u + b v + c, v' = d u + e v + f (KHR_texture_transform). Filtering
+    is always bilinear."""
+
+    wrap_s: Wrap = "repeat"
+    wrap_t: Wrap = "repeat"
+    transform: tuple[float, float, float, float, float, float] = IDENTITY_UV
 
 
 @dataclass
@@ -40,6 +55,14 @@ class MaterialDesc:
                   offset, two interfaces); `base_color` tints the transmission (1 = clear).
       plastic     a smooth or rough dielectric coat (`ior`, `roughness`) over a Lambert base of
                   `base_color` (Mitsuba's plastic/roughplastic).
+      gltf        glTF 2.0's metallic-roughness (its Appendix B): a GGX metal of F0 = base colour
+                  mixed by `metallic` with a dielectric GGX (F0 0.04) over Lambert; `roughness` and
+                  `metallic` are times the metallic-roughness texture's G and B per texel.
+    glTF's texture slots (any kind reads them; `samplers` maps a slot name, "base_color",
+    "metallic_roughness", "normal", "emission", "alpha", to its TextureSampler, default repeat):
+    base colour and emission textures are sRGB colour, the others linear data. `alpha_mode`
+    "mask" lets light through where alpha < `alpha_cutoff`, "blend" with probability 1 - alpha
+    (alpha = `alpha` x `alpha_texture`, the base colour image's alpha channel).
     `two_sided`: False (the default, as Mitsuba) leaves the back side of diffuse, conductor and
     plastic surfaces black; dielectrics are always two-sided (they have an inside).
     """
@@ -57,6 +80,27 @@ class MaterialDesc:
     k: Rgb = (0.0, 0.0, 0.0)  # conductor, fresnel "complex": imaginary part (extinction)
     ior: float = 1.5  # dielectric and plastic: interior over exterior index of refraction
     thin: bool = False  # dielectric only: a thin pane
+    metallic: float = 0.0  # gltf only
+    metallic_roughness_texture: TextureImage | None = None  # G roughness, B metallic (linear)
+    normal_texture: TextureImage | None = None  # tangent space, linear; the mesh needs uvs
+    normal_scale: float = 1.0
+    emission_texture: TextureImage | None = None  # sRGB, times `emission`
+    alpha_mode: Literal["opaque", "mask", "blend"] = "opaque"
+    alpha_cutoff: float = 0.5
+    alpha: float = 1.0
+    alpha_texture: TextureImage | None = None  # (H, W, 3) uint8, alpha in every channel
+    samplers: dict[str, TextureSampler] = field(default_factory=dict)
+
+    def textures(self) -> list[tuple[str, TextureImage]]:
+        """(slot, image) of every texture slot in use, in a fixed order."""
+        slots = (
+            ("base_color", self.base_color_texture),
+            ("metallic_roughness", self.metallic_roughness_texture),
+            ("normal", self.normal_texture),
+            ("emission", self.emission_texture),
+            ("alpha", self.alpha_texture),
+        )
+        return [(s, t) for s, t in slots if t is not None]
 
     @property
     def is_emissive(self) -> bool:
@@ -74,6 +118,7 @@ class MeshData:
     materials: list[MaterialDesc]
     normals: np.ndarray | None = None  # (V, 3) float32 shading normals; None: flat shading
     uvs: np.ndarray | None = None  # (V, 2) float32, glTF convention (v down from top-left)
+    tangents: np.ndarray | None = None  # (V, 4) float32: xyz and handedness w, for normal maps
 
 
 @dataclass
