@@ -62,6 +62,7 @@ START_STALL_S = 60.0  # no message and no CPU time used for this long while star
 START_MAX_S = 1800.0  # alive but still not ready after this (a compile looping forever): give up
 LIFE_POLL_S = 1.0  # how often a starting child's CPU time is read
 CHILD_BEAT_S = 1.0  # a starting child says "still at it" this often (when its GIL lets it)
+PERSIST_AFTER_S = 5.0  # a warm-up this long compiled (a cache load takes ~1 s): write the cache at once
 START_NOTE_S = 10.0  # a long start is reported (on_state) this often: progress the user can see
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # wait before the Nth start in a row after failures
 SLOW_START_ENV = "MESHRENDER_RENDERER_SLOW_START_S"  # test hook: the child idles this long before starting
@@ -223,7 +224,7 @@ def _child(store_root: str, backend: str, threads: int) -> int:
     slow = os.environ.get(SLOW_START_ENV)
     if slow:
         time.sleep(float(slow))
-    from kernels.backend import BackendError, current_backend, init_backend
+    from kernels.backend import BackendError, current_backend, init_backend, persist_kernel_cache
 
     from .render import Renderer
     from .store.chunkstore import ChunkStore, StoreError
@@ -241,6 +242,12 @@ def _child(store_root: str, backend: str, threads: int) -> int:
     beats.cold = _cache_is_empty()
     beats.say("compiling kernels")
     kernel_s = _warm_kernel(backend, threads)
+    if kernel_s > PERSIST_AFTER_S:  # it compiled: write the cache now, this child may be killed
+        try:
+            persist_kernel_cache()
+            kernel_s += _warm_kernel(backend, threads)  # loads what was just written
+        except BackendError as exc:
+            log.warning("could not write the kernel cache: %s", exc)
     info = current_backend() or info  # warming may have run out of GPU memory and moved to the CPU
     beats.finish(Ready(backend=info.name, is_gpu=info.is_gpu, fell_back=info.fell_back, reason=info.reason,
                        threads=info.threads, kernel_s=kernel_s, cause=info.cause))  # fmt: skip

@@ -20,6 +20,35 @@ BIG_TEXTURE_PX = (2048, 1024)  # noise base colour textures: 5 x 6 MiB of texels
 os.environ.setdefault("MESHRENDER_CACHE", str(REPO / ".pytest_cache" / "meshrender"))
 
 
+# The thread counts the suite's renderers run with: in this process (0, Taichi's default) and in
+# its peers and CLI runs (--threads 1). Taichi keys its kernel cache by thread count and writes
+# it only when a runtime ends cleanly, so each is compiled once, up front, by a process that exits.
+WARM_THREADS = (0, 1)
+WARM = """
+import sys
+from meshrender.render import Renderer
+from meshrender.scene.compile import compile_scene
+from meshrender.scene.load import load_scene
+Renderer(compile_scene(load_scene("cornell")), backend="cpu", threads=int(sys.argv[1])).warm_up()
+"""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_kernel_cache():
+    """Compile the kernel into the shared test cache before any test: a cold compile takes
+    minutes on 2 cores, and peers started at once would each compile it (and be killed before
+    writing it) while their tests wait on them."""
+    import subprocess
+    import sys
+
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WARM, str(t)], cwd=REPO, stdout=subprocess.DEVNULL)
+        for t in WARM_THREADS
+    ]
+    for p in procs:
+        p.wait(timeout=1800)
+
+
 def write(tmp_path: Path, name: str, text: str) -> Path:
     """Write a text file under tmp_path (creating folders); returns its path."""
     p = tmp_path / name
