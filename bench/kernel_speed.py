@@ -221,7 +221,10 @@ def main() -> int:
     ap.add_argument("--spp", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", nargs="*", default=None, help="cornell, bunny, bunny_1m, glass (default: all)")
-    ap.add_argument("--mitsuba-python", default="/work/mitsuba-venv/bin/python")
+    ap.add_argument("--mitsuba-python", help="a Python with mitsuba 3.9.1 (default: "
+                    "$MESHRENDER_MITSUBA_PYTHON, else ../mitsuba-venv/bin/python beside the checkout)",
+                    default=os.environ.get("MESHRENDER_MITSUBA_PYTHON",
+                                           str(REPO.parent / "mitsuba-venv" / "bin" / "python")))  # fmt: skip
     ap.add_argument("--libllvm", default="/usr/lib/x86_64-linux-gnu/libLLVM-19.so")
     ap.add_argument("--no-compile-times", action="store_true", help="skip the cold/warm kernel compile")
     args = ap.parse_args()

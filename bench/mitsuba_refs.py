@@ -11,10 +11,10 @@ Mitsuba's own 64-spp noise, which tests/test_scene_mitsuba.py holds meshrender t
 JSON also records the RGB eta/k Mitsuba uses for its conductor presets and the IORs of its
 named dielectrics, so the importer's tables can be checked against the renderer they mimic.
 
-    python3 -m venv /work/mitsuba-venv && /work/mitsuba-venv/bin/pip install mitsuba==3.9.1 numpy
+    python3 -m venv ../mitsuba-venv && ../mitsuba-venv/bin/pip install mitsuba==3.9.1 numpy
     apt-get install -y libllvm19
     DRJIT_LIBLLVM_PATH=/usr/lib/x86_64-linux-gnu/libLLVM-19.so \\
-        /work/mitsuba-venv/bin/python bench/mitsuba_refs.py [--ref-spp 4096] [--only NAME ...]
+        ../mitsuba-venv/bin/python bench/mitsuba_refs.py [--ref-spp 4096] [--only NAME ...]
 """
 
 from __future__ import annotations
