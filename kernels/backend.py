@@ -104,6 +104,11 @@ def _try_init(ti, arch, threads: int) -> str:
         offline_cache_file_path=str(kernel_cache_dir()),
         # bit-identical sums need IEEE arithmetic the compiler may not reassociate
         fast_math=False,
+        # Taichi's own IR optimiser (CSE, store forwarding, ...) spent 90 of the 93 s a cold
+        # compile of the path tracer took on 2 cores, and bought nothing LLVM's passes do not:
+        # without it the compile takes 3.7 s and the kernel runs as fast (Cornell box 1.45 vs
+        # 1.44 Msamples/s, bunny in the box 0.95 vs 0.93: issue 16's closing note has the runs)
+        advanced_optimization=False,
         log_level=ti.ERROR,
         default_fp=ti.f32,
         default_ip=ti.i32,
@@ -123,6 +128,28 @@ def _try_init(ti, arch, threads: int) -> str:
     return ti.lang.impl.current_cfg().arch.name
 
 
+def _cheap_source_positions() -> None:
+    """Give Taichi's AST transformer a cheap source position for every node it visits.
+
+    Taichi 1.7.4 turns the whole kernel's Python AST into its IR on every process start, even
+    when the compiled kernel then comes from the offline cache (the cache key is a hash of that
+    IR), and for each AST node it first formats a caret-underlined, textwrap-ed excerpt of the
+    source line, kept in case the node fails to compile. For the path tracer that was 0.6 of
+    the 1.8 s a warm start took (issue 16's note). A kernel that fails to compile still gets
+    the file, line and function in its error; only the underline goes."""
+    from taichi.lang.ast import ast_transformer_utils as atu
+
+    ctx = atu.ASTTransformerContext
+    if getattr(ctx.get_pos_info, "_meshrender", False):
+        return
+
+    def get_pos_info(self, node) -> str:
+        return f'File "{self.file}", line {node.lineno + self.lineno_offset}, in {self.func.func.__name__}:\n'
+
+    get_pos_info._meshrender = True
+    ctx.get_pos_info = get_pos_info
+
+
 def init_backend(requested: str = "auto", threads: int = 0) -> BackendInfo:
     """Start Taichi once per process for (requested, threads); later calls return the same info."""
     global _current, _current_key
@@ -133,6 +160,7 @@ def init_backend(requested: str = "auto", threads: int = 0) -> BackendInfo:
         return _current
     import taichi as ti
 
+    _cheap_source_positions()
     if _current is not None:
         ti.reset()
     t0 = time.perf_counter()
@@ -186,7 +214,7 @@ def persist_kernel_cache() -> BackendInfo | None:
     clean interpreter exit), and the cache key includes the thread count. A render child is
     killed when it is stopped (a cancelled unit, its peer shutting down), so a child that
     compiled cold left nothing behind and the next child compiled again: with Step 8's kernel
-    that is 100+ s per peer start on 2 cores. A reset and a reload from the cache cost about a
+    that was 100+ s per peer start on 2 cores, 4 s since. A reset and a reload from the cache cost about a
     second and a half, once per cold compile."""
     global _current
     info = _current

@@ -276,9 +276,9 @@ def intersect(
     any_hit: ti.i32,
 ):
     """Closest hit along o + t d for t in (0, t_max); with any_hit != 0, stop at the first one.
-    Every call site inlines the whole traversal (Taichi inlines ti.funcs), and each one costs
-    the kernel's compile seconds: the bounce loop keeps one for its path ray and one for its
-    shadow ray (any_hit is a runtime flag so the shadow ray's alpha walk can share it)."""
+    Every call site inlines the whole traversal (Taichi inlines ti.funcs) and adds to the
+    kernel's compile time: the bounce loop keeps one for its path ray and one for its shadow
+    ray (any_hit is a runtime flag so the shadow ray's alpha walk can share it)."""
     hit = Hit(t=t_max, u=0.0, v=0.0, tri=-1)
     inv_d = safe_inv(d)
     stack = ti.Vector([0] * STACK_DEPTH, dt=ti.i32)

@@ -104,3 +104,21 @@ def test_cornell_matches_mitsuba_reference(cornell, renderer_for):
     assert np.all(np.abs(mean / ref_mean - 1) < 0.01), (mean, ref_mean)
     rmse = float(np.sqrt(np.mean((img - ref) ** 2)))
     assert rmse <= 0.025, rmse
+
+
+def test_a_kernel_that_fails_to_compile_still_names_its_file_and_line(renderer_for, cornell):
+    """kernels.backend trims Taichi's per-node source excerpts (a warm start's cost): an error
+    in a kernel must still say where it is."""
+    import taichi as ti
+
+    renderer_for(cornell)  # the CPU backend is up, with the trimmed positions
+
+    @ti.kernel
+    def broken():  # no annotations: this file's are strings (from __future__)
+        x = undefined_name_here  # noqa: F821, F841
+
+    with pytest.raises(Exception) as err:
+        broken()
+    text = str(err.value)
+    assert "test_render.py" in text and "line" in text and "broken" in text
+    assert "undefined_name_here" in text
