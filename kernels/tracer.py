@@ -240,11 +240,12 @@ def tri_vertices(positions: ti.template(), indices: ti.template(), tri: ti.i32):
 
 
 @ti.func
-def tri_hit(positions: ti.template(), indices: ti.template(), tri: ti.i32, o: vec3, d: vec3):
-    """Möller–Trumbore, two-sided. Returns (t, u, v); t = inf on a miss."""
-    p0, p1, p2 = tri_vertices(positions, indices, tri)
-    e1 = p1 - p0
-    e2 = p2 - p0
+def tri_hit(tri_pe: ti.template(), tri: ti.i32, o: vec3, d: vec3):
+    """Möller–Trumbore, two-sided, on the triangle's row of tri_pe (p0, p1 - p0, p2 - p0: the
+    host's float32 differences are the kernel's, bit for bit). Returns (t, u, v); t = inf on a miss."""
+    p0 = vec3(tri_pe[tri, 0], tri_pe[tri, 1], tri_pe[tri, 2])
+    e1 = vec3(tri_pe[tri, 3], tri_pe[tri, 4], tri_pe[tri, 5])
+    e2 = vec3(tri_pe[tri, 6], tri_pe[tri, 7], tri_pe[tri, 8])
     pv = d.cross(e2)
     det = e1.dot(pv)
     t = ti.math.inf
@@ -266,8 +267,7 @@ def tri_hit(positions: ti.template(), indices: ti.template(), tri: ti.i32, o: ve
 
 @ti.func
 def intersect(
-    positions: ti.template(),
-    indices: ti.template(),
+    tri_pe: ti.template(),
     bounds: ti.template(),
     links: ti.template(),
     o: vec3,
@@ -291,7 +291,7 @@ def intersect(
         if count > 0:
             first = links[node, 0]
             for k in range(first, first + count):
-                t, u, v = tri_hit(positions, indices, k, o, d)
+                t, u, v = tri_hit(tri_pe, k, o, d)
                 if t < hit.t:
                     hit.t = t
                     hit.u = u
@@ -506,6 +506,7 @@ def render_rect(
     materials: F32_2D,
     bvh_bounds: F32_2D,
     bvh_links: I32_2D,
+    tri_pe: F32_2D,
     emit_tri: I32_1D,
     emit_cdf: F32_1D,
     tri_emit_pdf: F32_1D,
@@ -571,7 +572,7 @@ def render_rect(
                 t_a = 0.0
                 n_skip = 0
                 while True:
-                    hit = intersect(positions, indices, bvh_bounds, bvh_links, o_a, rd, ti.math.inf, 0)
+                    hit = intersect(tri_pe, bvh_bounds, bvh_links, o_a, rd, ti.math.inf, 0)
                     hit.t += t_a
                     if hit.tri < 0 or n_skip >= ALPHA_SKIPS_MAX:
                         break
@@ -756,7 +757,7 @@ def render_rect(
                         any_hit = 1
                         while True:
                             sh = intersect(
-                                positions, indices, bvh_bounds, bvh_links, o_s, d_sh, t_left, any_hit
+                                tri_pe, bvh_bounds, bvh_links, o_s, d_sh, t_left, any_hit
                             )
                             if sh.tri < 0:
                                 break
