@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--seed", type=int, default=0, help="the run's seed (the same seed replays it exactly)")
     sm.add_argument("--out", metavar="DIR", help="write timeline.png and metrics.json here")
     sm.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    tl = sub.add_parser("timeline", help="draw a finished job's per-peer timeline (PNG) from its job.json")
+    tl.add_argument("job", metavar="RESULTS_DIR_OR_JOB_JSON", help="a job's results folder, or its job.json")
+    tl.add_argument("-o", "--output", metavar="PNG", help="where to write it (default: timeline.png beside)")
+    tl.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return p
 
 
@@ -443,6 +447,27 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_timeline(args: argparse.Namespace) -> int:
+    """Draw a real job's timeline from its job.json: the same figure as `sim --out` draws."""
+    from .timeline import draw, read_job_json, timeline_from_job
+
+    src = Path(args.job)
+    job_json = src / "job.json" if src.is_dir() else src
+    try:
+        tl = timeline_from_job(read_job_json(job_json), source=str(job_json))
+    except ValueError as exc:
+        raise MeshrenderError(str(exc)) from None
+    path = draw(tl, args.output or job_json.with_name("timeline.png"))
+    out = {"timeline": str(path), "peers": len(tl.rows), "units": sum(len(r.bars) for r in tl.rows),
+           "frame_s": tl.frame_s, "ideal_s": tl.ideal_s}  # fmt: skip
+    if args.json:
+        print(json.dumps(out))
+    else:
+        ideal = "" if tl.ideal_s is None else f" (ideal {tl.ideal_s:.2f} s)"
+        print(f"{path}: {out['units']} units on {out['peers']} peers, frame {tl.frame_s:.2f} s{ideal}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -711,6 +736,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_demo(args)
         if args.command == "sim":
             return cmd_sim(args)
+        if args.command == "timeline":
+            return cmd_timeline(args)
         if args.command == "submit":
             return cli_jobs.cmd_submit(args, _settings)
         if args.command in ("jobs", "cancel", "results"):

@@ -724,31 +724,46 @@ class JobRun:
             denoised = (denoised_path(exr, ".exr"), denoised_path(exr, ".png"))
             written += [str(p) for p in denoised if p.exists()]
         record = self.db.get(self.job_id)
-        provenance = {
-            "job_id": self.job_id,
-            "scene_id": spec.scene_id,
-            "settings": msgspec.to_builtins(spec.settings),
-            "frames": [spec.first_frame, spec.last_frame],
-            "backend_class": self.backend,
-            "coordinator": self.peer.peer_id,
-            "submitted_s": record.submitted_s,
-            "started_s": record.started_s,
-            "finished_s": time.time(),
-            "units_by_peer": dict(Counter(r.peer for recs in by_frame.values() for r in recs)),
-            "units": [
-                {
-                    **msgspec.to_builtins(r.unit),
-                    "peer": r.peer,
-                    "backend": r.backend,
-                    "seconds": round(r.seconds, 4),
-                    "at_s": round(r.at_s, 3),
-                    "chunk": r.chunk,
-                }  # fmt: skip
-                for recs in by_frame.values()
-                for r in recs
-            ],
-            "outputs": written,
-            "leases": [{"t_s": t, "peer": p, "units": n} for t, p, n in self.lease_log],
-        }
+        provenance = job_provenance(
+            self.job_id, spec, backend_class=self.backend, coordinator=self.peer.peer_id,
+            submitted_s=record.submitted_s, started_s=record.started_s,
+            results=[r for recs in by_frame.values() for r in recs], outputs=written,
+            lease_log=self.lease_log, finished_s=time.time(),
+        )  # fmt: skip
         write_json(out / "job.json", provenance)
         return written + [str(out / "job.json")]
+
+
+def job_provenance(job_id: str, spec: JobSpec, *, backend_class: str, coordinator: str,
+                   submitted_s: float, started_s: float | None, results: list[UnitRecord],
+                   outputs: list[str], lease_log: list[tuple[float, str, int]],
+                   finished_s: float) -> dict:  # fmt: skip
+    """What `job.json` holds (`meshrender.timeline` reads it back). Times: `submitted_s`,
+    `started_s` (kept by a resume), `finished_s` and each unit's `at_s` (when the coordinator
+    accepted it) are wall-clock epoch seconds; a unit's `seconds` is its render time as its worker
+    measured it; a lease's `t_s` is seconds from when this run of the coordinator began leasing."""
+    return {
+        "job_id": job_id,
+        "scene_id": spec.scene_id,
+        "settings": msgspec.to_builtins(spec.settings),
+        "frames": [spec.first_frame, spec.last_frame],
+        "backend_class": backend_class,
+        "coordinator": coordinator,
+        "submitted_s": submitted_s,
+        "started_s": started_s,
+        "finished_s": finished_s,
+        "units_by_peer": dict(Counter(r.peer for r in results)),
+        "units": [
+            {
+                **msgspec.to_builtins(r.unit),
+                "peer": r.peer,
+                "backend": r.backend,
+                "seconds": round(r.seconds, 4),
+                "at_s": round(r.at_s, 3),
+                "chunk": r.chunk,
+            }  # fmt: skip
+            for r in results
+        ],
+        "outputs": outputs,
+        "leases": [{"t_s": t, "peer": p, "units": n} for t, p, n in lease_log],
+    }

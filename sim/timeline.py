@@ -1,51 +1,52 @@
-"""The per-peer timeline of a simulated run as a PNG: one row per peer (the first ROWS_MAX when
-there are more), time left to right; each unit a bar in its peer class's colour (a wrong result in
-red), a peer's departure a black mark, a frozen stretch grey, fetching the scene a thin light
-band along the row's foot."""
+"""The per-peer timeline of a simulated run: the same figure as a real job's (`meshrender.timeline`).
+
+`timeline_from_sim(sim)` reads what the run recorded: each peer's unit bars (a wrong result
+marked), the leases the coordinator granted it (the trace), its frozen stretches, when it joined
+late or left, its scene fetch (scenarios with a [scene]), and the run's frame time against the
+ideal (`Sim.ideal_s`). `draw_timeline(sim, path)` writes it as a PNG; peer 0 is the coordinator.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-import numpy as np
+from meshrender.timeline import Bar, Row, Span, Timeline, draw
 
-ROWS_MAX = 256  # peers drawn; a bigger party's picture shows its first ones
-WIDTH_PX = 1200
-ROW_PX_MAX, HEIGHT_PX = 24, 600  # rows shrink to fit a big party in the picture (4 px at least)
-PALETTE = [(66, 133, 244), (52, 168, 83), (251, 188, 5), (171, 71, 188), (0, 172, 193), (255, 112, 67)]
-LIE = (234, 67, 53)
-FETCH = (150, 200, 255)
+
+def timeline_from_sim(sim) -> Timeline:
+    end = sim.done_at if sim.done_at is not None else sim.now
+    leases: dict[str, list[float]] = {}
+    for t, _kind, peer, _lease_id in sim.trace_leases:
+        leases.setdefault(peer, []).append(t)
+    dist = sim.dist
+    rows = []
+    for p in sim.peers.values():
+        fetches = []
+        if dist is not None:
+            if p.name in dist.finished:
+                fetches.append(Span(*dist.finished[p.name]))
+            if p.name in dist.fetches:  # still fetching when the run ended
+                fetches.append(Span(dist.fetches[p.name].started, None))
+        rows.append(Row(
+            peer=p.name, cls=p.cls,
+            bars=tuple(Bar(start, stop, bool(lie)) for start, stop, _unit, lie in p.bars),
+            leases=tuple(leases.get(p.name, ())),
+            fetches=tuple(fetches),
+            freezes=tuple(Span(a, b) for a, b in p.frozen_spans),
+            joined_s=p.joined_at if p.joined_at > 0 else None,
+            left_s=p.left_at,
+            coordinator=p.name == "p0",
+        ))  # fmt: skip
+    ideal = sim.ideal_s()
+    return Timeline(
+        title=f"simulated {sim.scenario.name} (seed {sim.seed}): {len(sim.cost)} units",
+        rows=tuple(rows),
+        end_s=end,
+        frame_s=sim.done_at,
+        ideal_s=ideal if math.isfinite(ideal) else None,
+    )
 
 
 def draw_timeline(sim, path: str | Path) -> Path:
-    from PIL import Image
-
-    peers = list(sim.peers.values())[:ROWS_MAX]
-    end = max([sim.done_at or sim.now, 1e-9])
-    classes = sorted({p.cls for p in peers})
-    row_px = max(4, min(ROW_PX_MAX, HEIGHT_PX // max(len(peers), 1)))
-    img = np.full((len(peers) * row_px + 2, WIDTH_PX, 3), 255, np.uint8)
-
-    def x(t: float) -> int:
-        return min(WIDTH_PX - 1, max(0, int(t / end * (WIDTH_PX - 1))))
-
-    for row, p in enumerate(peers):
-        y0, y1 = row * row_px + 1, row * row_px + row_px - 1
-        colour = PALETTE[classes.index(p.cls) % len(PALETTE)]
-        dist = sim.dist
-        if dist is not None:
-            started, done = dist.finished.get(p.name, (None, None))
-            if started is None and p.name in dist.fetches:
-                started, done = dist.fetches[p.name].started, end
-            if started is not None:
-                img[y1 - max(1, row_px // 4) : y1, x(started) : x(done) + 1] = FETCH
-        for start, stop in p.frozen_spans:
-            img[y0:y1, x(start) : x(end if stop is None else stop) + 1] = (190, 190, 190)
-        for start, stop, _unit, lie in p.bars:
-            img[y0:y1, x(start) : max(x(stop), x(start) + 1)] = LIE if lie else colour
-        if p.left_at is not None:
-            img[y0 - 1 : y1 + 1, x(p.left_at) : x(p.left_at) + 2] = (0, 0, 0)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(img, "RGB").save(path, format="PNG")
-    return path
+    return draw(timeline_from_sim(sim), path)
