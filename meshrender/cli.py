@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     _party_args(peer)
     peer.add_argument("--json", action="store_true", help="one JSON line per event on stdout")
     _peer_args(peer)
+    from .web.addr import WEB_PORT_DEFAULT, parse_web_addr
+
+    web_help = (f"serve the web page here (default 127.0.0.1:{WEB_PORT_DEFAULT}, or any free port when that "
+                "one is taken; :0 for any); a non-loopback address asks for the party secret")  # fmt: skip
+    peer.add_argument("--web", type=parse_web_addr, metavar="HOST:PORT", help=web_help)
+    peer.add_argument("--no-web", action="store_true", help="serve no web page")  # fmt: skip
 
     for sp in ss.choices.values():
         sp.add_argument("--home", help="peer state folder (default $MESHRENDER_HOME)")
@@ -202,6 +208,7 @@ def cmd_peer(args: argparse.Namespace) -> int:
     from .home import meshrender_home
     from .local import socket_path
     from .node import Peer, read_secret
+    from .web.addr import WEB_PORT_DEFAULT
 
     secret = read_secret(args.secret, args.secret_file)
     warn_weak_secret(secret)
@@ -216,8 +223,8 @@ def cmd_peer(args: argparse.Namespace) -> int:
 
     peer = Peer(home=home, party=args.party, secret=secret, listen=args.listen,
                 bootstrap=args.bootstrap, on_event=show, backend=args.backend, threads=args.threads,
-                mdns=args.mdns, run_queue=True, verify=args.verify,
-                local_socket=socket_path(home))  # fmt: skip
+                mdns=args.mdns, run_queue=True, verify=args.verify, local_socket=socket_path(home),
+                web=None if args.no_web else args.web or ("127.0.0.1", WEB_PORT_DEFAULT))  # fmt: skip
 
     async def main():
         async with trio.open_nursery() as n:

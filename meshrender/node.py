@@ -20,6 +20,7 @@ How it works
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import time
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import msgspec
 import trio
+from blake3 import blake3
 from libp2p.abc import INotifee
 from libp2p.custom_types import TProtocol
 
@@ -155,6 +157,7 @@ class Peer:
         verify: float = 0.0,
         local_socket: Path | None = None,
         render_log: Path | None = None,
+        web: tuple[str, int] | None = None,
     ):
         if not party:
             raise PeerError("a party needs a name")
@@ -173,7 +176,9 @@ class Peer:
         self.watchers: list[Callable[[dict], None]] = []  # local status-socket readers (meshrender.local)
         self.local_socket = local_socket
         self.render_log = render_log  # where the render child's log lines go (None: our stderr)
+        self.web = web  # (host, port) of the web page (meshrender.web), or None for none
         self.frame_views: dict = {}  # job id -> meshrender.frameview.FrameView of jobs coordinated here
+        self.last_view = None  # the FrameView of the last job that finished here (the TUI shows it)
         self.host = None
         self.peer_id = ""
         self.addrs: list[str] = []
@@ -321,6 +326,13 @@ class Peer:
                             await nursery.start(serve_local, self, self.local_socket)
                         except OSError as exc:  # the peer runs on; only local attaching is lost
                             self._event("local-socket-failed", path=str(self.local_socket), reason=str(exc))
+                    if self.web is not None:
+                        from .web.serve import serve_web
+
+                        try:
+                            await nursery.start(serve_web, self, *self.web)
+                        except OSError as exc:  # the peer runs on; only its web page is lost
+                            self._event("web-failed", addr=f"{self.web[0]}:{self.web[1]}", reason=str(exc))
                     task_status.started(self)
                     for addr in self.bootstrap:
                         nursery.start_soon(self.dial, addr, True)
@@ -378,6 +390,10 @@ class Peer:
     async def dial(self, addr: str, retry: bool = False, quiet: bool = False) -> str | None:
         """Connect to addr and prove membership both ways; returns the member's peer id."""
         return await self.joining.dial(addr, retry, quiet)
+
+    def secret_matches(self, typed: bytes) -> bool:
+        """Whether `typed` is the party secret (the web page's login), in constant time."""
+        return hmac.compare_digest(blake3(typed).digest(), blake3(self.joining._secret).digest())
 
     def party_password(self) -> bytes:
         """The party's SPAKE2 password: argon2id of the secret (~0.15 s), derived once."""
