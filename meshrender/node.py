@@ -20,7 +20,6 @@ How it works
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import time
@@ -30,7 +29,6 @@ from pathlib import Path
 
 import msgspec
 import trio
-from blake3 import blake3
 from libp2p.abc import INotifee
 from libp2p.custom_types import TProtocol
 
@@ -393,7 +391,7 @@ class Peer:
 
     def secret_matches(self, typed: bytes) -> bool:
         """Whether `typed` is the party secret (the web page's login), in constant time."""
-        return hmac.compare_digest(blake3(typed).digest(), blake3(self.joining._secret).digest())
+        return self.joining.secret_matches(typed)
 
     def party_password(self) -> bytes:
         """The party's SPAKE2 password: argon2id of the secret (~0.15 s), derived once."""

@@ -14,11 +14,13 @@ How it works
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from typing import TYPE_CHECKING
 
 import trio
+from blake3 import blake3
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
@@ -83,6 +85,11 @@ class Joining:
         self._connected_at: dict[str, float] = {}  # peer not yet joined -> when Noise finished (trio clock)
         self.proven: set[str] = set()  # proved the password, Peers not yet exchanged: not an outsider
         self._refused_us: dict[str, float] = {}  # peer -> when it refused our handshake (trio clock)
+
+    def secret_matches(self, typed: bytes) -> bool:
+        """Whether `typed` is the party secret (the web page's login), in constant time: both
+        sides are hashed first, so the comparison's length and timing say nothing of it."""
+        return hmac.compare_digest(blake3(typed).digest(), blake3(self._secret).digest())
 
     def refused_recently(self, peer: str) -> bool:
         at = self._refused_us.get(peer)
