@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--spp", type=_positive, default=32, help="samples per pixel (default 32)")
     d.add_argument("--res", type=_resolution, metavar="WxH", default=(256, 256), help="default 256x256")
     d.add_argument("--tile", type=_positive, metavar="PX", default=32, help="bucket size (default 32)")
+    d.add_argument("--no-denoise", dest="denoise", action="store_const", const=False, default=True,
+                   help="no OUT.denoised.png (denoised by default, whole frame)")
     d.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     st = sub.add_parser("store", help="this peer's content-addressed scene store")

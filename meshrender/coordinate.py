@@ -303,6 +303,7 @@ class JobRun:
         self.units_total = 0
         self.resumed = 0
         self.writer: _ResultWriter | None = None
+        self.view: FrameView | None = None  # what the TUI's Frame tab shows of this job
         self._left: Counter[int] = Counter()
         self._written: set[int] = set()  # frames whose files are written (or queued to be)
         self.lease_log: list[tuple[float, str, int]] = []  # (s from the start, peer, units): job.json
@@ -345,6 +346,9 @@ class JobRun:
                 await self._run_units(peer, db)
             finally:
                 peer.frame_views.pop(self.job_id, None)
+            if not self._cancelled:  # the finished frame stays in view until the next job
+                self.view.finished = True
+                peer.last_view = self.view
         if self._cancelled:
             return self.summary(outputs=[])
         outputs = self._write_outputs()
@@ -685,7 +689,13 @@ class JobRun:
         if spec.settings.denoise:  # the whole frame at once, here (this is the writer's thread)
             from .denoise import denoise_frame
 
-            den = denoise_frame(film, exr, spec.settings.exposure)
+            view, writer = self.view, self.writer
+
+            def show(image) -> None:  # the TUI's preview becomes the denoised frame
+                if view is not None and writer is not None:
+                    writer.notify(view.show_final, frame, image)
+
+            den = denoise_frame(film, exr, spec.settings.exposure, on_image=show)
             if "error" in den:
                 log.warning("job %s frame %d: no denoised image: %s", self.job_id[:12], frame, den["error"])
             else:

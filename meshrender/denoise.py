@@ -132,10 +132,11 @@ def denoise(
     return Denoised(image=output, seconds=seconds, features=features)
 
 
-def denoise_frame(film, out, exposure: float = 0.0, threads: int = 0) -> dict:
+def denoise_frame(film, out, exposure: float = 0.0, threads: int = 0, on_image=None) -> dict:
     """Denoise an assembled Film and write NAME.denoised.png/.exr beside OUT; returns what the
     JSON record says about it. Any failure is reported there (`error`), never raised: the noisy
-    frame is the render's result, the denoised one a bonus that may be missing, and says why."""
+    frame is the render's result, the denoised one a bonus that may be missing, and says why.
+    `on_image`, if given, gets the denoised image once it is written (a preview shows it)."""
     from .output import OutputError, write_denoised
 
     features = film.aov_images()
@@ -145,4 +146,6 @@ def denoise_frame(film, out, exposure: float = 0.0, threads: int = 0) -> dict:
         outputs = write_denoised(out, done.image, exposure)
     except (DenoiseError, OutputError) as exc:
         return {"error": str(exc)}
+    if on_image is not None:
+        on_image(done.image)
     return {"outputs": outputs, "seconds": round(done.seconds, 4), "features": done.features}

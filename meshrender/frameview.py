@@ -9,6 +9,10 @@ snapshot carries (`frames`), so the headless peer's JSON shows the same facts.
 A result discarded after its peer is convicted leaves the preview as it was until the frame is
 rendered again: the preview is a picture of progress, never the output (the output is written
 from the stored results, in canonical order).
+
+When the job is done its view stays on the peer (`Peer.last_view`) until the next one, so the
+TUI keeps showing the finished frame; a job that denoises hands its last frame's denoised image
+to `show_final`, and the preview becomes that image (`denoised` in the JSON says so).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class FrameView:
         self._px = (np.arange(width) * cols // width).astype(np.intp)
         self._py = (np.arange(height) * rows // height).astype(np.intp)
         self.frame = min(self.frames) if self.frames else 0
+        self.finished = False  # the job ended with every unit accepted
         self._reset_frame()
 
     def _reset_frame(self) -> None:
@@ -54,6 +59,7 @@ class FrameView:
         cols, rows = self.preview_size
         self._sum = np.zeros((rows, cols, 3), np.float64)
         self._samples = np.zeros((rows, cols), np.float64)
+        self._final: np.ndarray | None = None  # the frame's denoised image in preview cells
 
     def _peer(self, peer: str) -> int:
         i = self._peer_index.get(peer)
@@ -88,10 +94,24 @@ class FrameView:
                 self.frame = min(rest)
                 self._reset_frame()
 
+    def show_final(self, frame: int, image: np.ndarray) -> None:
+        """`image` (float (height, width, 3), linear: the denoised frame) in place of the
+        preview of the sums, if `frame` is the one shown and all of it is in."""
+        whole = image.shape == (self.height, self.width, 3)
+        if frame != self.frame or self.frames.get(frame, 0) > 0 or not whole:
+            return
+        cols, rows = self.preview_size
+        cells = np.zeros((rows, cols, 3), np.float64)
+        np.add.at(cells, (self._py[:, None], self._px[None, :]), image.astype(np.float64))
+        counts = np.zeros((rows, cols), np.float64)
+        np.add.at(counts, (self._py[:, None], self._px[None, :]), 1.0)
+        self._final = cells / counts[..., None]
+
     def preview(self) -> np.ndarray:
         """uint8 sRGB (rows, cols, 3); black where nothing has arrived."""
         with np.errstate(invalid="ignore", divide="ignore"):
-            lin = self._sum / self._samples[..., None] * (2.0**self.exposure)
+            mean = self._sum / self._samples[..., None] if self._final is None else self._final
+            lin = mean * (2.0**self.exposure)
         lin = np.nan_to_num(np.clip(lin, 0.0, 1.0))
         srgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * np.power(lin, 1 / 2.4) - 0.055)
         return (srgb * 255.0 + 0.5).astype(np.uint8)
@@ -105,6 +125,8 @@ class FrameView:
             "width": self.width,
             "height": self.height,
             "passes": self.pass_count,
+            "finished": self.finished,
+            "denoised": self._final is not None,
             "peers": list(self.peers),
             "preview": {"cols": cols, "rows": rows, "rgb": rgb},
         }

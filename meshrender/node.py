@@ -230,7 +230,7 @@ class Peer:
                 }
                 for p, m in self.members.items()
             },
-            "frames": [v.to_json() for v in list(self.frame_views.values())],
+            "frames": [v.to_json() for v in [*self.frame_views.values(), *self._finished_views()]],
             "penalties": {p: list(r) for p, r in self.penalties.items()},
             "banned": sorted(self.banned),
             "transfers": dict(self.transfers),
@@ -240,6 +240,10 @@ class Peer:
             if self.gossip is not None
             else None,
         }
+
+    def _finished_views(self) -> list:
+        last = self.last_view
+        return [last] if last is not None and last.job_id not in self.frame_views else []
 
     def status(self) -> Status:
         busy = self.rendering.busy

@@ -74,3 +74,25 @@ def test_a_big_frame_previews_in_cells_and_the_tui_draws_it():
     assert "frame 0" in text.plain and "512x512" in text.plain and text.plain.count("██") == 10
     assert "▀" in text.plain and "··" in text.plain
     assert max(len(line) for line in text.plain.splitlines()) <= 80
+
+
+def test_the_finished_frame_shows_its_denoised_image_and_says_so():
+    us = units(passes=1)
+    v = FrameView("j" * 64, 64, 64, 1, us)
+    den = np.zeros((64, 64, 3), np.float32)
+    den[:, 32:] = 1.0  # the "denoised" frame: black left half, white right half
+    v.show_final(0, den)  # too early: the frame is not all in
+    for u in us:
+        v.accepted("a", u, sums(u, 0.25), [4])
+    before = v.preview().copy()
+    assert v.to_json()["denoised"] is False
+    v.show_final(0, den[:32])  # the wrong size is ignored
+    v.show_final(1, den)  # and a frame not shown
+    assert np.array_equal(v.preview(), before)
+    v.show_final(0, den)
+    pix = v.preview()
+    assert int(pix[5, 5].max()) == 0 and int(pix[5, 60].min()) == 255
+    v.finished = True
+    js = v.to_json()
+    assert js["denoised"] is True and js["finished"] is True
+    assert "done, denoised" in frame_text(js, 120, 40).plain

@@ -287,6 +287,7 @@ def test_the_demo_finishes_beside_busy_loops_with_an_empty_kernel_cache(tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert (tmp_path / "demo.png").exists() and out["outputs"]
+    assert str(tmp_path / "demo.denoised.png") in out["written"]  # the demo denoises by default
     assert sum(out["units_by_peer"].values()) == out["units_total"]
     assert "Timeout: 30s" not in done.stderr and "Traceback" not in done.stderr
     print(f"demo beside {len(loops)} busy loops, cold kernel cache: {wall:.1f} s")

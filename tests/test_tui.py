@@ -24,13 +24,13 @@ from tui.widgets import backend_text
 CORNELL = REPO / "meshrender" / "data" / "cornell"
 
 
-def small_scene(tmp_path: Path, name: str, res: int, spp: int) -> Path:
+def small_scene(tmp_path: Path, name: str, res: int, spp: int, denoise: bool = False) -> Path:
     """The built-in Cornell box at another size, as a scene file of its own."""
     folder = tmp_path / name
     shutil.copytree(CORNELL, folder)
     toml = folder / "cornell.toml"
     text = toml.read_text().replace("resolution = [256, 256]", f"resolution = [{res}, {res}]")
-    toml.write_text(text.replace("spp = 64", f"spp = {spp}"))
+    toml.write_text(text.replace("spp = 64", f"spp = {spp}" + ("\ndenoise = true" if denoise else "")))
     return toml
 
 
@@ -98,7 +98,7 @@ def test_without_a_peer_the_app_says_so_and_stays_open(tmp_path):
 def test_the_tui_attaches_to_a_real_peer_submits_watches_and_cancels(tmp_path):
     home = tmp_path / "home"
     peer = PeerProc(home, "--threads", "1")
-    small = small_scene(tmp_path, "small", 32, 8)
+    small = small_scene(tmp_path, "small", 32, 8, denoise=True)
     big = small_scene(tmp_path, "big", 128, 4096)
     try:
 
@@ -137,6 +137,13 @@ def test_the_tui_attaches_to_a_real_peer_submits_watches_and_cancels(tmp_path):
                 await until(pilot, lambda: any(j.state == "done" for j in app.jobs), 120, "the small job")
                 states = {row[7] for row in cells(queue)}
                 assert states == {"done", "cancelled"}, states
+                # the finished frame stays in view, as its denoised image
+                done_job = next(j for j in app.jobs if j.state == "done")
+                await until(pilot, lambda: frame().get("job") == done_job.id and frame().get("denoised"), 10,
+                            "the denoised frame in view")  # fmt: skip
+                await pilot.press("5")
+                await pilot.pause(1.2)
+                assert "done, denoised" in app.query_one("#frame-main").render_line(0).text
                 log = "\n".join(app.log_lines)
                 assert "job-started" in log and "job-done" in log and "submitted" in log
 

@@ -47,7 +47,7 @@ from .widgets import (
 
 REFRESH_S = 1.0  # the queue is re-read this often
 LOG_LINES = 2000
-NO_FRAME = "no job is being coordinated here; a job's frame shows while it renders"
+NO_FRAME = "no job has been coordinated here yet; a job's frame shows while it renders, and after"
 
 
 class MeshrenderApp(App):

@@ -102,6 +102,8 @@ def frame_lines(view: dict, width: int, height: int) -> list[list[Segment]]:
     per character. Fits width x height cells (a grid too big for it is sampled)."""
     peers = view.get("peers", [])
     what = f"job {view['job'][:12]}  frame {view['frame']}  {view['width']}x{view['height']}  "
+    if view.get("finished"):  # a finished job stays in view; its preview is the denoised frame if any
+        what += "done, denoised  " if view.get("denoised") else "done  "
     title = [Segment(what, BOLD)]
     for i, p in enumerate(peers):
         title += [Segment("■ ", _rgb(*PEER_COLOURS[i % len(PEER_COLOURS)])), Segment(f"{short(p)}  ")]
