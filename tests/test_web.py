@@ -353,6 +353,7 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian'
 @pytest.mark.slow
 def test_a_browser_opens_every_page_submits_a_job_and_downloads_its_exr(tmp_path, peers):
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -369,10 +370,11 @@ def test_a_browser_opens_every_page_submits_a_job_and_downloads_its_exr(tmp_path
         options.add_argument(arg)
     options.add_experimental_option("prefs", {"download.default_directory": str(downloads)})
     browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    wait = WebDriverWait(browser, 60)
+    # the live pages redraw their parts as events come: an element found may be replaced at once
+    wait = WebDriverWait(browser, 60, ignored_exceptions=(StaleElementReferenceException,))
     try:
         browser.get(f"{base}/party")
-        assert peer.peer_id[-12:] in browser.find_element(By.ID, "party").text
+        wait.until(lambda b: peer.peer_id[-12:] in b.find_element(By.ID, "party").text)
         browser.get(f"{base}/live")  # the event stream's first snapshot replaces "Waiting for the peer"
         wait.until(lambda b: "Waiting" not in b.find_element(By.ID, "live-status").text)
         browser.get(f"{base}/stream")
