@@ -3,14 +3,10 @@
 `JobRun(peer, db, job_id).run()`:
   * reads the job from the peer's queue (`jobs.JobDB`) and the unit results already accepted
     (a restarted coordinator re-renders none of them; a result whose chunk is gone is re-rendered);
-  * offers the job to every member that renders, and to this peer's own worker through an
-    in-process link; members that join mid-frame get an offer at once, lost ones lose their units;
-    a member whose gossiped status says its renderer is not ready (starting, compiling kernels on
-    a cold cache, failed) gets its offer once it is; one that dropped out for a reason that passes
-    (its renderer restarted, a link failed) is offered the job again, backing off (REOFFER_S);
+  * offers the job to the party's members through a `crew.Crew` (members that join mid-frame get
+    an offer at once, lost ones lose their units; crew.py says who is offered it when);
   * carries out what the coordinator decides (leases, revokes, penalties, discards) and feeds it
-    what workers send (heartbeats, results, refusals). Each link has its own sender task, so a
-    slow member never holds up the others;
+    what workers send (heartbeats, results, refusals);
   * checks every result before the scheduler sees it (the unit is ours, sizes and sample counts
     fit, every value is finite and non-negative: a peer sending anything else is dropped from the
     job and penalised), and digests its exact bytes: duplicates are compared by that digest;
@@ -37,7 +33,7 @@ import msgspec
 import numpy as np
 import trio
 
-from .backoff import Backoff
+from .crew import OUTBOX_MSGS, Crew, backend_class
 from .film import Film
 from .frameview import FrameView
 from .jobs import JobDB, JobError, JobSpec, UnitRecord
@@ -50,7 +46,6 @@ from .protocol import (
     LeaseGrant,
     LeaseRefused,
     LeaseRevoke,
-    Msg,
     UnitDone,
 )
 from .schedule import Coordinator, Discard, Lease, Penalize, Revoke, ScheduleConfig, Verdict
@@ -58,17 +53,9 @@ from .settings import RenderSettings
 from .store.chunkstore import CHUNK_BYTES_MAX, ChunkStore
 from .store.hashing import chunk_hash
 from .units import AOV_CHANNELS, UnitResult, WorkUnit, frame_units
-from .work import memory_link_pair, serve_job
 
 log = logging.getLogger("meshrender.coordinate")
 
-OUTBOX_MSGS = 1024  # messages waiting for one slow link; past this the member is dropped from the job
-MEMBER_SCAN_S = 0.25  # how often membership is compared with the job's workers (joins get work)
-REOFFER_S = 2.0  # a member out of the job for a passing reason is offered it again after this...
-REOFFER_MAX_S = 60.0  # ...doubling each time, up to this
-RENDERER_NOT_READY = ("starting", "compiling", "failed", "stopped")  # Status.renderer: no offer yet
-BACKEND_WAIT_S = 60.0  # a job of class "any" waits this long for our own renderer to say cpu or gpu
-SEND_TIMEOUT_S = 10.0  # one message to a member; a member that takes longer is dropped from the job
 LEASE_LOG_MAX = 100_000  # leases listed in job.json; a longer job lists its first ones
 RESULT_BATCH_MAX = 64  # accepted results stored per batch: one commit (one fsync) in each file for all
 
@@ -256,14 +243,6 @@ class _ResultWriter:
             self.notify(self.on_failure, exc)
 
 
-class _Worker:
-    def __init__(self, peer: str, link):
-        self.peer = peer
-        self.link = link
-        self.outbox_send, self.outbox_receive = trio.open_memory_channel[Msg](OUTBOX_MSGS)
-        self.flushed = trio.Event()  # its sender has sent everything queued and closed the link
-
-
 class JobRun:
     def __init__(
         self,
@@ -286,16 +265,13 @@ class JobRun:
         self.config = config or ScheduleConfig(spot_check_fraction=peer.verify, seed=int(self.job_id[:8], 16),
                                                trusted=peer.peer_id if render_self else "")  # fmt: skip
         self.on_progress = on_progress
-        self.workers: dict[str, _Worker] = {}
         self.units_by_peer: Counter[str] = Counter()
         self.verdicts: Counter[str] = Counter()
-        self.rejected: dict[str, str] = {}  # peer -> why it is not (or no longer) working on the job
-        self._reoffer: dict[str, Backoff] = {}  # peers out for a passing reason: when to offer again
-        self._never: set[str] = set()  # peers out for misbehaving: not offered again in this job
-        self._renderer_seen: dict[str, str] = {}  # member -> its renderer's state in its last status
         self.coordinator: Coordinator | None = None
         self.backend = ""
         self._events_send, self._events_receive = trio.open_memory_channel(OUTBOX_MSGS)
+        self.crew = Crew(peer, f"job {self.job_id[:12]}", self._events_send, offer=self._offer,
+                         on_join=self._joined, render_self=render_self)  # fmt: skip
         self._cancelled = False
         self._nursery: trio.Nursery | None = None
         self.first_result_s: float | None = None
@@ -330,7 +306,7 @@ class JobRun:
         todo = [u for u in units if u not in accepted]
         self._left = Counter(u.frame for u in todo)  # units of each frame not accepted yet
         self.resumed = len(accepted)
-        self.backend = await self._backend_class()
+        self.backend = await backend_class(peer, spec.backend, self.render_self, f"job {self.job_id[:12]}")
         db.start(self.job_id, now=time.time(), units_total=len(units))
         peer._event(
             "job-started", job=self.job_id, units=len(units), resumed=len(accepted), backend=self.backend
@@ -364,18 +340,11 @@ class JobRun:
             self._nursery = n
             self.writer = _ResultWriter(peer.store, db.path, self.job_id, self._store_failed)
             await n.start(self.writer.run)
-            if self.render_self:
-                n.start_soon(self._serve_self)
-            n.start_soon(self._scan_members)
+            self.crew.start(n, lambda: self.coordinator.done or self._cancelled)
             await self._drive()
-            for w in list(self.workers.values()):
-                self._send(w, JobEnd(reason="cancelled" if self._cancelled else "done"))
+            self.crew.send_all(JobEnd(reason="cancelled" if self._cancelled else "done"))
             await self.writer.flush()  # every accepted result on disk before the outputs read them
-            for w in list(self.workers.values()):
-                w.outbox_send.close()
-            with trio.move_on_after(1.0):  # JobEnd goes out before the links close
-                for w in list(self.workers.values()):
-                    await w.flushed.wait()
+            await self.crew.close(1.0)  # JobEnd goes out before the links close
             n.cancel_scope.cancel()
         self._nursery = None
 
@@ -408,141 +377,26 @@ class JobRun:
             "refused": dict(stats.refused) if stats else {},
             "silences": stats.silences if stats else 0,
             "stalls": stats.stalls if stats else 0,
-            "rejected": dict(self.rejected),
+            "rejected": dict(self.crew.rejected),
             "seconds": round(time.monotonic() - self.started_s, 3),
             "first_result_s": None if self.first_result_s is None else round(self.first_result_s, 3),
         }
-
-    async def _backend_class(self) -> str:
-        if self.spec.backend in ("cpu", "gpu"):
-            return self.spec.backend
-        mine = "cpu"
-        if self.render_self:  # waiting, not starting: peer.rendering.Rendering.warm starts it
-            with trio.move_on_after(BACKEND_WAIT_S):
-                while not self.peer.rendering.proc.running():
-                    await trio.sleep(0.1)
-            if self.peer.rendering.proc.running():
-                mine = (await self.peer.rendering.backend())[0]
-            else:
-                log.warning("job %s: this peer's renderer is not ready (%s): the class is decided without it",
-                            self.job_id[:12], self.peer.rendering.proc.note)  # fmt: skip
-        if mine == "gpu" or any((s or {}).get("gpu") for s in self.peer.statuses.values()):
-            return "gpu"  # one class per job: results are bit-identical only within one
-        return "cpu"
-
-    async def _serve_self(self) -> None:
-        """This peer's own worker, on an in-process link: it joins once our render process is ready,
-        and again after the renderer died and came back (peer.rendering.Rendering.warm restarts it)."""
-        me = self.peer.peer_id
-        while not (self.coordinator.done or self._cancelled):
-            if me in self.workers or not self.peer.rendering.proc.running() or not self._may_offer(me):
-                await trio.sleep(MEMBER_SCAN_S)
-                continue
-            mine, theirs = memory_link_pair()
-            self._add_worker(me, mine)
-            try:
-                done = await serve_job(self.peer, theirs, me)
-            except Exception as exc:  # our own worker failing must not end the job: others render
-                log.warning("job %s: this peer's own worker stopped: %s", self.job_id[:12], exc)
-                self._events_send.send_nowait(("gone", me, f"own worker failed: {exc}"))
-            else:
-                if done["ended"].startswith("renderer"):
-                    log.warning("job %s: this peer's own worker: %s", self.job_id[:12], done["ended"])
-            await trio.sleep(MEMBER_SCAN_S)  # its link's end reaches the loop first
-
-    def _may_offer(self, peer: str) -> bool:
-        """Not out of this job for good (misbehaved, refused), and past its re-offer back-off."""
-        if peer in self._never:
-            return False
-        b = self._reoffer.get(peer)
-        return b is None or b.ready(trio.current_time())
-
-    def _out_for_now(self, peer: str, reason: str) -> None:
-        self.rejected[peer] = reason
-        self._reoffer.setdefault(peer, Backoff(REOFFER_S, REOFFER_MAX_S)).failed(trio.current_time())
 
     # ------------------------------------------------------------------ workers
     def _offer(self) -> JobOffer:
         return JobOffer(job_id=self.job_id, scene_id=self.spec.scene_id, settings=self.spec.settings,
                         backend=self.backend)  # fmt: skip
 
-    def _add_worker(self, peer_id: str, link) -> None:
-        w = _Worker(peer_id, link)
-        self.workers[peer_id] = w
-        self._send(w, self._offer())
-        self._nursery.start_soon(self._sender, w)
-        self._nursery.start_soon(self._reader, w)
+    def _joined(self, peer_id: str) -> None:
         self.coordinator.add_worker(peer_id, trio.current_time())
-        self._events_send.send_nowait(("poke", peer_id, None))
 
-    async def _scan_members(self) -> None:
-        opening: set[str] = set()
+    @property
+    def workers(self) -> dict:
+        return self.crew.workers
 
-        async def open_link(member: str) -> None:
-            try:
-                link = await self.peer.open_job_link(member)
-            except Exception as exc:  # not a renderer, or gone: no worker for this job
-                log.debug("job %s: no job link to %s: %s", self.job_id[:12], member, exc)
-                self._out_for_now(member, f"no job link: {type(exc).__name__}: {exc}")
-            else:
-                if member in self.peer.members and member not in self.workers:
-                    self._add_worker(member, link)
-                else:
-                    await link.close()
-            finally:
-                opening.discard(member)
-
-        while True:
-            for member, status in list(self.peer.member_statuses().items()):
-                renderer = status.get("renderer", "") if status is not None else ""
-                if renderer == "ready" and self._renderer_seen.get(member, "ready") != "ready":
-                    self._reoffer.pop(member, None)  # its renderer just came up: offer it now
-                self._renderer_seen[member] = renderer
-                if member in self.workers or member in opening or not self._may_offer(member):
-                    continue
-                if status is not None and not status.get("renders", True):
-                    continue
-                if renderer in RENDERER_NOT_READY:
-                    continue  # offered once its status says the renderer is ready
-                opening.add(member)
-                self._nursery.start_soon(open_link, member)
-            for p in list(self.workers):
-                if p != self.peer.peer_id and p not in self.peer.members:
-                    self._events_send.send_nowait(("gone", p, "left the party"))
-            await trio.sleep(MEMBER_SCAN_S)
-
-    def _send(self, w: _Worker, msg: Msg) -> None:
-        try:
-            w.outbox_send.send_nowait(msg)
-        except trio.WouldBlock:
-            self._events_send.send_nowait(("gone", w.peer, "too far behind on its messages"))
-        except trio.ClosedResourceError:
-            pass
-
-    async def _sender(self, w: _Worker) -> None:
-        try:
-            async for msg in w.outbox_receive:
-                with trio.fail_after(SEND_TIMEOUT_S):
-                    await w.link.send(msg)
-        except Exception as exc:  # reset, timeout: the member is lost to this job
-            self._events_send.send_nowait(("gone", w.peer, f"link failed: {type(exc).__name__}"))
-        finally:
-            with trio.CancelScope(shield=True):
-                await w.link.close()
-            w.flushed.set()
-
-    async def _reader(self, w: _Worker) -> None:
-        try:
-            while True:
-                msg = await w.link.receive()
-                if msg is None:
-                    self._events_send.send_nowait(("gone", w.peer, "closed its job link"))
-                    return
-                self._events_send.send_nowait(("msg", w.peer, msg))
-        except trio.WouldBlock:
-            log.warning("job %s: event queue full", self.job_id[:12])
-        except Exception as exc:
-            self._events_send.send_nowait(("gone", w.peer, f"{type(exc).__name__}: {exc}"))
+    @property
+    def rejected(self) -> dict[str, str]:
+        return self.crew.rejected
 
     # ------------------------------------------------------------------ the loop
     async def _drive(self) -> None:
@@ -566,7 +420,7 @@ class JobRun:
     def _handle(self, kind: str, who: str, payload) -> None:
         coord, now = self.coordinator, trio.current_time()
         if kind == "msg":
-            if who not in self.workers:
+            if who not in self.crew.workers:
                 return
             if isinstance(payload, Beat):
                 coord.on_heartbeat(
@@ -580,7 +434,7 @@ class JobRun:
                 self._on_unit(who, payload, now)
             elif isinstance(payload, LeaseRefused):
                 coord.on_refuse(who, payload.lease_id, payload.reason, now)
-                self._never.add(who)  # the core gives it no more leases in this job either
+                self.crew.never(who)  # the core gives it no more leases in this job either
                 self.peer._event("lease-refused", job=self.job_id, peer=who, reason=payload.reason)
             else:
                 self._drop(who, f"sent {type(payload).__name__} on a job link", penalize=True)
@@ -590,19 +444,12 @@ class JobRun:
             raise JobError(f"job {self.job_id[:12]}: cannot store unit results: {payload}") from payload
 
     def _drop(self, who: str, reason: str, *, penalize: bool) -> None:
-        w = self.workers.pop(who, None)
-        if w is None:
+        if not self.crew.drop(who, reason, penalize=penalize):
             return
         self.coordinator.remove_worker(who, trio.current_time(), reason)
-        if penalize or reason.startswith("convicted"):
-            self.rejected[who] = reason
-            self._never.add(who)
-        else:  # gone, a link failure, its renderer restarting: it may come back
-            self._out_for_now(who, reason)
         if penalize:
             self.peer._penalize(who, f"job {self.job_id[:12]}: {reason}", ban=False)
         self.peer._event("worker-lost", job=self.job_id, peer=who, reason=reason)
-        w.outbox_send.close()
 
     def _on_unit(self, who: str, msg: UnitDone, now: float) -> None:
         unit = msg.unit
@@ -644,14 +491,10 @@ class JobRun:
                 self.view.leased(a.peer, a.units)
                 if len(self.lease_log) < LEASE_LOG_MAX:
                     self.lease_log.append((round(now - self._t0, 4), a.peer, len(a.units)))
-                w = self.workers.get(a.peer)
-                if w is not None:
-                    due_s = min(LEASE_DUE_S_MAX, max(0.0, a.deadline - now))  # the wire's bound
-                    self._send(w, LeaseGrant(lease_id=a.lease_id, units=list(a.units), due_in_s=due_s))
+                due_s = min(LEASE_DUE_S_MAX, max(0.0, a.deadline - now))  # the wire's bound
+                self.crew.send(a.peer, LeaseGrant(lease_id=a.lease_id, units=list(a.units), due_in_s=due_s))
             elif isinstance(a, Revoke):
-                w = self.workers.get(a.peer)
-                if w is not None:
-                    self._send(w, LeaseRevoke(lease_id=a.lease_id, reason=a.reason))
+                self.crew.send(a.peer, LeaseRevoke(lease_id=a.lease_id, reason=a.reason))
             elif isinstance(a, Penalize):
                 self.peer._penalize(a.peer, f"job {self.job_id[:12]}: {a.reason}", ban=False)
                 self.peer._event("penalty", job=self.job_id, peer=a.peer, reason=a.reason)

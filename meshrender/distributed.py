@@ -100,7 +100,7 @@ def _units(n: int) -> str:
 def job_picture(run, peer) -> tuple[str, bool, bool]:
     """Who holds which units of `run` and why the others hold none, in one line; whether some
     renderer is still starting; whether anyone can render the job now or may join it."""
-    from .coordinate import RENDERER_NOT_READY
+    from .crew import RENDERER_NOT_READY
 
     held = run.coordinator.units_held() if run.coordinator is not None else {}
     parts: list[str] = []
