@@ -189,6 +189,9 @@ class LeaseRevoke(Msg, tag="revoke"):
 
 class JobEnd(Msg, tag="job-end"):
     reason: Reason  # "done", "cancelled", ...: stop everything of this job now
+    # a streaming session's units are one pass of one bucket (milliseconds): the one in the kernel
+    # may finish rather than the render process be killed (and restarted, seconds) to stop it
+    finish_unit: bool = False
 
 
 class Beat(Msg, tag="beat"):

@@ -11,6 +11,11 @@ and `JobEnd` when the job is done or cancelled. `serve_job` runs the sans-IO `Wo
     in the peer's render process and sends `UnitDone` with the exact float32 sums;
   * `JobEnd`, a closed link or a lost coordinator stop everything at once: a unit in the kernel is
     stopped by killing the render process (a cancel frees the worker within a second).
+  * A streaming session (meshrender.streaming) sends a new `JobOffer` on the same link for each
+    scene version: leases granted after it render that version's scene and settings. The old
+    version's leases are revoked by then; a unit of it already in the kernel finishes (one pass
+    of one bucket: milliseconds) and its result is sent, and dropped by the coordinator as stale,
+    so an edit never costs a render-process restart.
   * A render process that is not ready (still compiling on a cold cache, restarting after a
     crash) is not this job's problem to wait for: the link is closed at once with the reason, the
     coordinator takes back whatever the lease held (no strike) and offers the job again once this
@@ -53,6 +58,7 @@ def _aov_that_fits(rendered) -> bytes:
 OFFER_TIMEOUT_S = 10.0  # a coordinator sends its offer right after opening the link
 LINK_CHANNEL_MSGS = 64  # messages queued on a memory link before the sender waits
 RESULT_SLACK_BYTES = 64 << 10  # a stored result's fields beside its sums (unit, counts, framing)
+FINISH_UNIT_WAIT_S = 5.0  # a JobEnd that lets the unit finish waits this long, then stops it anyway
 READY_WAIT_S = 5.0  # an offer waits this long for a renderer that is (re)starting, then the link closes
 
 
@@ -104,7 +110,8 @@ async def serve_job(peer, link, coordinator: str) -> dict:
         return {"units": 0, "ended": "closed before the offer"}
     if not isinstance(offer, JobOffer):
         raise RemoteProtocolError(f"a job link opened with {type(offer).__name__}, not JobOffer")
-    state = {"units": 0, "ended": "", "refused": "", "preparing": "", "rendering": False}
+    state = {"units": 0, "ended": "", "refused": "", "preparing": "", "rendering": False, "offers": 1}
+    lease_offer: dict[int, JobOffer] = {}  # lease id -> the offer (scene version) it was granted under
     with trio.move_on_after(READY_WAIT_S):  # a restart on a warm cache takes a few seconds
         while not peer.rendering.proc.running():
             await trio.sleep(0.1)
@@ -124,22 +131,35 @@ async def serve_job(peer, link, coordinator: str) -> dict:
         await link.send(LeaseRefused(lease_id=lease_id, reason=reason))
 
     async def reader(cancel: trio.CancelScope) -> None:
+        nonlocal offer
         while True:
             msg = await link.receive()
             now = trio.current_time()
             if msg is None or isinstance(msg, JobEnd):
                 state["ended"] = "coordinator closed the link" if msg is None else msg.reason
+                if state["rendering"] and msg is not None and msg.finish_unit:
+                    with trio.move_on_after(FINISH_UNIT_WAIT_S):  # its answer read: the pipe stays in step
+                        while state["rendering"]:
+                            await trio.sleep(0.005)
                 if state["rendering"]:
                     await peer.rendering.proc.stop()  # the unit in the kernel stops too
                 cancel.cancel()
                 return
-            if isinstance(msg, LeaseGrant):
+            if isinstance(msg, JobOffer):  # a session's next scene version: later leases are of it
+                offer = msg
+                state["refused"] = ""  # a scene that could not be fetched may be followed by one that can
+                state["offers"] += 1
+            elif isinstance(msg, LeaseGrant):
                 if klass != offer.backend:
                     await refuse(msg.lease_id, f"this job renders on {offer.backend}; this peer on {klass}")
                 elif state["refused"]:
                     await refuse(msg.lease_id, state["refused"])
                 else:
                     job.on_lease(msg.lease_id, list(msg.units), now + msg.due_in_s, now)
+                    held = set(job.lease_ids)
+                    for lid in [lid for lid in lease_offer if lid not in held]:
+                        del lease_offer[lid]  # only leases still held keep their offer: bounded by them
+                    lease_offer[msg.lease_id] = offer
                     peer._event("lease", coordinator=coordinator, job=offer.job_id, lease_id=msg.lease_id,
                                 units=len(msg.units))  # fmt: skip
             elif isinstance(msg, LeaseRevoke):
@@ -155,28 +175,29 @@ async def serve_job(peer, link, coordinator: str) -> dict:
                 job.finished(step.unit, trio.current_time())
                 wake.set()
                 continue
-            if not peer.store.has_scene(offer.scene_id):
+            off = lease_offer.get(step.lease_id, offer)
+            if not peer.store.has_scene(off.scene_id):
                 state["preparing"] = "fetching the scene"
                 job.preparing(True)
                 wake.set()
                 try:
-                    await peer.fetch_scene(offer.scene_id)
+                    await peer.fetch_scene(off.scene_id)
                 except Exception as exc:  # no holder, a timeout, a full disk: say why and stop
-                    reason = f"cannot get scene {offer.scene_id[:16]}: {exc}"
+                    reason = f"cannot get scene {off.scene_id[:16]}: {exc}"
                     job.started(step.unit, trio.current_time())
                     job.finished(step.unit, trio.current_time())
                     for lid in job.lease_ids or (step.lease_id,):
                         await refuse(lid, reason)
                     wake.set()
                     continue
-            compiling = peer.rendering.proc.loaded_scene != offer.scene_id
+            compiling = peer.rendering.proc.loaded_scene != off.scene_id
             state["preparing"] = "compiling the kernel" if compiling else ""
             job.preparing(compiling)  # the first unit of a scene pays for loading and compiling
             job.started(step.unit, trio.current_time())
             state["rendering"] = True
             peer.rendering.busy = True
             try:
-                result, rendered = await peer.rendering.proc.render(offer.scene_id, offer.settings, step.unit)
+                result, rendered = await peer.rendering.proc.render(off.scene_id, off.settings, step.unit)
             except RendererDown as exc:  # it restarts (Rendering.warm): the job gets us back then
                 state["rendering"] = False
                 state["ended"] = state["ended"] or f"renderer down: {exc}"
@@ -195,9 +216,9 @@ async def serve_job(peer, link, coordinator: str) -> dict:
             state["preparing"] = ""
             job.preparing(False)
             now = trio.current_time()
-            job.progress(step.unit.pixels * step.unit.samples(offer.settings), now)
+            job.progress(step.unit.pixels * step.unit.samples(off.settings), now)
             job.finished(step.unit, now)
-            peer.rendering.note(rendered, step.unit, offer.settings)
+            peer.rendering.note(rendered, step.unit, off.settings)
             await link.send(
                 UnitDone(
                     lease_id=step.lease_id,
