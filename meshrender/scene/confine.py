@@ -56,6 +56,7 @@ class SceneFiles:
         self.root = Path(os.path.realpath(root))
         self.allow_outside = allow_outside
         self.top = None if top is None else os.fspath(top)  # the file the user named: not confined
+        self.inputs: set[str] = set()  # every file looked for or read, real paths: what `stream` watches
 
     @classmethod
     def beside(cls, path: str | os.PathLike, *, allow_outside: bool = False) -> SceneFiles:
@@ -82,6 +83,7 @@ class SceneFiles:
         """Whether `path` is a readable regular file in the root: False when it does not exist,
         a SceneError when it leaves the root or is a device, FIFO, socket or folder."""
         real = self.resolve(path, what, src)
+        self.inputs.add(os.fspath(real))
         try:
             st = os.stat(real)
         except FileNotFoundError:
@@ -107,6 +109,7 @@ class SceneFiles:
         first `head` bytes when given)."""
         shown = str(path)
         real = self.resolve(path, what, src, confined=confined)
+        self.inputs.add(os.fspath(real))
         try:
             fd = os.open(real, _OPEN_FLAGS)
         except FileNotFoundError:

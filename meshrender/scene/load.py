@@ -103,12 +103,11 @@ def load_scene(spec: str | os.PathLike, *, allow_outside: bool = False) -> Loade
     files = SceneFiles.beside(path, allow_outside=allow_outside)
     if Path(os.path.realpath(path)).is_relative_to(DATA_DIR):  # a built-in named by its path
         files = SceneFiles(DATA_DIR, allow_outside=allow_outside, top=path)
-    if suffix == ".toml":
-        return _load_scene_file(path, files)
-    if suffix in MESH_SUFFIXES:
-        return _load_bare_mesh(path, files)
-    if suffix == ".xml":
-        return _load_mitsuba(path, files)
+    load = {".toml": _load_scene_file, ".xml": _load_mitsuba, **dict.fromkeys(MESH_SUFFIXES, _load_bare_mesh)}
+    if suffix in load:
+        scene = load[suffix](path, files)
+        scene.inputs = sorted(files.inputs | {os.path.realpath(path)})
+        return scene
     kinds = ", ".join((".toml", ".xml") + MESH_SUFFIXES)
     raise SceneError(text, f"unknown file type '{path.suffix}' (expected {kinds}, or a built-in scene name)")
 

@@ -177,3 +177,4 @@ class LoadedScene:
     camera_keys: list[tuple[int, CameraDesc]] = field(default_factory=list)  # an animated camera
     frames: tuple[int, int] | None = None  # the default frame range, when the scene file says
     lights: list[LightDesc] = field(default_factory=list)  # point, spot and directional lights
+    inputs: list[str] = field(default_factory=list)  # the files loading read (real paths), for watchers
