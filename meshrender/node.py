@@ -65,6 +65,7 @@ from .peer.liveness import LIVENESS_TIMEOUT_S, PING_BYTES, PING_INTERVAL_S, REDI
 from .peer.membership import gossip_topic
 from .peer.presence import HAVE_REPEAT_S, STATUS_INTERVAL_S, Presence
 from .peer.rendering import Rendering
+from .peer.streams import Streams
 from .protocol import Chunk, ChunkMap, NotFound, RemoteProtocolError, Status
 from .store.chunkstore import ChunkStore
 from .store.writer import ChunkWriter
@@ -177,6 +178,7 @@ class Peer:
         self.web = web  # (host, port) of the web page (meshrender.web), or None for none
         self.frame_views: dict = {}  # job id -> meshrender.frameview.FrameView of jobs coordinated here
         self.last_view = None  # the FrameView of the last job that finished here (the TUI shows it)
+        self.streams = Streams()  # the streaming sessions this peer runs (meshrender.streaming)
         self.host = None
         self.peer_id = ""
         self.addrs: list[str] = []

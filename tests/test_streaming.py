@@ -1,0 +1,144 @@
+"""Streaming sessions on real peers: two peers in one process (a coordinator that renders and a
+member, real libp2p on loopback, real render processes) stream the Cornell box while the test
+edits it — camera, material, light — and every frame shows one version; a converged version is
+bit-identical to a one-peer render of that version; a camera move adds one small chunk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trio
+
+from meshrender.node import Peer
+from meshrender.settings import RenderSettings
+from meshrender.streaming import StreamEnded, StreamSession
+
+SECRET = b"a-good-long-secret"
+SETTINGS = RenderSettings(width=32, height=24, spp=4, pass_spp=1, max_depth=4, bucket_px=16)
+EDITS_FOR_BOTH_MAX = 40  # camera moves until the member has rendered part of a frame
+SESSION_S_MAX = 240  # two render processes start on a warm kernel cache, then tiny units
+
+
+def _local_render(scene_id: str, store_root, settings: RenderSettings) -> np.ndarray:
+    from meshrender.render import Renderer, render_frame
+    from meshrender.store.chunkstore import ChunkStore
+    from meshrender.store.scenes import load_compiled
+
+    with ChunkStore(store_root) as store:
+        compiled = load_compiled(store, scene_id)
+    return render_frame(Renderer(compiled, backend="cpu", threads=1), settings).image()
+
+
+async def _converge(watch, version: int) -> list:
+    """Frames until `version` has every pass; every frame must be of one version, passes growing."""
+    frames = []
+    while True:
+        f = await watch.next()
+        frames.append(f)
+        if f.version == version and f.pass_done == f.pass_count:
+            return frames
+
+
+@pytest.mark.slow
+def test_a_session_streams_edits_across_two_peers_and_converges_to_the_render_of_each_version(tmp_path):
+    from meshrender.scene.load import load_scene
+
+    desc = load_scene("cornell")
+    coord = Peer(home=tmp_path / "c", party="p", secret=SECRET, backend="cpu", threads=1)
+    member = Peer(home=tmp_path / "m", party="p", secret=SECRET, backend="cpu", threads=1)
+    out: dict = {}
+
+    async def main():
+        async with trio.open_nursery() as n:
+            await n.start(member.run)
+            await n.start(coord.run)
+            assert await coord.dial(f"{member.addrs[0]}/p2p/{member.peer_id}") == member.peer_id
+            session = StreamSession(coord, desc, SETTINGS)
+            await n.start(session.run)
+            assert coord.streams.current() is session
+            with trio.fail_after(SESSION_S_MAX), session.watch("test") as w:
+                v1 = await _converge(w, 1)
+                out["v1"] = (session.core.scene.scene_id, v1[-1].image.copy())
+                out["peers"] = set(v1[-1].peers)
+                while member.peer_id not in session.crew.workers:  # its renderer may start later
+                    await trio.sleep(0.05)
+                cam = desc.camera
+                v2 = await session.set_camera(position=(cam.position[0] + 0.3, *cam.position[1:]))
+                out["edit2"] = dict(session.last_edit)
+                frames = await _converge(w, v2)
+                out["v2"] = (session.core.scene.scene_id, frames[-1].image.copy())
+                out["after_edit"] = frames
+                name = session.status()["materials"][0]["name"]
+                v3 = await session.set_material(name, color=(0.9, 0.1, 0.1), roughness=0.3)
+                lights = session.status()["lights"]
+                p = lights[0]["position"]
+                v4 = await session.move_light(0, (p[0] + 0.1, p[1], p[2]))
+                assert v4 > v3 > v2
+                frames = await _converge(w, v4)
+                out["v4"] = (session.core.scene.scene_id, frames[-1].image.copy())
+                out["after_v4"] = frames
+                # a remote member fetches each version's new chunks first, so on a frame this small
+                # our own renderer may finish a version alone; within a few edits both render
+                for step in range(1, EDITS_FOR_BOTH_MAX + 1):
+                    if member.peer_id in {p for f in out["after_v4"] for p in f.peers}:
+                        break
+                    v = await session.set_camera(position=(cam.position[0] - 0.01 * step, *cam.position[1:]))
+                    out["after_v4"] += await _converge(w, v)
+                out["versions"] = session.version
+                with pytest.raises(ValueError, match="look_at"):
+                    await session.set_camera(position=cam.look_at, look_at=cam.look_at)
+                with pytest.raises(ValueError, match="no material"):
+                    await session.set_material("no such material", color=(1, 1, 1))
+                out["status"] = session.status()
+                session.stop()
+                with pytest.raises(StreamEnded):
+                    while True:
+                        await w.next()
+            n.cancel_scope.cancel()
+
+    trio.run(main)
+    for key in ("v1", "v2", "v4"):
+        scene_id, image = out[key]
+        assert np.array_equal(image, _local_render(scene_id, tmp_path / "c" / "store", SETTINGS)), key
+    assert out["v1"][0] != out["v2"][0] != out["v4"][0]
+    assert not np.array_equal(out["v1"][1], out["v2"][1])
+    # the camera move compiled nothing but the camera: its chunk and the manifest are new
+    edit = out["edit2"]
+    assert edit["camera_only"] and edit["chunks_new"] <= 2 and edit["bytes_new"] < 16 << 10, edit
+    # after an edit the frames are of the new version only: (version, passes) only ever grows
+    for frames, version in ((out["after_edit"], 2), (out["after_v4"], 4)):
+        keys = [(f.version, f.pass_done) for f in frames if f.version >= version]
+        assert keys and keys == sorted(set(keys)), keys
+        assert all(f.samples == f.pass_done * SETTINGS.pass_spp for f in frames)
+    assert out["status"]["version"] == out["versions"] and out["status"]["edits"] == out["versions"] - 1
+    seen = {p for f in out["after_edit"] + out["after_v4"] for p in f.peers}
+    assert seen == {coord.peer_id, member.peer_id}, (seen, out["status"]["results"])  # both rendered
+
+
+def test_edits_are_checked_before_anything_changes(tmp_path):
+    from meshrender.scene.load import load_scene
+
+    desc = load_scene("cornell")
+    peer = Peer(home=tmp_path / "c", party="p", secret=SECRET, render=False)
+    session = StreamSession(peer, desc, SETTINGS)
+
+    async def main():
+        for bad, match in (
+            ({"position": (float("nan"), 0, 0)}, "finite"),
+            ({"position": "up"}, "three numbers"),
+            ({"fov_deg": 0}, "fov_deg"),
+            ({"up": (0, 0, 1e9)}, "within"),
+        ):
+            with pytest.raises(ValueError, match=match):
+                await session.set_camera(**bad)
+        name = session.status()["materials"][0]["name"]
+        for bad, match in (({"color": (2, 0, 0)}, "reflectance"), ({"roughness": -1}, "roughness"),
+                           ({"ior": 0.5}, "ior")):  # fmt: skip
+            with pytest.raises(ValueError, match=match):
+                await session.set_material(name, **bad)
+        with pytest.raises(ValueError, match="no light"):
+            await session.move_light(99, (0, 0, 0))
+
+    trio.run(main)
+    assert session._asked == 0 and session._desc is desc  # nothing was edited
+    assert session.status()["camera"]["position"] == list(desc.camera.position)
