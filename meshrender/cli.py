@@ -21,7 +21,7 @@ from pathlib import Path
 
 import msgspec
 
-from . import __version__, cli_jobs
+from . import __version__, cli_jobs, cli_stream
 from .cli_common import open_store, peer_home_lock
 from .errors import MeshrenderError
 
@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--home", help="peer state folder (default $MESHRENDER_HOME)")
         sp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     cli_jobs.add_parsers(sub, _party_args, _settings_args)
+    cli_stream.add_parser(sub, _party_args, _settings_args, _peer_args, allow_outside_arg)
     sm = sub.add_parser("sim", help="simulate a render party on the real scheduling code")
     sm.add_argument("scenario", help="scenario .toml, or shipped: lan_party_8, office_64_mixed, churn_1000")
     sm.add_argument("--seed", type=int, default=0, help="the run's seed (the same seed replays it exactly)")
@@ -709,7 +710,7 @@ def solo_secret(home: Path) -> bytes:
 
 def _uses_network(args: argparse.Namespace) -> bool:
     """Whether the command runs a libp2p host (importing libp2p costs a second otherwise spared)."""
-    if args.command in ("peer", "tui", "demo"):
+    if args.command in ("peer", "tui", "demo", "stream"):
         return True
     if args.command == "store":
         return args.store_command == "fetch"
@@ -747,6 +748,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_sim(args)
         if args.command == "timeline":
             return cmd_timeline(args)
+        if args.command == "stream":
+            return cli_stream.cmd_stream(args, _settings)
         if args.command == "submit":
             return cli_jobs.cmd_submit(args, _settings)
         if args.command in ("jobs", "cancel", "results"):

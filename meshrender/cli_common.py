@@ -67,6 +67,8 @@ def peer_home(args: argparse.Namespace) -> Path | None:
     home = meshrender_home(getattr(args, "home", None))
     if command == "render" and getattr(args, "party", None):
         return home
+    if command == "stream":
+        return home
     if command == "store" and getattr(args, "store_command", None) == "fetch":
         return home
     if command == "peer" and (args.headless or args.json or not sys.stdout.isatty()):  # as cmd_peer decides

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import struct
 import sys
 import threading
@@ -213,6 +214,9 @@ class _Beats:
 
 
 def _child(store_root: str, backend: str, threads: int) -> int:
+    # Ctrl-C on a terminal signals the whole process group: the parent stops us (stdin closes, or
+    # a kill), so the child ignores it rather than die mid-frame with a traceback on the terminal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     out = sys.stdout.buffer
     inp = sys.stdin.buffer
 

@@ -28,11 +28,18 @@ class PeerProc:
     """A peer process; `events` collects its JSON event lines."""
 
     def __init__(
-        self, home: Path, *extra: str, script: str | None = None, secret: str = SECRET, prefix: list[str] = ()
+        self,
+        home: Path,
+        *extra: str,
+        script: str | None = None,
+        secret: str = SECRET,
+        prefix: list[str] = (),
+        command: tuple[str, ...] = ("peer", "--headless", "--json"),
     ):
-        """`prefix` runs the peer through another command (`ip netns exec NS`, say)."""
+        """`prefix` runs the peer through another command (`ip netns exec NS`, say); `command` is
+        the meshrender command that runs it (`stream SCENE --json`, say)."""
         if script is None:
-            cmd = [*prefix, sys.executable, "-m", "meshrender", "peer", "--headless", "--json"]
+            cmd = [*prefix, sys.executable, "-m", "meshrender", *command]
         else:
             cmd = [*prefix, sys.executable, "-c", script]
         cmd += ["--party", PARTY, "--secret", secret, "--home", str(home), *extra]
