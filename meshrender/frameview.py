@@ -26,6 +26,38 @@ PREVIEW_COLS, PREVIEW_ROWS = 96, 64  # preview cells at most (the TUI draws two 
 BUCKETS_SHOWN_MAX = 16384  # a bigger grid is still tracked, but its map is not sent
 
 
+def _cell_index(width: int, height: int, cols: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The preview cell column of each pixel column, and row of each pixel row."""
+    px = (np.arange(width) * cols // width).astype(np.intp)
+    return px, (np.arange(height) * rows // height).astype(np.intp)
+
+
+def cell_means(image: np.ndarray, cols: int, rows: int) -> np.ndarray:
+    """float64 (rows, cols, 3): `image` (H, W, 3) averaged over each preview cell."""
+    h, w = image.shape[:2]
+    px, py = _cell_index(w, h, cols, rows)
+    cells = np.zeros((rows, cols, 3), np.float64)
+    np.add.at(cells, (py[:, None], px[None, :]), image.astype(np.float64))
+    counts = np.zeros((rows, cols), np.float64)
+    np.add.at(counts, (py[:, None], px[None, :]), 1.0)
+    return cells / counts[..., None]
+
+
+def srgb8(linear: np.ndarray, exposure: float) -> np.ndarray:
+    """uint8 sRGB of linear radiance at `exposure` stops, clipped; NaN (nothing there) is black."""
+    lin = np.nan_to_num(np.clip(linear * (2.0**exposure), 0.0, 1.0))
+    srgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * np.power(lin, 1 / 2.4) - 0.055)
+    return (srgb * 255.0 + 0.5).astype(np.uint8)
+
+
+def preview_json(image: np.ndarray, exposure: float) -> dict:
+    """A small preview of a whole image for the snapshot: at most PREVIEW_COLS x PREVIEW_ROWS cells."""
+    h, w = image.shape[:2]
+    cols, rows = min(PREVIEW_COLS, w), min(PREVIEW_ROWS, h)
+    rgb = srgb8(cell_means(image, cols, rows), exposure)
+    return {"cols": cols, "rows": rows, "rgb": base64.b64encode(rgb.tobytes()).decode()}
+
+
 class FrameView:
     def __init__(
         self, job_id: str, width: int, height: int, pass_count: int, units: Iterable, exposure: float = 0.0
@@ -46,8 +78,7 @@ class FrameView:
         cols = min(PREVIEW_COLS, width)
         rows = min(PREVIEW_ROWS, height)
         self.preview_size = (cols, rows)
-        self._px = (np.arange(width) * cols // width).astype(np.intp)
-        self._py = (np.arange(height) * rows // height).astype(np.intp)
+        self._px, self._py = _cell_index(width, height, cols, rows)
         self.frame = min(self.frames) if self.frames else 0
         self.finished = False  # the job ended with every unit accepted
         self._reset_frame()
@@ -100,21 +131,13 @@ class FrameView:
         whole = image.shape == (self.height, self.width, 3)
         if frame != self.frame or self.frames.get(frame, 0) > 0 or not whole:
             return
-        cols, rows = self.preview_size
-        cells = np.zeros((rows, cols, 3), np.float64)
-        np.add.at(cells, (self._py[:, None], self._px[None, :]), image.astype(np.float64))
-        counts = np.zeros((rows, cols), np.float64)
-        np.add.at(counts, (self._py[:, None], self._px[None, :]), 1.0)
-        self._final = cells / counts[..., None]
+        self._final = cell_means(image, *self.preview_size)
 
     def preview(self) -> np.ndarray:
         """uint8 sRGB (rows, cols, 3); black where nothing has arrived."""
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = self._sum / self._samples[..., None] if self._final is None else self._final
-            lin = mean * (2.0**self.exposure)
-        lin = np.nan_to_num(np.clip(lin, 0.0, 1.0))
-        srgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * np.power(lin, 1 / 2.4) - 0.055)
-        return (srgb * 255.0 + 0.5).astype(np.uint8)
+        return srgb8(mean, self.exposure)
 
     def to_json(self) -> dict:
         cols, rows = self.preview_size

@@ -233,6 +233,7 @@ class Peer:
                 for p, m in self.members.items()
             },
             "frames": [v.to_json() for v in [*self.frame_views.values(), *self._finished_views()]],
+            "streams": [s.snapshot() for s in self.streams],
             "penalties": {p: list(r) for p, r in self.penalties.items()},
             "banned": sorted(self.banned),
             "transfers": dict(self.transfers),

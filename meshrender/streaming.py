@@ -80,6 +80,49 @@ IOR_MIN, IOR_MAX = 1.0, 4.0  # diamond is 2.42; nothing real refracts more than 
 CLOSE_WAIT_S = 1.0  # an ended session's last messages (JobEnd) go out within this, then links close
 
 
+DOLLY_MIN = 0.01  # one orbit step moves the camera at most 100x nearer or farther
+PAN_MAX = 10.0  # one pan step slides at most this many target distances
+POLE_MARGIN_DEG = 1.0  # an orbit stops this far from straight over (or under) the target
+
+
+def _rotate(v: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
+    """`v` turned by `angle` radians about the unit `axis` (Rodrigues)."""
+    c, s = math.cos(angle), math.sin(angle)
+    return v * c + np.cross(axis, v) * s + axis * float(np.dot(axis, v)) * (1 - c)
+
+
+def orbit_camera(cam, *, yaw_deg: float = 0.0, pitch_deg: float = 0.0, dolly: float = 1.0,
+                 pan: tuple[float, float] = (0.0, 0.0)):  # fmt: skip
+    """`cam` (a CameraDesc) turned `yaw_deg` about its up axis and `pitch_deg` over its target
+    (look_at), its distance scaled by `dolly`, camera and target slid by `pan` (right, up) in
+    units of that distance. The pitch stops POLE_MARGIN_DEG short of the poles."""
+    yaw = _number("yaw_deg", yaw_deg, -360.0, 360.0)
+    pitch = _number("pitch_deg", pitch_deg, -180.0, 180.0)
+    scale = _number("dolly", dolly, DOLLY_MIN, 1.0 / DOLLY_MIN)
+    try:
+        dx, dy = (_number("pan", v, -PAN_MAX, PAN_MAX) for v in pan)
+    except (TypeError, ValueError):
+        raise ValueError(f"pan must be two numbers within ±{PAN_MAX:g}, not {pan!r}") from None
+    pos, target = np.asarray(cam.position, np.float64), np.asarray(cam.look_at, np.float64)
+    up = np.asarray(cam.up, np.float64)
+    up /= np.linalg.norm(up)
+    offset = _rotate(pos - target, up, math.radians(yaw))
+    dist = float(np.linalg.norm(offset))
+    right = np.cross(up, offset)
+    if np.linalg.norm(right) > 1e-12:
+        polar = math.acos(max(-1.0, min(1.0, float(np.dot(offset, up)) / dist)))
+        lo, hi = math.radians(POLE_MARGIN_DEG), math.radians(180.0 - POLE_MARGIN_DEG)
+        turn = max(lo, min(hi, polar - math.radians(pitch))) - polar
+        offset = _rotate(offset, right / np.linalg.norm(right), turn)
+    offset *= scale
+    fwd = -offset / np.linalg.norm(offset)
+    r = np.cross(fwd, up)
+    r /= max(float(np.linalg.norm(r)), 1e-12)
+    target = target + (r * dx + np.cross(r, fwd) * dy) * dist
+    return dataclasses.replace(cam, position=tuple(float(x) for x in target + offset),
+                               look_at=tuple(float(x) for x in target))  # fmt: skip
+
+
 class StreamEnded(MeshrenderError):
     """The session ended (stopped, idle, the peer went): no more frames."""
 
@@ -261,6 +304,15 @@ class StreamSession:
             "lights": self._lights(),
         }
 
+    def snapshot(self) -> dict:
+        """`status()` and a small preview of the newest frame: what `Peer.snapshot` lists."""
+        from .frameview import preview_json
+
+        out = self.status()
+        f = self.latest
+        out["preview"] = preview_json(f.image, f.exposure) if f is not None else None
+        return out
+
     def _materials(self) -> list[dict]:
         seen: dict[str, dict] = {}
         for mesh in self._desc.meshes:
@@ -303,6 +355,12 @@ class StreamSession:
         except SceneError as exc:
             raise ValueError(exc.problem) from None
         return await self._edit(dataclasses.replace(self._desc, camera=new, camera_keys=[]), camera_only=True)
+
+    async def orbit(self, *, yaw_deg: float = 0.0, pitch_deg: float = 0.0, dolly: float = 1.0,
+                    pan: tuple[float, float] = (0.0, 0.0)) -> int:  # fmt: skip
+        """Move the camera as a viewport does (`orbit_camera`); returns the version showing it."""
+        cam = orbit_camera(self._desc.camera, yaw_deg=yaw_deg, pitch_deg=pitch_deg, dolly=dolly, pan=pan)
+        return await self.set_camera(position=cam.position, look_at=cam.look_at)
 
     async def set_material(self, name: str, *, color=None, roughness=None, ior=None) -> int:
         """Change every material called `name`: its base colour, roughness, IOR."""

@@ -142,3 +142,25 @@ def test_edits_are_checked_before_anything_changes(tmp_path):
     trio.run(main)
     assert session._asked == 0 and session._desc is desc  # nothing was edited
     assert session.status()["camera"]["position"] == list(desc.camera.position)
+
+
+def test_an_orbit_keeps_the_target_and_distance_and_stops_short_of_the_poles():
+    from meshrender.scene.types import CameraDesc
+    from meshrender.streaming import POLE_MARGIN_DEG, orbit_camera
+
+    cam = CameraDesc(position=(1.0, 0.5, 4.0), look_at=(1.0, 0.5, 0.0))
+    for yaw, pitch in ((90, 0), (-45, 30), (10, -60), (0, 179)):
+        moved = orbit_camera(cam, yaw_deg=yaw, pitch_deg=pitch)
+        assert moved.look_at == cam.look_at
+        offset = np.subtract(moved.position, moved.look_at)
+        assert np.linalg.norm(offset) == pytest.approx(4.0)
+        elevation = np.degrees(np.arcsin(offset[1] / 4.0))
+        assert elevation == pytest.approx(min(pitch, 90 - POLE_MARGIN_DEG), abs=1e-6)
+    assert orbit_camera(cam, yaw_deg=90).position == pytest.approx((5.0, 0.5, 0.0))
+    assert orbit_camera(cam, dolly=0.5).position == pytest.approx((1.0, 0.5, 2.0))
+    panned = orbit_camera(cam, pan=(0.25, 0.0))  # a quarter of the distance to the right
+    assert panned.look_at == pytest.approx((2.0, 0.5, 0.0))
+    assert panned.position == pytest.approx((2.0, 0.5, 4.0))
+    for bad in ({"yaw_deg": float("inf")}, {"dolly": 0}, {"pan": (1e9, 0)}, {"pan": "left"}):
+        with pytest.raises(ValueError):
+            orbit_camera(cam, **bad)
