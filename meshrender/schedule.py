@@ -513,17 +513,25 @@ class Coordinator:
 
     # ---- events --------------------------------------------------------------------------------
 
-    def add_worker(self, peer: str, now: float) -> bool:
+    def add_worker(self, peer: str, now: float, *, prior: tuple[float, float] | None = None) -> bool:
         """A party member that can render joins the job (mid-job too: it gets work at the next
         poll). Brings back a removed worker, and a dropped one with its strikes cleared. Returns
-        False, changing nothing, for a convicted or refusing worker or when WORKERS_MAX are known."""
+        False, changing nothing, for a convicted or refusing worker or when WORKERS_MAX are known.
+        `prior` is a new worker's speed as another coordinator measured it (`speed_state`): a
+        streaming session's next version leases it full shares at once instead of calibrating."""
         self._time(now)
         _check_peer(peer)
+        if prior is not None:
+            ok = isinstance(prior, tuple) and len(prior) == 2
+            if not ok or not all(isinstance(x, int | float) and math.isfinite(x) and x > 0 for x in prior):
+                raise LocalProtocolError(f"prior must be (cost_sum, busy_sum), both positive, not {prior!r}")
         w = self._workers.get(peer)
         if w is None:
             if len(self._workers) >= WORKERS_MAX:
                 return False
             w = self._workers[peer] = _Worker(peer, len(self._workers), last_heard=now, busy_from=now)
+            if prior is not None:
+                w.cost_sum, w.busy_sum = float(prior[0]), max(float(prior[1]), BUSY_S_MIN)
         if w.status is _Status.CONVICTED or w.refused:
             return False
         w.status = _Status.ACTIVE
@@ -536,6 +544,13 @@ class Coordinator:
         self._heard(w, now)
         self._track_open(w)
         return True
+
+    def speed_state(self, peer: str) -> tuple[float, float] | None:
+        """`peer`'s measured speed as the decayed (cost, busy seconds) sums behind it, or None."""
+        w = self._workers.get(peer)
+        if w is None or w.cost_sum <= 0:
+            return None
+        return (w.cost_sum, max(w.busy_sum, BUSY_S_MIN))
 
     def remove_worker(self, peer: str, now: float, reason: str = "connection lost") -> None:
         """`peer`'s connection is lost: its leases close at once and their units are queued again,

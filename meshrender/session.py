@@ -16,9 +16,11 @@ timer for `next_deadline()` and polls again when that fires. Time is always an a
     changes nothing (same scene id, settings and frame) makes no new version.
   * Leases. A session is a job whose scene can change, so the lease table is the coordinator's,
     unchanged: speeds, deadlines, heartbeats, stalls, endgame duplicates and verification are
-    schedule.py's. The session only renames its lease ids: session lease ids are never reused
-    across versions, so one worker state (schedule.WorkerJob) serves them all, and it remembers
-    the last LEASE_RECORDS_MAX leases to tell a late result from a bogus one.
+    schedule.py's. Each worker's measured speed carries over to the next version (its first
+    leases there are full shares, not a one-unit calibration lease). The session only renames its
+    lease ids: session lease ids are never reused across versions, so one worker state
+    (schedule.WorkerJob) serves them all, and it remembers the last LEASE_RECORDS_MAX leases to
+    tell a late result from a bogus one.
   * Results. `on_result` answers a `Received`: ACCEPTED (it is in this version's film, or will be
     once the passes before it are complete), DUPLICATE (bit-identical to the accepted one),
     MISMATCH (verification takes over), STALE (a lease of an older version or of an ended
@@ -65,6 +67,9 @@ from .schedule import WORKERS_MAX, LocalProtocolError, ScheduleConfig
 from .settings import RenderSettings
 from .units import FRAME_MAX, UnitResult, WorkUnit, frame_units
 
+# a lease is this much work at the worker's speed (a job's are 3 s): a pass is spread over every
+# worker and comes in within a few tenths of a second, rather than in one worker's first lease
+LEASE_TARGET_S = 0.1
 IDLE_S = 300.0  # a session nobody watches or edits for 5 minutes ends: its workers go back to the queue
 PREVIEW_INTERVAL_S = 1.0 / 15  # at most 15 frames a second to one watcher: a viewport, not a video
 WATCHERS_MAX = 256  # watchers of one session: each preview is one frame sent to every one of them
@@ -111,7 +116,7 @@ class SceneVersion:
 class SessionConfig:
     """The knobs of one session. Times are seconds of the caller's monotonic clock."""
 
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(lease_target_s=LEASE_TARGET_S))
     preview_interval_s: float = PREVIEW_INTERVAL_S
     idle_s: float = IDLE_S
 
@@ -714,11 +719,12 @@ class SessionCore:
     def _replace(self, scene: SceneVersion, now: float, reason: str) -> None:
         if self._v.number >= VERSION_MAX:
             raise LocalProtocolError(f"session reached {VERSION_MAX} versions")
+        old = self._v.coord
         self._retire(now, reason)
         self._versions += 1
         self._v = _Version(self._v.number + 1, scene, now, self.config.schedule)
-        for p in self._workers:
-            self._v.coord.add_worker(p, now)
+        for p in self._workers:  # speeds carry over: no calibration lease per worker per edit
+            self._v.coord.add_worker(p, now, prior=old.speed_state(p))
 
     def _end(self, now: float, reason: str) -> None:
         if self._ended is not None:

@@ -217,7 +217,9 @@ def test_an_edit_revokes_the_old_version_at_once_and_leases_the_new_first_pass()
     assert owing <= revoked  # every lease that still owed a unit
     new = of(actions, Lease)
     assert {a.peer for a in new} == set(PEERS) and all(a.version == 2 for a in new)
-    assert all(u.pass_index == 0 for a in new for u in a.units)
+    leased = [u for a in new for u in a.units]  # speeds carried over: full shares, in pass order
+    assert {u for u in frame_units(S1) if u.pass_index == 0} <= set(leased)
+    assert all([u.pass_index for u in a.units] == sorted(u.pass_index for u in a.units) for a in new)
     # the old leases' late results are dropped and counted, and never reach the film
     before = party.core.film.sums.copy()
     late = [party.deliver(p, item) for p in PEERS for item in list(party.held[p]) if item[0] == 1]
@@ -694,3 +696,17 @@ def test_a_session_edited_midway_converges_to_a_render_of_its_last_version(rende
     assert np.array_equal(first.image.view(np.uint32), part.image().view(np.uint32))
     assert all(p.version == 1 for p in previews[: previews.index(first)])
     assert set(first.peers) <= {"p1", "p2"} and first.peers
+
+
+def test_an_edit_keeps_each_workers_measured_speed_so_its_first_leases_are_full_shares():
+    settings = RenderSettings(width=32, height=32, spp=2, pass_spp=1, bucket_px=4)  # 128 units a version
+    party = Party(scene(1, settings), peers=("a", "b"))
+    first = of(party.pump(), Lease)
+    assert first and all(len(a.units) == 1 for a in first)  # unmeasured: one calibration unit each
+    for _ in range(3):
+        party.round()
+    party.edit(scene(2, settings))
+    new = [a for a in of(party.pump(), Lease) if a.version == 2]
+    assert {a.peer for a in new} == {"a", "b"}
+    assert all(len(a.units) > 1 for a in new), [len(a.units) for a in new]  # no calibration again
+    assert len(new) > 2  # both of each measured worker's lease slots at once
