@@ -77,6 +77,7 @@ VERSIONS_KEPT = 16  # SceneVersions remembered by number (a lease of an older on
 COORD_MAX = 1e6  # |x| of a camera or light position: a scene is not a planet; larger is a typo
 FOV_DEG_MIN, FOV_DEG_MAX = 0.1, 179.0  # a field of view the pinhole camera can draw
 IOR_MIN, IOR_MAX = 1.0, 4.0  # diamond is 2.42; nothing real refracts more than this
+FIRST_PASS_HOLD_S = 1.0  # an edit waits at most this long for the current version's first whole pass
 CLOSE_WAIT_S = 1.0  # an ended session's last messages (JobEnd) go out within this, then links close
 
 
@@ -255,6 +256,8 @@ class StreamSession:
         self._compile_wake = trio.Event()
         self.core: SessionCore | None = None
         self._versions: OrderedDict[int, SceneVersion] = OrderedDict()
+        self._version_started = 0.0  # trio time the current version was made
+        self._first_pass = trio.Event()  # set once the current version has a whole pass
         self._lease_version: OrderedDict[int, int] = OrderedDict()
         self._offered: dict[str, int] = {}  # worker -> the version its link was last offered
         self._watches: dict[str, Watch] = {}
@@ -508,6 +511,7 @@ class StreamSession:
             await self._compile_wake.wait()
             self._compile_wake = trio.Event()
             while self._built < self._asked and self.ended is None:
+                await self._hold_for_first_pass()
                 upto, desc, camera_only = self._asked, self._desc, not self._structural
                 self._structural = False
                 try:
@@ -539,12 +543,27 @@ class StreamSession:
                     self._poke()
                 self._finish_edit(upto)
 
+    async def _hold_for_first_pass(self) -> None:
+        """Wait (at most FIRST_PASS_HOLD_S from the version's start) until the current version has
+        a whole pass: a drag that sends a move every 50 ms would otherwise revoke every version
+        before its first pass is in, and the watcher would see nothing until the drag stops.
+        Edits meanwhile coalesce into the next version."""
+        if self.core is None:
+            return
+        until = self._version_started + FIRST_PASS_HOLD_S
+        while self.core.pass_done == 0 and self.ended is None and trio.current_time() < until:
+            with trio.move_on_at(until):
+                await self._first_pass.wait()
+
     def _finish_edit(self, upto: int) -> None:
         self._built = max(self._built, upto)
         self._built_event.set()
         self._built_event = trio.Event()
 
     def _remember(self, number: int) -> None:
+        if number not in self._versions:
+            self._version_started = trio.current_time()
+            self._first_pass = trio.Event()
         self._versions[number] = self.core.scene
         while len(self._versions) > VERSIONS_KEPT:
             self._versions.popitem(last=False)
@@ -598,6 +617,8 @@ class StreamSession:
                         break
                     self._handle(kind, who, payload)
             self._act(core.poll(trio.current_time()))
+            if core.pass_done:
+                self._first_pass.set()
 
     def _offer(self) -> JobOffer:
         return self._offer_of(self.core.version)
