@@ -164,3 +164,27 @@ def test_an_orbit_keeps_the_target_and_distance_and_stops_short_of_the_poles():
     for bad in ({"yaw_deg": float("inf")}, {"dolly": 0}, {"pan": (1e9, 0)}, {"pan": "left"}):
         with pytest.raises(ValueError):
             orbit_camera(cam, **bad)
+
+
+@pytest.mark.slow
+def test_a_script_opens_a_session_edits_it_and_reads_its_frames(tmp_path):
+    """The Python API: `Session.open` runs a peer with one session; edits and frames() work on it."""
+    from meshrender.streaming import Session
+
+    seen: list = []
+
+    async def main():
+        with trio.fail_after(SESSION_S_MAX):
+            async with Session.open("cornell", home=tmp_path / "h", party="solo", secret="a-long-solo-secret",
+                                    settings=SETTINGS, backend="cpu", threads=1) as s:  # fmt: skip
+                version = await s.set_material(s.status()["materials"][0]["name"], color=(0.2, 0.7, 0.2))
+                async for frame in s.frames():
+                    seen.append(frame)
+                    if frame.version == version and frame.pass_done == frame.pass_count:
+                        out = (s.core.scene.scene_id, frame.image.copy())
+                        break
+        return out
+
+    scene_id, image = trio.run(main)
+    assert seen[-1].version == 2 and {f.version for f in seen} <= {1, 2}
+    assert np.array_equal(image, _local_render(scene_id, tmp_path / "h" / "store", SETTINGS))
