@@ -174,6 +174,7 @@ class JobOffer(Msg, tag="job"):
     scene_id: Hash
     settings: RenderSettings
     backend: Literal["cpu", "gpu"]  # the one backend class this job renders on (bit-identical results)
+    interactive: bool = False  # a streaming session's: its units go before queued jobs' at the worker
 
 
 class LeaseGrant(Msg, tag="lease"):

@@ -37,6 +37,7 @@ class: `render` raises BackendChanged (a RendererDown: the lease goes back witho
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -306,6 +307,35 @@ def _start_note(phase: str, cold: bool, seconds: float) -> str:
     return f"renderer {what}, {seconds:.0f} s so far"
 
 
+class UrgentFirstLock:
+    """A lock whose urgent waiters go before the others (FIFO within each kind): a streaming
+    session's one-pass units do not wait behind a batch job's queued units, only behind the one
+    in the kernel."""
+
+    def __init__(self):
+        self._lock = trio.Lock()
+        self._urgent_waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def hold(self, urgent: bool = False):
+        if urgent:
+            self._urgent_waiting += 1
+            try:
+                await self._lock.acquire()
+            finally:
+                self._urgent_waiting -= 1
+        else:
+            while True:
+                await self._lock.acquire()
+                if not self._urgent_waiting:
+                    break
+                self._lock.release()  # trio hands it to the first waiter: an urgent one is queued
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+
 class RenderProcess:
     """A render child for this peer; `render` starts one when none runs.
 
@@ -334,7 +364,7 @@ class RenderProcess:
         self.last_error = ""
         self.retry_at = 0.0  # trio clock: no start before this (a back-off after failures)
         self._proc: trio.Process | None = None
-        self._lock = trio.Lock()
+        self._lock = UrgentFirstLock()
         self._start_lock = trio.Lock()
         self._buf = bytearray()
 
@@ -442,11 +472,12 @@ class RenderProcess:
                 self._set(self.state, _start_note(phase, cold, now - t0))
 
     async def render(
-        self, scene_id: str, settings: RenderSettings, unit: WorkUnit
+        self, scene_id: str, settings: RenderSettings, unit: WorkUnit, *, urgent: bool = False
     ) -> tuple[UnitResult, Rendered]:
         """Render one unit; RenderError if the scene cannot be loaded, RendererDown if the child
-        cannot start or dies (stopped by `stop` included)."""
-        async with self._lock:
+        cannot start or dies (stopped by `stop` included). An `urgent` unit (a streaming
+        session's) goes before units of queued jobs waiting for the child."""
+        async with self._lock.hold(urgent):
             await self.start()
             try:
                 request = Render(scene_id=scene_id, settings=settings, unit=unit)

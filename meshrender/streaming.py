@@ -626,7 +626,8 @@ class StreamSession:
     def _offer_of(self, version: int) -> JobOffer:
         scene = self._versions.get(version) or self.core.scene
         job_id = chunk_hash(f"meshrender-session:{self.id}:{version}:{scene.scene_id}".encode())
-        return JobOffer(job_id=job_id, scene_id=scene.scene_id, settings=self.settings, backend=self.backend)
+        return JobOffer(job_id=job_id, scene_id=scene.scene_id, settings=self.settings, backend=self.backend,
+                        interactive=True)  # fmt: skip
 
     def _joined(self, peer_id: str) -> None:
         self._offered[peer_id] = self.core.version  # the crew sent it the current version's offer

@@ -197,7 +197,8 @@ async def serve_job(peer, link, coordinator: str) -> dict:
             state["rendering"] = True
             peer.rendering.busy = True
             try:
-                result, rendered = await peer.rendering.proc.render(off.scene_id, off.settings, step.unit)
+                result, rendered = await peer.rendering.proc.render(off.scene_id, off.settings, step.unit,
+                                                                    urgent=off.interactive)  # fmt: skip
             except RendererDown as exc:  # it restarts (Rendering.warm): the job gets us back then
                 state["rendering"] = False
                 state["ended"] = state["ended"] or f"renderer down: {exc}"

@@ -176,3 +176,31 @@ def test_the_start_deadline_counts_from_the_last_sign_of_life(stored, monkeypatc
 def test_restart_backoff_grows_and_is_bounded():
     waits = [restart_backoff_s(n) for n in range(0, 10)]
     assert waits[0] == 0 and waits == sorted(waits) and waits[-1] == RESTART_BACKOFF_S[-1]
+
+
+def test_urgent_renders_go_before_queued_ones_and_each_kind_keeps_its_order():
+    """A streaming session's units (urgent) wait only for the unit in the kernel, not for a batch
+    job's units queued before them."""
+    from meshrender.renderproc import UrgentFirstLock
+
+    lock = UrgentFirstLock()
+    order: list[str] = []
+
+    async def render(name: str, urgent: bool, delay: float):
+        await trio.sleep(delay)
+        async with lock.hold(urgent):
+            order.append(name)
+            await trio.sleep(1.0)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            n.start_soon(render, "job-1", False, 0.0)  # in the kernel
+            n.start_soon(render, "job-2", False, 0.1)
+            n.start_soon(render, "job-3", False, 0.2)
+            n.start_soon(render, "session-1", True, 0.3)
+            n.start_soon(render, "session-2", True, 0.4)
+
+    import trio.testing
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert order == ["job-1", "session-1", "session-2", "job-2", "job-3"]
