@@ -33,7 +33,7 @@ import msgspec
 import numpy as np
 import trio
 
-from .crew import OUTBOX_MSGS, Crew, backend_class
+from .crew import OUTBOX_MSGS, Crew, backend_class, handle_events
 from .film import Film
 from .frameview import FrameView
 from .jobs import JobDB, JobError, JobSpec, UnitRecord
@@ -402,16 +402,7 @@ class JobRun:
     async def _drive(self) -> None:
         coord = self.coordinator
         while not coord.done:
-            deadline = coord.next_deadline()
-            with trio.move_on_at(deadline if deadline is not None else trio.current_time() + 1.0):
-                kind, who, payload = await self._events_receive.receive()
-                self._handle(kind, who, payload)
-                while True:  # everything already queued, then one poll
-                    try:
-                        kind, who, payload = self._events_receive.receive_nowait()
-                    except trio.WouldBlock:
-                        break
-                    self._handle(kind, who, payload)
+            await handle_events(self._events_receive, coord.next_deadline(), self._handle)
             if self._cancelled:
                 coord.cancel(trio.current_time())
                 return

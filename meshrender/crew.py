@@ -36,6 +36,19 @@ BACKEND_WAIT_S = 60.0  # work of class "any" waits this long for our own rendere
 SEND_TIMEOUT_S = 10.0  # one message to a member; a member that takes longer is dropped from the work
 
 
+async def handle_events(events: trio.MemoryReceiveChannel, deadline: float | None, handle) -> None:
+    """Wait for one event (until `deadline`, or a second when there is none), then `handle` it and
+    every event already queued behind it: the coordinator then polls its core once for all."""
+    with trio.move_on_at(deadline if deadline is not None else trio.current_time() + 1.0):
+        handle(*await events.receive())
+        while True:
+            try:
+                item = events.receive_nowait()
+            except trio.WouldBlock:
+                break
+            handle(*item)
+
+
 class Worker:
     def __init__(self, peer: str, link):
         self.peer = peer
