@@ -652,7 +652,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
     from .home import meshrender_home
     from .local import socket_path
-    from .node import Peer, read_secret
+    from .node import Peer
 
     home = meshrender_home(args.home)
     home.mkdir(parents=True, exist_ok=True)
@@ -664,9 +664,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
     root.addHandler(handler)
 
     def start_peer():
-        secret = read_secret(args.secret, args.secret_file) if (
-            args.secret or args.secret_file or args.party != SOLO_PARTY) else solo_secret(home)  # fmt: skip
-        warn_weak_secret(secret)  # before the screen is taken: it stays on the terminal after
+        secret = party_secret(args, home)  # warned before the screen is taken: it stays on the terminal
         return peer_in_thread(lambda: Peer(
             home=home, party=args.party, secret=secret, listen=args.listen, bootstrap=args.bootstrap,
             backend=args.backend, threads=args.threads, mdns=args.mdns, run_queue=True,
@@ -688,6 +686,17 @@ def warn_weak_secret(secret: bytes) -> None:
               "and pass it as a file:\n  (umask 077; "
               "python3 -c \"import secrets; print(secrets.token_urlsafe(24))\" > party.secret)\n"
               "  meshrender peer --party NAME --secret-file party.secret", file=sys.stderr)  # fmt: skip
+
+
+def party_secret(args: argparse.Namespace, home: Path) -> bytes:
+    """--secret / --secret-file (warned about when weak), or this machine's own solo party's."""
+    from .node import read_secret
+
+    if args.secret or args.secret_file or args.party != SOLO_PARTY:
+        secret = read_secret(args.secret, args.secret_file)
+        warn_weak_secret(secret)
+        return secret
+    return solo_secret(home)
 
 
 def solo_secret(home: Path) -> bytes:
@@ -749,7 +758,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "timeline":
             return cmd_timeline(args)
         if args.command == "stream":
-            return cli_stream.cmd_stream(args, _settings)
+            from .home import meshrender_home
+
+            home = meshrender_home(args.home)
+            return cli_stream.cmd_stream(args, home, party_secret(args, home), _settings, _with_signals)
         if args.command == "submit":
             return cli_jobs.cmd_submit(args, _settings)
         if args.command in ("jobs", "cancel", "results"):

@@ -117,21 +117,16 @@ async def report(session, args) -> None:
             os.replace(tmp, out)  # a viewer never reads half a file
 
 
-def cmd_stream(args: argparse.Namespace, settings_of) -> int:
+def cmd_stream(args: argparse.Namespace, home: Path, secret: bytes, settings_of, with_signals) -> int:
+    """`settings_of(args, settings)` applies the command line's overrides; `with_signals(scope)`
+    cancels the scope on Ctrl-C or SIGTERM (both are cli.py's)."""
     import trio
 
-    from .cli import SOLO_PARTY, _with_signals, solo_secret, warn_weak_secret
-    from .home import meshrender_home
     from .local import socket_path
-    from .node import Peer, read_secret
+    from .node import Peer
     from .scene.load import load_scene
     from .streaming import StreamSession
     from .web.addr import WEB_PORT_DEFAULT
-
-    home = meshrender_home(args.home)
-    secret = read_secret(args.secret, args.secret_file) if (
-        args.secret or args.secret_file or args.party != SOLO_PARTY) else solo_secret(home)  # fmt: skip
-    warn_weak_secret(secret)
 
     def load():
         return load_scene(args.scene, allow_outside=args.allow_outside)
@@ -155,7 +150,7 @@ def cmd_stream(args: argparse.Namespace, settings_of) -> int:
 
     async def main():
         async with trio.open_nursery() as n:
-            n.start_soon(_with_signals, n.cancel_scope)
+            n.start_soon(with_signals, n.cancel_scope)
             await n.start(peer.run)
             session = StreamSession(peer, desc, settings)
             await n.start(session.run)

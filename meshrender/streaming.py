@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import time
 from collections import OrderedDict
@@ -52,7 +51,7 @@ import trio
 
 from .compiled import CompiledScene
 from .coordinate import check_aov, check_result
-from .crew import OUTBOX_MSGS, Crew, backend_class
+from .crew import OUTBOX_MSGS, Crew, backend_class, handle_events
 from .errors import MeshrenderError
 from .protocol import LEASE_DUE_S_MAX, Beat, JobEnd, JobOffer, LeaseGrant, LeaseRefused, LeaseRevoke, UnitDone
 from .session import (
@@ -70,58 +69,15 @@ from .session import (
 from .settings import RenderSettings
 from .store.hashing import chunk_hash
 from .units import UnitResult
+from .viewport import number, orbit_camera, reflectance, vec3
 
 log = logging.getLogger("meshrender.streaming")
 
 VERSIONS_KEPT = 16  # SceneVersions remembered by number (a lease of an older one is stale anyway)
-COORD_MAX = 1e6  # |x| of a camera or light position: a scene is not a planet; larger is a typo
 FOV_DEG_MIN, FOV_DEG_MAX = 0.1, 179.0  # a field of view the pinhole camera can draw
 IOR_MIN, IOR_MAX = 1.0, 4.0  # diamond is 2.42; nothing real refracts more than this
 FIRST_PASS_HOLD_S = 1.0  # an edit waits at most this long for the current version's first whole pass
 CLOSE_WAIT_S = 1.0  # an ended session's last messages (JobEnd) go out within this, then links close
-
-
-DOLLY_MIN = 0.01  # one orbit step moves the camera at most 100x nearer or farther
-PAN_MAX = 10.0  # one pan step slides at most this many target distances
-POLE_MARGIN_DEG = 1.0  # an orbit stops this far from straight over (or under) the target
-
-
-def _rotate(v: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
-    """`v` turned by `angle` radians about the unit `axis` (Rodrigues)."""
-    c, s = math.cos(angle), math.sin(angle)
-    return v * c + np.cross(axis, v) * s + axis * float(np.dot(axis, v)) * (1 - c)
-
-
-def orbit_camera(cam, *, yaw_deg: float = 0.0, pitch_deg: float = 0.0, dolly: float = 1.0,
-                 pan: tuple[float, float] = (0.0, 0.0)):  # fmt: skip
-    """`cam` (a CameraDesc) turned `yaw_deg` about its up axis and `pitch_deg` over its target
-    (look_at), its distance scaled by `dolly`, camera and target slid by `pan` (right, up) in
-    units of that distance. The pitch stops POLE_MARGIN_DEG short of the poles."""
-    yaw = _number("yaw_deg", yaw_deg, -360.0, 360.0)
-    pitch = _number("pitch_deg", pitch_deg, -180.0, 180.0)
-    scale = _number("dolly", dolly, DOLLY_MIN, 1.0 / DOLLY_MIN)
-    try:
-        dx, dy = (_number("pan", v, -PAN_MAX, PAN_MAX) for v in pan)
-    except (TypeError, ValueError):
-        raise ValueError(f"pan must be two numbers within ±{PAN_MAX:g}, not {pan!r}") from None
-    pos, target = np.asarray(cam.position, np.float64), np.asarray(cam.look_at, np.float64)
-    up = np.asarray(cam.up, np.float64)
-    up /= np.linalg.norm(up)
-    offset = _rotate(pos - target, up, math.radians(yaw))
-    dist = float(np.linalg.norm(offset))
-    right = np.cross(up, offset)
-    if np.linalg.norm(right) > 1e-12:
-        polar = math.acos(max(-1.0, min(1.0, float(np.dot(offset, up)) / dist)))
-        lo, hi = math.radians(POLE_MARGIN_DEG), math.radians(180.0 - POLE_MARGIN_DEG)
-        turn = max(lo, min(hi, polar - math.radians(pitch))) - polar
-        offset = _rotate(offset, right / np.linalg.norm(right), turn)
-    offset *= scale
-    fwd = -offset / np.linalg.norm(offset)
-    r = np.cross(fwd, up)
-    r /= max(float(np.linalg.norm(r)), 1e-12)
-    target = target + (r * dx + np.cross(r, fwd) * dy) * dist
-    return dataclasses.replace(cam, position=tuple(float(x) for x in target + offset),
-                               look_at=tuple(float(x) for x in target))  # fmt: skip
 
 
 class StreamEnded(MeshrenderError):
@@ -189,36 +145,6 @@ class Watch:
         self.close()
 
 
-# ---------------------------------------------------------------------------- checks of edits
-
-
-def _vec3(name: str, value) -> tuple[float, float, float]:
-    try:
-        v = tuple(float(x) for x in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be three numbers, not {value!r}") from None
-    if len(v) != 3 or not all(math.isfinite(x) and abs(x) <= COORD_MAX for x in v):
-        raise ValueError(f"{name} must be three finite numbers within ±{COORD_MAX:g}, not {value!r}")
-    return v  # type: ignore[return-value]
-
-
-def _number(name: str, value, lo: float, hi: float) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, not {value!r}") from None
-    if not (math.isfinite(v) and lo <= v <= hi):
-        raise ValueError(f"{name} must be from {lo:g} to {hi:g}, not {value!r}")
-    return v
-
-
-def _color(value) -> tuple[float, float, float]:
-    c = _vec3("color", value)
-    if not all(0.0 <= x <= 1.0 for x in c):
-        raise ValueError(f"color must be three numbers from 0 to 1 (a reflectance), not {value!r}")
-    return c
-
-
 # ---------------------------------------------------------------------------- the session
 
 
@@ -266,6 +192,7 @@ class StreamSession:
         self.crew = Crew(peer, self.label, self._events_send, offer=self._offer, on_join=self._joined,
                          render_self=self.render_self)  # fmt: skip
         self.latest: StreamFrame | None = None  # the newest frame any watcher was sent
+        self._preview: tuple[StreamFrame, dict] | None = None  # the snapshot's preview of `latest`
         self.converged: tuple[int, np.ndarray] | None = None  # (version, image) of the last converged
         self.last_edit: dict = {}  # what the last version's compile and import did (bytes new, seconds)
         self.ended: str | None = None
@@ -313,7 +240,9 @@ class StreamSession:
 
         out = self.status()
         f = self.latest
-        out["preview"] = preview_json(f.image, f.exposure) if f is not None else None
+        if f is not None and (self._preview is None or self._preview[0] is not f):
+            self._preview = (f, preview_json(f.image, f.exposure))  # 160 ms at 1080p: once a frame
+        out["preview"] = self._preview[1] if f is not None else None
         return out
 
     def _materials(self) -> list[dict]:
@@ -348,10 +277,10 @@ class StreamSession:
         cam = self._desc.camera
         new = dataclasses.replace(
             cam,
-            position=cam.position if position is None else _vec3("position", position),
-            look_at=cam.look_at if look_at is None else _vec3("look_at", look_at),
-            up=cam.up if up is None else _vec3("up", up),
-            fov_deg=cam.fov_deg if fov_deg is None else _number("fov_deg", fov_deg, FOV_DEG_MIN, FOV_DEG_MAX),
+            position=cam.position if position is None else vec3("position", position),
+            look_at=cam.look_at if look_at is None else vec3("look_at", look_at),
+            up=cam.up if up is None else vec3("up", up),
+            fov_deg=cam.fov_deg if fov_deg is None else number("fov_deg", fov_deg, FOV_DEG_MIN, FOV_DEG_MAX),
         )
         try:
             camera_array(new)  # position == look_at, up along the view: said now, to this caller
@@ -369,11 +298,11 @@ class StreamSession:
         """Change every material called `name`: its base colour, roughness, IOR."""
         changes = {}
         if color is not None:
-            changes["base_color"] = _color(color)
+            changes["base_color"] = reflectance(color)
         if roughness is not None:
-            changes["roughness"] = _number("roughness", roughness, 0.0, 1.0)
+            changes["roughness"] = number("roughness", roughness, 0.0, 1.0)
         if ior is not None:
-            changes["ior"] = _number("ior", ior, IOR_MIN, IOR_MAX)
+            changes["ior"] = number("ior", ior, IOR_MIN, IOR_MAX)
         swapped: dict[int, object] = {}
         meshes = []
         for mesh in self._desc.meshes:
@@ -390,7 +319,7 @@ class StreamSession:
 
     async def move_light(self, index: int, position) -> int:
         """Move light `index` of `status()["lights"]` to `position` (an area light: its centroid)."""
-        pos = np.asarray(_vec3("position", position), np.float64)
+        pos = np.asarray(vec3("position", position), np.float64)
         lights = self._lights()
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(lights):
             raise ValueError(f"no light {index!r}: this scene has {len(lights)} that can move")
@@ -606,16 +535,7 @@ class StreamSession:
     async def _drive(self) -> None:
         core = self.core
         while self.ended is None:
-            deadline = core.next_deadline()
-            with trio.move_on_at(deadline if deadline is not None else trio.current_time() + 1.0):
-                kind, who, payload = await self._events_receive.receive()
-                self._handle(kind, who, payload)
-                while True:  # everything already queued, then one poll
-                    try:
-                        kind, who, payload = self._events_receive.receive_nowait()
-                    except trio.WouldBlock:
-                        break
-                    self._handle(kind, who, payload)
+            await handle_events(self._events_receive, core.next_deadline(), self._handle)
             self._act(core.poll(trio.current_time()))
             if core.pass_done:
                 self._first_pass.set()

@@ -146,7 +146,7 @@ def test_edits_are_checked_before_anything_changes(tmp_path):
 
 def test_an_orbit_keeps_the_target_and_distance_and_stops_short_of_the_poles():
     from meshrender.scene.types import CameraDesc
-    from meshrender.streaming import POLE_MARGIN_DEG, orbit_camera
+    from meshrender.viewport import POLE_MARGIN_DEG, orbit_camera
 
     cam = CameraDesc(position=(1.0, 0.5, 4.0), look_at=(1.0, 0.5, 0.0))
     for yaw, pitch in ((90, 0), (-45, 30), (10, -60), (0, 179)):
