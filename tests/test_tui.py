@@ -1,25 +1,34 @@
 """The TUI: it attaches to a real local peer through its status socket, shows this peer in the
 party table with its backend, submits a scene that completes, shows a running job's frame and
-cancels it, keeps a departed member listed as lost, and runs in a real terminal (tmux) from
-`meshrender tui`."""
+cancels it, keeps a departed member listed as lost, shows a streaming session and moves its camera
+from the keyboard, and runs in a real terminal (tmux) from `meshrender tui`. And the status
+socket's commands: a camera move on a real peer's session makes a new version, garbage is
+answered with an error and the peer goes on."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import trio
 from conftest import REPO
 from party import PeerProc
 from rich.text import Text
 
+from meshrender.local import COMMAND_BYTES_MAX, COMMANDS_PENDING_MAX, socket_path
+from meshrender.node import Peer
+from meshrender.settings import RenderSettings
+from meshrender.streaming import StreamSession, orbit_camera
 from tui.app import MeshrenderApp, attach_or_start
-from tui.widgets import backend_text
+from tui.widgets import DOLLY_IN, PITCH_STEP_DEG, YAW_STEP_DEG, backend_text
 
 CORNELL = REPO / "meshrender" / "data" / "cornell"
 
@@ -186,3 +195,253 @@ def test_meshrender_tui_runs_in_a_terminal_and_quits(tmp_path):
         assert not (home / "peer.sock").exists()
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+# ---------------------------------------------------------------------------- streaming sessions
+STREAM_SECRET = b"a-good-long-secret"
+STREAM_SETTINGS = RenderSettings(width=32, height=24, spp=4, pass_spp=1, max_depth=4, bucket_px=16)
+SOCKET_S_MAX = 60  # a peer, a compiled Cornell box and a few camera-only versions
+
+
+class Reader:
+    """A reader of a peer's status socket on trio: lines out, JSON objects in."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.buf = b""
+
+    @classmethod
+    async def attach(cls, path) -> Reader:
+        reader = cls(await trio.open_unix_socket(str(path)))
+        await reader.send(b'{"watch": true}')
+        assert "snapshot" in await reader.item()
+        return reader
+
+    async def send(self, *lines: bytes) -> None:
+        await self.stream.send_all(b"".join(line + b"\n" for line in lines))
+
+    async def item(self) -> dict:
+        while b"\n" not in self.buf:
+            data = await self.stream.receive_some(1 << 16)
+            assert data, "the peer closed the socket"
+            self.buf += data
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    async def answers(self, count: int) -> list[dict]:
+        """The next `count` answers to commands, in the order they come (events and snapshots skipped)."""
+        out = []
+        while len(out) < count:
+            item = await self.item()
+            if "stream-result" in item or "error" in item:
+                out.append(item)
+        return out
+
+    async def stream_status(self, session_id: str, version: int) -> dict:
+        """The session's entry in the first `streams` item showing `version` or later."""
+        while True:
+            item = await self.item()
+            for s in item.get("streams", []):
+                if s["id"] == session_id and s["version"] >= version:
+                    return s
+
+
+def orbit(line: dict) -> bytes:
+    return json.dumps(line).encode()
+
+
+def test_a_move_on_the_status_socket_makes_a_version_and_garbage_is_refused(tmp_path):
+    """A real peer (no renderer: the versions are what is looked at) with a real session of the
+    Cornell box, its status socket read and written as the TUI does."""
+    from meshrender.scene.load import load_scene
+    from meshrender.scene.types import CameraDesc
+
+    desc = load_scene("cornell")
+    home = tmp_path / "home"
+    peer = Peer(home=home, party="p", secret=STREAM_SECRET, render=False, local_socket=socket_path(home))
+    out: dict = {}
+
+    def camera(c: dict) -> CameraDesc:
+        return CameraDesc(position=tuple(c["position"]), look_at=tuple(c["look_at"]), up=tuple(c["up"]))
+
+    def move(sid: str, **orbit_fields) -> bytes:
+        return orbit({"stream": {"session": sid, "orbit": orbit_fields}})
+
+    async def main():
+        async with trio.open_nursery() as n:
+            await n.start(peer.run)
+            session = StreamSession(peer, desc, STREAM_SETTINGS)
+            await n.start(session.run)
+            sid = session.id
+            with trio.fail_after(SOCKET_S_MAX):
+                r = await Reader.attach(socket_path(home))
+                before = (await r.stream_status(sid, 1))["camera"]
+                # one arrow key: a new version whose camera turned about the same target
+                await r.send(move(sid, yaw_deg=15))
+                [answer] = await r.answers(1)
+                assert answer == {"stream-result": {"session": sid, "version": 2}}
+                out["moved"] = (before, (await r.stream_status(sid, 2))["camera"])
+                # garbage: each line answered with an error, nothing moved
+                garbage = [
+                    b"x" * (COMMAND_BYTES_MAX + 10),  # too long: skipped unread
+                    b"not json",
+                    b"\xff\xfe\x00",
+                    b"[" * 3000,
+                    b'{"watch": true}',  # not a command once watching
+                    b'{"stream": {"session": "%s", "orbit": {"yaw_deg": 1e999}}}' % sid.encode(),
+                    b'{"stream": {"session": "%s", "orbit": {"pan": [0.1, "left"]}}}' % sid.encode(),
+                    b'{"stream": {"session": "%s", "orbit": {"dolly": 0}}}' % sid.encode(),
+                    b'{"stream": {"session": "%s", "orbit": {"yaw_deg": true}}}' % sid.encode(),
+                    b'{"stream": {"session": "%s", "orbit": {"roll": 5}}}' % sid.encode(),
+                    move("0" * 16, yaw_deg=15),  # no such session
+                    b'{"stream": {"session": "%s", "orbit": {"yaw_deg": 1%s}}}' % (sid.encode(), b"0" * 4000),
+                ]
+                await r.send(*garbage)
+                answers = await r.answers(len(garbage))
+                out["garbage"] = answers
+                assert session.version == 2 and session.ended is None
+                # the peer goes on: the same reader moves it again, a second reader attaches
+                await r.send(move(sid, pitch_deg=10, dolly=0.8))
+                assert (await r.answers(1))[0]["stream-result"]["version"] == 3
+                r2 = await Reader.attach(socket_path(home))
+                # four key presses at once: answered each, applied in order, merged where exact
+                presses = [move(sid, yaw_deg=15)] * 3 + [move(sid, pan=[0.1, 0.0])]
+                start = (await r2.stream_status(sid, 3))["camera"]
+                await r2.send(*presses)
+                got = await r2.answers(len(presses))
+                assert all("stream-result" in a for a in got), got
+                last = got[-1]["stream-result"]["version"]
+                out["pressed"] = (start, (await r2.stream_status(sid, last))["camera"])
+                # a flood: every line answered, those beyond what waits refused as busy
+                flood = [move(sid, yaw_deg=1), move(sid, pan=[0.01, 0.0])] * 8  # nothing merges
+                await r2.send(*flood)
+                flooded = await r2.answers(len(flood))
+                out["flood"] = flooded
+                assert session.ended is None
+                await r.stream.aclose()
+                await r2.stream.aclose()
+                out["watchers"] = len(peer.watchers)
+                await trio.sleep(1.5)  # past a snapshot: writing to a reader that left ends only its watch
+                out["watchers_after"] = len(peer.watchers)
+            n.cancel_scope.cancel()
+
+    trio.run(main)
+    before, after = out["moved"]
+    assert after["position"] == pytest.approx(list(orbit_camera(camera(before), yaw_deg=15).position))
+    assert after["look_at"] == before["look_at"] and after["position"] != before["position"]
+    assert all(set(a) == {"error"} for a in out["garbage"]), out["garbage"]
+    said = [a["error"] for a in out["garbage"]]
+    assert "over 4096 bytes" in said[0] and "not a command" in said[1]
+    assert "yaw_deg" in said[5] and "pan" in said[6] and "dolly" in said[7] and "roll" in said[9]
+    assert "no streaming session" in said[10]
+    # the four presses: three turns then a pan, as if each had been a version of its own
+    start, end = out["pressed"]
+    cam = camera(start)
+    for _ in range(3):
+        cam = orbit_camera(cam, yaw_deg=15)
+    cam = orbit_camera(cam, pan=(0.1, 0.0))
+    assert end["position"] == pytest.approx(list(cam.position), abs=1e-9)
+    assert end["look_at"] == pytest.approx(list(cam.look_at), abs=1e-9)
+    busy = [a for a in out["flood"] if "busy" in a.get("error", "")]
+    assert busy and len(out["flood"]) - len(busy) >= COMMANDS_PENDING_MAX, out["flood"]
+    assert out["watchers_after"] == 0  # readers that left are gone from the peer
+
+
+def test_the_stream_tab_shows_the_session_and_its_keys_move_the_camera(tmp_path):
+    """The app attached to a real peer (in a thread, on trio, as `meshrender stream` runs one)
+    with a session: the Stream tab shows its scene and version; arrows, + and h move the camera,
+    each a new version the tab shows; + there is a dolly, not a job's priority."""
+    from meshrender.scene.load import load_scene
+    from meshrender.scene.types import CameraDesc
+
+    desc = load_scene("cornell")
+    home = tmp_path / "home"
+    ready, box = threading.Event(), {}
+
+    async def peer_main():
+        peer = Peer(home=home, party="p", secret=STREAM_SECRET, render=False, local_socket=socket_path(home))
+        async with trio.open_nursery() as n:
+            box["token"], box["scope"] = trio.lowlevel.current_trio_token(), n.cancel_scope
+            await n.start(peer.run)
+            box["session"] = await n.start(StreamSession(peer, desc, STREAM_SETTINGS).run)
+            ready.set()
+
+    thread = threading.Thread(target=trio.run, args=(peer_main,), daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(SOCKET_S_MAX), "the peer and its session did not start"
+        session = box["session"]
+
+        async def go():
+            app = MeshrenderApp(home, attach_or_start(home, None))
+            async with app.run_test(size=(100, 30)) as pilot:
+                panel = app.query_one("#stream-main")
+
+                def line(y: int) -> str:
+                    return panel.render_line(y).text
+
+                await until(pilot, lambda: app.stream is not None, 20, "the session in a snapshot")
+                await pilot.press("6")
+                await pilot.pause(0.2)
+                assert app.focused is panel
+                assert line(0).startswith("builtin:cornell") and "version 1  pass 0/4" in line(0), line(0)
+                start = app.stream["camera"]
+                await pilot.press("left")  # the camera goes left about the target
+                await until(pilot, lambda: "version 2" in line(0), 10, "the version of the move")
+                assert "moved: version 2 shows it" in line(2), line(2)
+                turned = app.stream["camera"]
+                await pilot.press("up", "plus", "h")
+                await until(pilot, lambda: app.stream["version"] >= 5, 10, "three more moves")
+                assert session.ended is None
+                return start, turned, app.stream["camera"]
+
+        start, turned, end = asyncio.run(go())
+    finally:
+        if "token" in box:
+            trio.from_thread.run_sync(box["scope"].cancel, trio_token=box["token"])
+        thread.join(timeout=15)
+
+    def camera(c: dict) -> CameraDesc:
+        return CameraDesc(position=tuple(c["position"]), look_at=tuple(c["look_at"]), up=tuple(c["up"]))
+
+    cam = orbit_camera(camera(start), yaw_deg=-YAW_STEP_DEG)
+    assert turned["position"] == pytest.approx(list(cam.position)) and turned["look_at"] == start["look_at"]
+    cam = orbit_camera(cam, pitch_deg=PITCH_STEP_DEG)
+    cam = orbit_camera(cam, dolly=DOLLY_IN)
+    cam = orbit_camera(cam, pan=(-0.1, 0.0))
+    assert end["position"] == pytest.approx(list(cam.position))
+    assert end["look_at"] == pytest.approx(list(cam.look_at))
+
+
+@pytest.mark.slow
+def test_meshrender_tui_moves_the_camera_of_meshrender_stream(tmp_path):
+    """The user's path: `meshrender stream cornell` in one process, the TUI attached to its home:
+    the Stream tab draws the rendered preview; a key press is a new version, rendered by the
+    party (here the streamer alone) and drawn in its turn."""
+    home = tmp_path / "home"
+    stream = ("--threads", "1", "--backend", "cpu", "--res", "48x32", "--spp", "6", "--pass-spp", "1",
+              "--tile", "16", "--no-web", "--no-watch", "--json")  # fmt: skip
+    streamer = PeerProc(home, *stream, command=("stream", "cornell"))
+    try:
+        streamer.wait_for("stream-started", timeout=120)
+
+        async def go():
+            app = MeshrenderApp(home, attach_or_start(home, None))
+            async with app.run_test(size=(100, 30)) as pilot:
+                panel = app.query_one("#stream-main")
+
+                def text() -> str:
+                    return "\n".join(panel.render_line(y).text for y in range(panel.content_size.height))
+
+                await until(pilot, lambda: (app.stream or {}).get("preview"), 120, "a rendered preview")
+                await pilot.press("6")
+                drawn = lambda: "shown: version 1" in text() and "▀" in text()  # noqa: E731
+                await until(pilot, drawn, 10, "the preview drawn")
+                await pilot.press("right")
+                await until(pilot, lambda: "shown: version 2" in text(), 60, "the moved camera's frame")
+                assert "moved: version 2 shows it" in text()
+
+        asyncio.run(go())
+        streamer.wait_for("preview", timeout=30, version=2)  # the streamer's own report agrees
+    finally:
+        streamer.stop()

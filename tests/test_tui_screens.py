@@ -1,8 +1,9 @@
 """The TUI's screens, drawn from a party frozen at one moment (tests/tui_party.py): each tab and the
-scene picker at 80x24, the party at a wider size, compared with the SVGs accepted under
-__snapshots__ (`pytest --snapshot-update` rewrites them after a change meant to be seen; look at the
-report it writes before accepting). Then what a user does with them: completing a scene name or
-path, submitting from the picker, and cancelling a job chosen with the mouse."""
+scene picker at 80x24, the party at a wider size, a streaming session's tab, compared with the SVGs
+accepted under __snapshots__ (`pytest --snapshot-update` rewrites them after a change meant to be
+seen; look at the report it writes before accepting). Then what a user does with them: completing
+a scene name or path, submitting from the picker, cancelling a job chosen with the mouse, and a
+camera move with nobody to take it."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tui_party as tp
 from conftest import REPO
 from test_tui import cells, until
 
+from meshrender.frameview import preview_json
 from tui.app import MeshrenderApp
 from tui.screens import ScenePicker, SceneTree
 from tui.widgets import LiveTable, SceneInput, complete_scene
@@ -60,6 +63,39 @@ async def settled(pilot) -> None:
     await pilot.pause()
 
 
+def stream_entry() -> dict:
+    """A session of the party's peer as `StreamSession.snapshot()` gives it: version 3 rendering
+    its second pass of four, the frame shown is version 3's first, rendered by two peers."""
+    yy, xx = np.mgrid[0:96, 0:128] / np.array([96.0, 128.0])[:, None, None]
+    walls = np.stack([0.7 * (xx < 0.2) + 0.3, 0.6 * (xx > 0.8) + 0.3, 0.4 + 0.0 * xx], axis=-1)
+    light = (np.abs(xx - 0.5) < 0.15) & (yy < 0.06)
+    image = np.where(light[..., None], 8.0, walls * (0.4 + 0.6 * yy[..., None])).astype(np.float32)
+    return {
+        "id": "5e55ion0deadbeef", "scene": "/home/artist/shots/cornell.toml", "version": 3, "pass_done": 1,
+        "pass_count": 4, "samples": 2, "width": 128, "height": 96, "exposure": 0.0, "backend": "cpu",
+        "workers": [tp.ME, tp.GPU], "peers": [tp.ME, tp.GPU], "shown": {"version": 3, "pass_done": 1},
+        "converged": [1], "edits": 2, "results": {}, "ended": None,
+        "last_edit": {"camera_only": True, "compile_s": 0.0042, "import_s": 0.003, "bytes_new": 1404,
+                      "chunks_new": 2, "bytes_total": 250_000, "version": 3},
+        "camera": {"position": [0, 1, 3.9], "look_at": [0, 1, 0], "up": [0, 1, 0], "fov_deg": 39.3},
+        "materials": [], "lights": [], "preview": preview_json(image, 0.0),
+    }  # fmt: skip
+
+
+@pytest.fixture
+def stream_app(tmp_path, utc):
+    """The frozen party's app, its peer running one streaming session."""
+    home = tmp_path / "stream-home"
+    job = tp.make_queue(home)
+
+    def attach(on_item, on_gone):
+        for item in tp.events() + tp.snapshots(job) + [{"streams": [stream_entry()]}]:
+            on_item(item)
+        return lambda: None
+
+    return MeshrenderApp(home, attach, clock=lambda: tp.NOW_S, cwd=tmp_path)
+
+
 def with_party(app: MeshrenderApp, body) -> None:
     """Run `await body(pilot)` in the app at 80x24 once the party and its queue are in."""
 
@@ -81,7 +117,8 @@ def tab(key: str):
 
 
 @pytest.mark.parametrize(
-    "key,name", [("1", "party"), ("2", "queue"), ("3", "transfers"), ("4", "log"), ("5", "frame")]
+    "key,name",
+    [("1", "party"), ("2", "queue"), ("3", "transfers"), ("4", "log"), ("5", "frame"), ("6", "stream")],
 )
 def test_each_tab_at_80x24(snap_compare, party_app, key, name):
     assert snap_compare(party_app, terminal_size=SIZE, run_before=tab(key))
@@ -93,6 +130,29 @@ def test_the_party_on_a_wide_terminal_shows_why_a_gpu_fell_back(snap_compare, pa
 
 def test_the_frame_on_a_big_terminal(snap_compare, party_app):
     assert snap_compare(party_app, terminal_size=(120, 40), run_before=tab("5"))
+
+
+def test_a_streaming_session_at_80x24(snap_compare, stream_app):
+    """The session's line (scene, version, passes, the peers of the frame shown, the last edit)
+    over its preview; the footer names the keys that move the camera."""
+
+    async def run_before(pilot) -> None:
+        await tab("6")(pilot)
+        await until(pilot, lambda: pilot.app.stream is not None, 10, "the session")
+
+    assert snap_compare(stream_app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_a_move_without_a_session_or_a_peer_to_take_it_says_so(party_app, stream_app):
+    async def body(pilot):
+        await pilot.press("6", "left")
+        await pilot.pause(0.2)
+        return pilot.app.stream_answer
+
+    for app, why in ((party_app, "no streaming session"), (stream_app, "takes no commands")):
+        with_party(app, body)
+        assert app.stream_answer is not None and why in app.stream_answer[0] and app.stream_answer[1]
+        assert "stream-move-failed reason=not moved: " in app.log_lines[-1]
 
 
 def test_the_scene_picker(snap_compare, party_app):

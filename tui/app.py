@@ -12,7 +12,10 @@ How it works
   * Tabs: Party (every member: backend, with a GPU that fell back to the CPU in the warning colour
     and why, speed, threads, load, units, state; members that leave stay listed as lost), Queue
     (priority, progress, ETA; submit, cancel, reprioritise), Transfers (bytes per member and in
-    all), Log (the event stream).
+    all), Log (the event stream), Frame (a job's buckets and preview), Stream (the newest running
+    streaming session's preview, version and passes; arrows orbit its camera, + and - dolly,
+    shift+arrows or h/j/k/l pan: each key is a command on the status socket, answered with the
+    version that shows it).
 """
 
 from __future__ import annotations
@@ -37,22 +40,26 @@ from .widgets import (
     FramePanel,
     LiveTable,
     SceneInput,
+    StreamPanel,
     backend_text,
     brief,
     human_bytes,
     human_s,
     member_state,
     short,
+    stream_lines,
 )
 
 REFRESH_S = 1.0  # the queue is re-read this often
 LOG_LINES = 2000
 NO_FRAME = "no job has been coordinated here yet; a job's frame shows while it renders, and after"
+NO_STREAM = "No streaming session on this peer: `meshrender stream SCENE` runs one"
 
 
 class MeshrenderApp(App):
     """See the module docstring. `attach(on_item, on_gone)` connects to the peer (it is called in
-    a worker thread and may start one) and returns a function that detaches."""
+    a worker thread and may start one) and returns a function that detaches; when that has a
+    `send(command) -> bool` too (an `Attached`), the Stream tab's keys send their commands by it."""
 
     TITLE = "meshrender"
     CSS_PATH = "app.tcss"
@@ -63,6 +70,7 @@ class MeshrenderApp(App):
         Binding("3", "tab('transfers')", "Transfers", show=False),
         Binding("4", "tab('log')", "Log", show=False),
         Binding("5", "tab('frame')", "Frame", show=False),
+        Binding("6", "tab('stream')", "Stream", show=False),
         Binding("s", "submit", "Submit"),
         Binding("o", "pick", "Open file"),
         Binding("c", "cancel_job", "Cancel"),
@@ -91,6 +99,8 @@ class MeshrenderApp(App):
         self.gone_reason = ""
         self._detaching = False
         self.log_lines: deque[str] = deque(maxlen=LOG_LINES)  # what the Log tab shows, as text
+        self.stream: dict | None = None  # the session the Stream tab shows (its snapshot entry)
+        self.stream_answer: tuple[str, bool] | None = None  # the last move's answer, and if it failed
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -112,6 +122,8 @@ class MeshrenderApp(App):
                 yield RichLog(id="log-main", max_lines=LOG_LINES, wrap=True)
             with TabPane("5 Frame", id="frame"):
                 yield FramePanel(NO_FRAME, id="frame-main")
+            with TabPane("6 Stream", id="stream"):
+                yield StreamPanel(NO_STREAM, stream_lines, id="stream-main")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -161,8 +173,14 @@ class MeshrenderApp(App):
         """One snapshot or event from the peer."""
         if "snapshot" in item:
             self._snapshot(item["snapshot"])
+        elif "streams" in item:
+            self._streams(item["streams"])
         elif "event" in item:
             self._log(item)
+        elif "stream-result" in item:
+            self._answer(f"moved: version {item['stream-result'].get('version')} shows it", False)
+        elif "error" in item:  # a command refused
+            self._answer(f"not moved: {item['error']}", True)
 
     def _gone(self, reason: str) -> None:
         self.gone_reason = reason
@@ -196,6 +214,7 @@ class MeshrenderApp(App):
         self._party_table(snap, me)
         self._transfer_table(snap)
         self._frame(snap)
+        self._streams(snap.get("streams") or [])
 
     def _party_table(self, snap: dict, me: dict) -> None:
         members = [(snap.get("peer_id", ""), me, "this peer")]
@@ -223,6 +242,31 @@ class MeshrenderApp(App):
     def _frame(self, snap: dict) -> None:
         frames = snap.get("frames") or []
         self.query_one("#frame-main", FramePanel).show(frames[0] if frames else None, NO_FRAME)
+
+    def _streams(self, streams: list) -> None:
+        running = [s for s in streams if isinstance(s, dict) and s.get("ended") is None]
+        self.stream = running[-1] if running else None  # the newest, as the web page's Stream view
+        self._show_stream()
+
+    def _answer(self, text: str, failed: bool) -> None:
+        self.stream_answer = (text, failed)
+        if failed:
+            self._log({"event": "stream-move-failed", "t": self.clock(), "reason": text})
+        self._show_stream()
+
+    def _show_stream(self) -> None:
+        view = None if self.stream is None else {**self.stream, "answer": self.stream_answer}
+        self.query_one("#stream-main", StreamPanel).show(view, NO_STREAM)
+
+    def on_stream_panel_move(self, message: StreamPanel.Move) -> None:
+        """A key on the Stream tab: the move goes to the peer, which answers with the version."""
+        if self.stream is None:
+            self._answer("not moved: no streaming session runs on this peer", True)
+            return
+        send = getattr(self._detach, "send", None)
+        command = {"stream": {"session": self.stream["id"], "orbit": message.orbit}}
+        if send is None or not send(command):
+            self._answer("not moved: the peer takes no commands now (detached, or moves are queued)", True)
 
     def _transfer_table(self, snap: dict) -> None:
         rows = []
@@ -325,6 +369,8 @@ class MeshrenderApp(App):
         return True
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id == "stream":  # reached with the mouse too: the arrows move the camera, not the tabs
+            self.call_after_refresh(self.query_one("#stream-main").focus)
         self.refresh_bindings()
 
     def on_descendant_focus(self, event) -> None:
@@ -441,6 +487,18 @@ ATTACH_START_S = 60.0  # a peer started here serves its socket within this (impo
 ATTACH_BUSY_S = 15.0  # another process's peer holds the home: its socket should come within this
 
 
+class Attached:
+    """What `attach_or_start`'s attach returns: calling it detaches; `send(command)` hands a
+    command to the peer (never blocking; False when it cannot be sent now)."""
+
+    def __init__(self, stop: Callable[[], None], send: Callable[[dict], bool]):
+        self.stop = stop
+        self.send = send
+
+    def __call__(self) -> None:
+        self.stop()
+
+
 def attach_or_start(home: Path, start_peer: Callable[[], Callable[[], None]] | None):
     """An `attach` for MeshrenderApp: watch the peer serving `home`'s socket; when none answers
     and `start_peer` is given, start one (it returns its stopper) and watch that. When another
@@ -454,7 +512,7 @@ def attach_or_start(home: Path, start_peer: Callable[[], Callable[[], None]] | N
         watch = LocalWatch(path, on_item, on_gone)
         try:
             watch.start()
-            return watch.stop
+            return Attached(watch.stop, watch.send)
         except OSError:
             if start_peer is None:
                 raise
@@ -477,7 +535,7 @@ def attach_or_start(home: Path, start_peer: Callable[[], Callable[[], None]] | N
             watch.stop()
             stop_peer()
 
-        return detach
+        return Attached(detach, watch.send)
 
     return attach
 

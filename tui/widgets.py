@@ -1,5 +1,5 @@
-"""What the TUI draws, apart from the app: cells of its tables, the Frame tab's picture, and the
-scene input that completes names and paths.
+"""What the TUI draws, apart from the app: cells of its tables, the Frame and Stream tabs'
+pictures, and the scene input that completes names and paths.
 
 How it works
   * Everything here is a pure function of the plain dicts the peer's snapshot is made of (or of
@@ -9,6 +9,10 @@ How it works
     per character, both scaled down to fit the room given; as segments with cached styles, which
     `FramePanel` turns into the lines Textual asks for (a styled Text of thousands of spans costs
     the event loop tens of milliseconds a second).
+  * `stream_lines` draws a streaming session the same way (`preview_lines` is the picture of
+    both): its version and passes, the peers of the frame shown, then the preview in the image's
+    shape. `StreamPanel` is that panel with the keys that move the camera: it posts `Move`, and
+    the app sends the orbit to the peer.
   * `complete_scene` gives the first built-in name, folder or scene file that begins with what
     was typed (folders end in "/"); `SceneInput` shows it greyed while typing and takes it on tab
     or right arrow.
@@ -20,6 +24,7 @@ import asyncio
 import base64
 import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +35,7 @@ from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding
 from textual.coordinate import Coordinate
+from textual.message import Message
 from textual.strip import Strip
 from textual.suggester import Suggester
 from textual.widget import Widget
@@ -40,6 +46,7 @@ PEER_COLOURS = [(66, 133, 244), (52, 168, 83), (251, 188, 5), (171, 71, 188), (0
 SCENE_SUFFIXES = (".toml", ".xml", ".obj", ".ply", ".gltf", ".glb")  # what `load_scene` takes, besides names
 STYLES_CACHED = 1 << 16  # colour styles kept: a preview's cells repeat from one second to the next
 BOLD, DIM = Style(bold=True), Style(dim=True)
+ASPECT_MIN = 0.01  # an image's width / height this far from square is drawn as its preview grid is
 DIR_ENTRIES_MAX = 10_000  # a folder is read this far for completion, so a huge one never stalls it
 
 
@@ -95,7 +102,10 @@ def _rgb(r: int, g: int, b: int, on: tuple[int, int, int] | None = None) -> Styl
     return Style(color=Color.from_rgb(r, g, b), bgcolor=None if on is None else Color.from_rgb(*on))
 
 
-def frame_lines(view: dict, width: int, height: int) -> list[list[Segment]]:
+Lines = list[list[Segment]]  # what a panel draws: a line of segments per row
+
+
+def frame_lines(view: dict, width: int, height: int) -> Lines:
     """The Frame tab, a line of segments per row: a title (job, frame, size, the peers' colours),
     then a bucket map (each bucket coloured by the peer that holds it, brighter as its passes
     come in; dots where nobody has it yet) beside the preview drawn in half blocks, two pixels
@@ -127,25 +137,67 @@ def frame_lines(view: dict, width: int, height: int) -> list[list[Segment]]:
                 k = 0.35 + 0.65 * min(1.0, done / max(1, view["passes"]))
                 line.append(Segment("██", _rgb(int(r * k), int(g * k), int(b * k))))
             lines.append(line)
-    p = view["preview"]
-    img = np.frombuffer(base64.b64decode(p["rgb"]), np.uint8).reshape(p["rows"], p["cols"], 3)
     map_w = max((2 * len(line) for line in lines), default=0)
-    room_w = max(8, width - map_w - 2)
-    scale = max(img.shape[1] / room_w, img.shape[0] / (body_h * 2), 1.0)
-    cols, rows = max(1, int(img.shape[1] / scale)), max(2, int(img.shape[0] / scale) // 2 * 2)
-    sy = (np.arange(rows) * img.shape[0] // rows).astype(int)
-    sx = (np.arange(cols) * img.shape[1] // cols).astype(int)
-    small = img[sy][:, sx].tolist()
-    pic = [
-        [Segment("▀", _rgb(*top, tuple(bottom))) for top, bottom in zip(small[y], small[y + 1], strict=True)]
-        for y in range(0, rows, 2)
-    ]
+    pic = preview_lines(view["preview"], max(8, width - map_w - 2), body_h)
     out = [title]
     for i in range(max(len(lines), len(pic))):
         left = lines[i] if i < len(lines) else []
         pad = map_w - 2 * len(left)
         out.append(left + [Segment(" " * (pad + 2))] + (pic[i] if i < len(pic) else []))
     return out
+
+
+def preview_lines(preview: dict, width: int, height: int, aspect: float | None = None) -> Lines:
+    """A snapshot's preview ({cols, rows, rgb}: base64 of uint8 sRGB rows x cols x 3) in half
+    blocks, two pixels per character, scaled down (never up) to fit width x height cells; with
+    `aspect` (the image's width / height) drawn in that shape, not the preview grid's."""
+    rgb = np.frombuffer(base64.b64decode(preview["rgb"]), np.uint8)
+    img = rgb.reshape(preview["rows"], preview["cols"], 3)
+    pw, ph = img.shape[1], img.shape[0]
+    if aspect is not None and ASPECT_MIN <= aspect <= 1 / ASPECT_MIN:
+        ph = max(2, round(pw / aspect))
+    scale = max(pw / width, ph / (height * 2), 1.0)
+    cols, rows = max(1, int(pw / scale)), max(2, int(ph / scale) // 2 * 2)
+    sy = (np.arange(rows) * img.shape[0] // rows).astype(int)
+    sx = (np.arange(cols) * img.shape[1] // cols).astype(int)
+    small = img[sy][:, sx].tolist()
+    return [
+        [Segment("▀", _rgb(*top, tuple(bottom))) for top, bottom in zip(small[y], small[y + 1], strict=True)]
+        for y in range(0, rows, 2)
+    ]
+
+
+def stream_lines(view: dict, width: int, height: int) -> Lines:
+    """The Stream tab, a line of segments per row: the session (scene, version, passes of the
+    version rendering and the samples they hold), the frame shown (its version and pass, the
+    peers that rendered it in their colours), the last edit (bytes new in the store, compile
+    time) and the answer to the last camera move; then the preview, fitted to what is left."""
+    scene = Path(str(view.get("scene") or "?")).name
+    head = f"{scene}  version {view.get('version', 0)}  "
+    passes = f"pass {view.get('pass_done', 0)}/{view.get('pass_count', 0)}"
+    size = f" ({view.get('samples', 0)} spp)  {view.get('width')}x{view.get('height')}"
+    first = [Segment(head + passes, BOLD), Segment(size)]
+    edit = view.get("last_edit") or {}
+    if edit:
+        ms = 1000 * float(edit.get("compile_s", 0.0))
+        first.append(Segment(f"  edit: {human_bytes(int(edit.get('bytes_new', 0)))} new, {ms:.0f} ms", DIM))
+    shown, peers = view.get("shown"), view.get("peers") or []
+    said = f"version {shown.get('version')} pass {shown.get('pass_done')}  by " if shown else "nothing yet  "
+    second = [Segment("shown: " + said)]
+    for i, p in enumerate(peers):
+        second += [Segment("■ ", _rgb(*PEER_COLOURS[i % len(PEER_COLOURS)])), Segment(f"{short(p)}  ")]
+    lines = [first, second]
+    answer = view.get("answer")
+    if answer:
+        lines.append([Segment(answer[0], Style(color="red") if answer[1] else DIM)])
+    body_h = max(4, height - len(lines))
+    if view.get("preview"):
+        w, h = view.get("width"), view.get("height")
+        aspect = w / h if isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0 else None
+        lines += preview_lines(view["preview"], max(8, width), body_h, aspect)
+    else:
+        lines.append([Segment("no preview yet: one comes with the first whole pass", DIM)])
+    return lines
 
 
 def frame_text(view: dict, width: int, height: int) -> Text:
@@ -192,15 +244,17 @@ class LiveTable(DataTable):
 
 
 class FramePanel(Widget):
-    """The Frame tab's picture. `show(view)` keeps the view; its lines are drawn when Textual
-    asks for them (never while the tab is hidden), at the panel's own size, once per change."""
+    """The Frame tab's picture. `show(view)` keeps the view; its lines are drawn by `draw` (view,
+    width, height -> lines of segments) when Textual asks for them (never while the tab is
+    hidden), at the panel's own size, once per change."""
 
     DEFAULT_CSS = "FramePanel { height: 1fr; width: 1fr; padding: 0 1; }"
 
-    def __init__(self, note: str, **kwargs):
+    def __init__(self, note: str, draw: Callable[[dict, int, int], Lines] = frame_lines, **kwargs):
         super().__init__(**kwargs)
         self._view: dict | None = None
         self._note = note
+        self._draw = draw
         self._drawn: tuple[tuple[int, int], list[Strip]] | None = None
 
     def show(self, view: dict | None, note: str = "") -> None:
@@ -216,10 +270,48 @@ class FramePanel(Widget):
             if self._view is None:
                 lines = [[Segment(self._note, DIM)]]
             else:
-                lines = frame_lines(self._view, width, height)
+                lines = self._draw(self._view, width, height)
             self._drawn = ((width, height), [Strip(line).crop_extend(0, width, None) for line in lines])
         strips = self._drawn[1]
         return strips[y] if y < len(strips) else Strip.blank(width)
+
+
+YAW_STEP_DEG, PITCH_STEP_DEG = 15.0, 10.0  # an arrow key turns the camera this far about its target
+DOLLY_IN, DOLLY_OUT = 0.8, 1.25  # + and - scale the distance to the target (one undoes the other)
+PAN_STEP = 0.1  # shift+arrow or h/j/k/l slides camera and target this many target distances
+
+
+class StreamPanel(FramePanel):
+    """The Stream tab's picture (`stream_lines`), with keys that move the session's camera while
+    it has the focus: each posts `Move` with the orbit to send (`StreamSession.orbit`'s fields)."""
+
+    can_focus = True
+    BINDINGS = [
+        Binding("left", "move(-1, 0)", "Orbit", key_display="←→↑↓"),
+        Binding("right", "move(1, 0)", "Orbit", show=False),
+        Binding("up", "move(0, 1)", "Orbit", show=False),
+        Binding("down", "move(0, -1)", "Orbit", show=False),
+        Binding("plus,equals_sign", "dolly(-1)", "Dolly", key_display="+-"),
+        Binding("minus", "dolly(1)", "Dolly", show=False),
+        Binding("shift+left,h", "pan(-1, 0)", "Pan", key_display="hjkl"),
+        Binding("shift+right,l", "pan(1, 0)", "Pan", show=False),
+        Binding("shift+up,k", "pan(0, 1)", "Pan", show=False),
+        Binding("shift+down,j", "pan(0, -1)", "Pan", show=False),
+    ]
+
+    class Move(Message):
+        def __init__(self, orbit: dict):
+            super().__init__()
+            self.orbit = orbit
+
+    def action_move(self, yaw: int, pitch: int) -> None:
+        self.post_message(self.Move({"yaw_deg": yaw * YAW_STEP_DEG, "pitch_deg": pitch * PITCH_STEP_DEG}))
+
+    def action_dolly(self, out: int) -> None:
+        self.post_message(self.Move({"dolly": DOLLY_OUT if out > 0 else DOLLY_IN}))
+
+    def action_pan(self, dx: int, dy: int) -> None:
+        self.post_message(self.Move({"pan": [dx * PAN_STEP, dy * PAN_STEP]}))
 
 
 def member_state(status: dict | None) -> str:
