@@ -167,6 +167,96 @@ OPTIONAL_ARRAYS: dict[str, tuple[str, tuple[int, ...]]] = {
 ARRAY_BYTES_MAX = 1 << 34  # 16 GiB: refuse to allocate absurd arrays from a malformed record
 
 
+MAT_TEX_SLOTS = (MAT_BASE_TEX, MAT_MR_TEX, MAT_NORMAL_TEX, MAT_EMIT_TEX, MAT_ALPHA_TEX)  # tex_refs rows or -1
+
+
+def check_arrays(a: dict[str, np.ndarray]) -> None:
+    """ValueError naming the first array whose contents the kernel could not use safely.
+
+    A compiled scene may come from another peer, so every index the kernel follows is checked
+    here, before anything renders it: vertex and material indices, BVH links (a tree: each node
+    but the root has one parent, at a smaller index, so every traversal ends), leaf ranges,
+    texture slots, texel ranges, emitter tables, the environment's tables and the fixed lengths
+    of the small records. Anything out of range would make the kernel read outside its arrays
+    (garbage, or a crash) or loop forever; shapes and dtypes are checked by CompiledScene."""
+
+    def bad(name: str, why: str):
+        raise ValueError(f"compiled array {name}: {why}")
+
+    v, t, m = len(a["positions"]), len(a["indices"]), len(a["materials"])
+    for name, want in (("normals", v), ("uvs", v), ("tri_material", t), ("tri_emit_pdf", t)):
+        if len(a[name]) != want:
+            bad(name, f"{len(a[name])} rows, not {want}")
+    if len(a["tangents"]) not in (0, v):
+        bad("tangents", f"{len(a['tangents'])} rows, not 0 or {v}")
+    for name, want in (("camera", CAM_STRIDE), ("env_params", 5), ("env_info", 3), ("light_pick", 2)):
+        if a[name].shape != (want,):
+            bad(name, f"shape {a[name].shape}, not ({want},)")
+    if "frames" in a and a["frames"].shape != (2,):
+        bad("frames", f"shape {a['frames'].shape}, not (2,)")
+    idx = a["indices"]
+    if t and (idx.min() < 0 or idx.max() >= v):
+        bad("indices", f"a vertex index outside 0..{v - 1}")
+    tm = a["tri_material"]
+    if t and (tm.min() < 0 or tm.max() >= m):
+        bad("tri_material", f"a material index outside 0..{m - 1}")
+    _check_bvh(a["bvh_links"], t, bad)
+    if len(a["bvh_bounds"]) != len(a["bvh_links"]):
+        bad("bvh_bounds", f"{len(a['bvh_bounds'])} rows for {len(a['bvh_links'])} nodes")
+    refs = a["tex_refs"]
+    slots = a["materials"][:, list(MAT_TEX_SLOTS)] if m else np.zeros((0, len(MAT_TEX_SLOTS)), np.float32)
+    whole = np.isfinite(slots) & (slots == np.floor(np.nan_to_num(slots)))
+    if slots.size and not np.all(whole & ((slots == -1) | ((slots >= 0) & (slots < len(refs))))):
+        bad("materials", f"a texture slot that is neither -1 nor a row of tex_refs (0..{len(refs) - 1})")
+    if not len(a["tangents"]) and m and np.any(a["materials"][:, MAT_NORMAL_TEX] >= 0):
+        bad("tangents", "none, but a material has a normal map")
+    info, texels = a["tex_info"], len(a["tex_texels"])
+    if len(refs):
+        img = refs[:, TEXREF_IMAGE]
+        if not (np.all(np.isfinite(img)) and np.all((img >= 0) & (img < len(info)) & (img == np.floor(img)))):
+            bad("tex_refs", f"an image index outside 0..{len(info) - 1}")
+    if len(info):
+        first, w, h = (info[:, k].astype(np.int64) for k in range(3))
+        if np.any(w < 1) or np.any(h < 1) or np.any(first < 0) or np.any(first + w * h > texels):
+            bad("tex_info", f"an image that is empty or reaches past the {texels} texels")
+    et = a["emit_tri"]
+    if len(et) and (et.min() < 0 or et.max() >= t):
+        bad("emit_tri", f"a triangle index outside 0..{t - 1}")
+    if len(a["emit_cdf"]) != len(et):
+        bad("emit_cdf", f"{len(a['emit_cdf'])} entries for {len(et)} emitters")
+    ew, eh, has = (int(x) for x in a["env_info"])
+    if has:
+        if ew < 1 or eh < 1 or len(a["env_texels"]) != ew * eh:
+            bad("env_texels", f"{len(a['env_texels'])} texels for a {ew}x{eh} image")
+        if len(a["env_cond_cdf"]) != ew * eh or len(a["env_marg_cdf"]) != eh + 1:
+            bad("env_cond_cdf", f"sampling tables that do not fit a {ew}x{eh} image")
+    vr = a["mesh_vertex_ranges"].astype(np.int64)
+    if len(vr) and (np.any(vr < 0) or np.any(vr[:, 0] + vr[:, 1] > v)):
+        bad("mesh_vertex_ranges", f"a range past the {v} vertices")
+
+
+def _check_bvh(links: np.ndarray, tris: int, bad) -> None:
+    n = len(links)
+    if n == 0:
+        if tris:
+            bad("bvh_links", f"no nodes for {tris} triangles")
+        return
+    a, b = links[:, 0].astype(np.int64), links[:, 1].astype(np.int64)
+    leaf = b > 0  # leaf: (first triangle, count >= 1); interior: (right child, 0)
+    if np.any(b < 0):
+        bad("bvh_links", "a negative triangle count")
+    if np.any(leaf & ((a < 0) | (a + b > tris))):
+        bad("bvh_links", f"a leaf whose triangles reach past the {tris} triangles")
+    node = np.arange(n, dtype=np.int64)
+    inner = ~leaf
+    left, right = node[inner] + 1, a[inner]
+    if np.any(left >= n) or np.any(right <= left) or np.any(right >= n):
+        bad("bvh_links", "an interior node whose children are not later nodes of the tree")
+    parents = np.bincount(np.concatenate([left, right]), minlength=n)
+    if parents[0] != 0 or np.any(parents[1:] != 1):
+        bad("bvh_links", "not a tree: a node with no parent or with more than one")
+
+
 class ArrayRecord(msgspec.Struct, frozen=True, array_like=True):
     dtype: str
     shape: list[Annotated[int, Meta(ge=0)]]
@@ -204,6 +294,7 @@ class CompiledScene:
             dtype, tail = ARRAY_SPECS.get(name) or OPTIONAL_ARRAYS[name]
             if arr.dtype != np.dtype(dtype) or tuple(arr.shape[1:]) != tail:
                 raise ValueError(f"compiled array {name}: {arr.dtype}{arr.shape}, want {dtype}(N, *{tail})")
+        check_arrays(arrays)
         self.source = source
         self.arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         self.settings = settings

@@ -82,3 +82,69 @@ def test_importing_kernels_does_not_start_taichi_and_kernels_are_cached_on_disk(
     subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True, timeout=300)
     cached = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
     assert cached, "no compiled kernel was written to the disk cache"
+
+
+def _tampered(scene: CompiledScene, name: str, change) -> dict:
+    arrays = {k: v.copy() for k, v in scene.arrays.items()}
+    arrays[name] = change(arrays[name])
+    return arrays
+
+
+def _interior(links: np.ndarray) -> int:
+    return int(np.flatnonzero(links[:, 1] == 0)[0])
+
+
+def _set(arr: np.ndarray, where, value) -> np.ndarray:
+    arr[where] = value
+    return arr
+
+
+@pytest.mark.parametrize(
+    "name, change, said",
+    [
+        ("indices", lambda a: _set(a, (0, 0), 10**6), "indices"),
+        ("indices", lambda a: _set(a, (0, 1), -1), "indices"),
+        ("tri_material", lambda a: _set(a, 0, 999), "tri_material"),
+        # a BVH whose links loop (a child pointing back at its parent), join (two parents) or leave
+        ("bvh_links", lambda a: _set(a, (_interior(a), 0), _interior(a)), "bvh_links"),
+        ("bvh_links", lambda a: _set(a, (_interior(a), 0), _interior(a) + 1), "bvh_links"),
+        ("bvh_links", lambda a: _set(a, (_interior(a), 0), len(a) + 5), "bvh_links"),
+        ("bvh_links", lambda a: _set(a, (np.flatnonzero(a[:, 1] > 0)[0], 1), 10**6), "bvh_links"),
+        ("bvh_links", lambda a: _set(a, (np.flatnonzero(a[:, 1] > 0)[0], 1), -3), "bvh_links"),
+        ("materials", lambda a: _set(a, (0, 4), 7.0), "materials"),  # MAT_BASE_TEX: no such tex_refs row
+        ("materials", lambda a: _set(a, (0, 4), np.nan), "materials"),
+        ("emit_tri", lambda a: _set(a, 0, 10**6), "emit_tri"),
+        ("camera", lambda a: a[:3], "camera"),
+        ("normals", lambda a: a[:-1], "normals"),
+        ("mesh_vertex_ranges", lambda a: _set(a, (0, 1), 10**6), "mesh_vertex_ranges"),
+    ],
+)
+def test_a_compiled_scene_whose_indices_the_kernel_would_follow_outside_its_arrays_is_refused(
+    cornell, name, change, said
+):
+    """A compiled scene can come from another peer: an index the kernel follows that leaves its
+    array (or a BVH that is not a tree, so a traversal might never end) is an error naming the
+    array, before anything renders it."""
+    arrays = _tampered(cornell, name, change)
+    with pytest.raises(ValueError, match=said):
+        CompiledScene(source="hostile", arrays=arrays, settings=cornell.settings,
+                      mesh_names=cornell.mesh_names, material_names=cornell.material_names,
+                      texture_names=cornell.texture_names)  # fmt: skip
+
+
+def test_texture_tables_are_checked_against_the_texels():
+    """A textured asset's image table and its slots' image indices stay inside the texels."""
+    from conftest import TEXTURED
+
+    scene = compile_scene(load_scene(TEXTURED))
+    assert len(scene.arrays["tex_info"]) and len(scene.arrays["tex_refs"])
+    for name, change in (
+        ("tex_info", lambda a: _set(a, (0, 1), 10**5)),  # an image wider than the texels hold
+        ("tex_info", lambda a: _set(a, (0, 2), 0)),
+        ("tex_refs", lambda a: _set(a, (0, 0), 99.0)),  # TEXREF_IMAGE: no such image
+        ("tex_refs", lambda a: _set(a, (0, 0), 0.5)),
+    ):
+        with pytest.raises(ValueError, match=name):
+            CompiledScene(source="hostile", arrays=_tampered(scene, name, change), settings=scene.settings,
+                          mesh_names=scene.mesh_names, material_names=scene.material_names,
+                          texture_names=scene.texture_names)  # fmt: skip
