@@ -392,6 +392,18 @@ class Peer:
     def _dialing(self) -> set[str]:
         return self.joining.dialing
 
+    async def start_stream(self, scene, settings=None, **options):
+        """Start a streaming session of `scene` (a LoadedScene) in this peer's nursery and return it
+        once its first version is compiled (meshrender.streaming; it ends on `stop()`, when idle,
+        or with the peer)."""
+        from .streaming import StreamSession
+
+        if self._nursery is None:
+            raise PeerError("the peer is not running")
+        session = StreamSession(self, scene, settings or scene.settings, **options)
+        await self._nursery.start(session.run)
+        return session
+
     async def dial(self, addr: str, retry: bool = False, quiet: bool = False) -> str | None:
         """Connect to addr and prove membership both ways; returns the member's peer id."""
         return await self.joining.dial(addr, retry, quiet)

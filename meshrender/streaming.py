@@ -80,6 +80,78 @@ FIRST_PASS_HOLD_S = 1.0  # an edit waits at most this long for the current versi
 CLOSE_WAIT_S = 1.0  # an ended session's last messages (JobEnd) go out within this, then links close
 
 
+def _emitting(mesh) -> np.ndarray:
+    """Which of the mesh's triangles have an emitting material (a bool per triangle)."""
+    emits = np.array([max(m.emission) > 0 for m in mesh.materials], bool)
+    ids = np.asarray(mesh.material_ids)
+    if not emits.any() or not len(ids):
+        return np.zeros(len(ids), bool)
+    return emits[np.clip(ids, 0, len(emits) - 1)]
+
+
+def _submesh(mesh, mask: np.ndarray):
+    """The triangles `mask` picks as a mesh of their own, with their own copies of the vertices."""
+    used, inverse = np.unique(np.asarray(mesh.indices)[mask], return_inverse=True)
+
+    def take(a):
+        return None if a is None else np.ascontiguousarray(np.asarray(a)[used])
+
+    return dataclasses.replace(
+        mesh,
+        positions=take(mesh.positions),
+        indices=inverse.reshape(-1, 3).astype(np.int32),
+        material_ids=np.ascontiguousarray(np.asarray(mesh.material_ids)[mask]),
+        normals=take(mesh.normals),
+        uvs=take(mesh.uvs),
+        tangents=take(mesh.tangents),
+    )
+
+
+def scene_lights(desc) -> list[dict]:
+    """Lights that can move: point and spot lights, then each mesh's emitting triangles (an area
+    light, placed at the centroid of their vertices)."""
+    out = []
+    for light in desc.lights:
+        if light.kind in ("point", "spot"):
+            out.append({"index": len(out), "kind": light.kind, "position": list(light.position)})
+    for i, mesh in enumerate(desc.meshes):
+        mask = _emitting(mesh)
+        if mask.any():
+            used = np.unique(np.asarray(mesh.indices)[mask])
+            c = np.asarray(mesh.positions, np.float64)[used].mean(axis=0)
+            out.append({"index": len(out), "kind": "area", "name": mesh.name, "mesh": i,
+                        "position": [round(float(x), 6) for x in c]})  # fmt: skip
+    return out
+
+
+def moved_light(desc, index: int, position):
+    """`desc` with light `index` of `scene_lights(desc)` at `position` (an area light: its
+    emitting triangles' centroid; in a mesh with other triangles, as the Cornell box's light is,
+    they move as a mesh of their own). ValueError for a light that is not there."""
+    pos = np.asarray(vec3("position", position), np.float64)
+    lights = scene_lights(desc)
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(lights):
+        raise ValueError(f"no light {index!r}: this scene has {len(lights)} that can move")
+    target = lights[index]
+    if target["kind"] in ("point", "spot"):
+        movable = [i for i, li in enumerate(desc.lights) if li.kind in ("point", "spot")]
+        i = movable[index]
+        new_lights = list(desc.lights)
+        new_lights[i] = dataclasses.replace(desc.lights[i], position=tuple(float(x) for x in pos))
+        desc = dataclasses.replace(desc, lights=new_lights)
+    else:  # the emitting triangles move; in a mesh with others (a Cornell box) they split off
+        shift = (pos - np.asarray(target["position"], np.float64)).astype(np.float32)
+        meshes = list(desc.meshes)
+        mesh = meshes[target["mesh"]]
+        mask = _emitting(mesh)
+        light = mesh if mask.all() else _submesh(mesh, mask)
+        light = dataclasses.replace(light, positions=np.asarray(light.positions, np.float32) + shift)
+        i = target["mesh"]
+        meshes[i : i + 1] = [light] if mask.all() else [_submesh(mesh, ~mask), light]
+        desc = dataclasses.replace(desc, meshes=meshes)
+    return desc
+
+
 class StreamEnded(MeshrenderError):
     """The session ended (stopped, idle, the peer went): no more frames."""
 
@@ -255,18 +327,7 @@ class StreamSession:
         return list(seen.values())
 
     def _lights(self) -> list[dict]:
-        """Lights that can move: point and spot lights, then emissive meshes (area lights, by the
-        centroid of their vertices)."""
-        out = []
-        for light in self._desc.lights:
-            if light.kind in ("point", "spot"):
-                out.append({"index": len(out), "kind": light.kind, "position": list(light.position)})
-        for mesh in self._desc.meshes:
-            if any(max(m.emission) > 0 for m in mesh.materials) and len(mesh.positions):
-                c = np.asarray(mesh.positions, np.float64).mean(axis=0)
-                out.append({"index": len(out), "kind": "area", "name": mesh.name,
-                            "position": [round(float(x), 6) for x in c]})  # fmt: skip
-        return out
+        return scene_lights(self._desc)
 
     # ------------------------------------------------------------------ edits
     async def set_camera(self, *, position=None, look_at=None, up=None, fov_deg=None) -> int:
@@ -319,24 +380,7 @@ class StreamSession:
 
     async def move_light(self, index: int, position) -> int:
         """Move light `index` of `status()["lights"]` to `position` (an area light: its centroid)."""
-        pos = np.asarray(vec3("position", position), np.float64)
-        lights = self._lights()
-        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(lights):
-            raise ValueError(f"no light {index!r}: this scene has {len(lights)} that can move")
-        target = lights[index]
-        desc = self._desc
-        if target["kind"] in ("point", "spot"):
-            movable = [i for i, li in enumerate(desc.lights) if li.kind in ("point", "spot")]
-            i = movable[index]
-            new_lights = list(desc.lights)
-            new_lights[i] = dataclasses.replace(desc.lights[i], position=tuple(float(x) for x in pos))
-            desc = dataclasses.replace(desc, lights=new_lights)
-        else:
-            shift = (pos - np.asarray(target["position"], np.float64)).astype(np.float32)
-            meshes = [dataclasses.replace(m, positions=(np.asarray(m.positions, np.float32) + shift))
-                      if m.name == target["name"] else m for m in desc.meshes]  # fmt: skip
-            desc = dataclasses.replace(desc, meshes=meshes)
-        return await self._edit(desc)
+        return await self._edit(moved_light(self._desc, index, position))
 
     async def reload(self, scene=None) -> int:
         """The scene file changed: `scene` is its new description (loaded by the caller)."""

@@ -157,8 +157,8 @@ from meshrender.cli import main
 
 honest = renderproc.RenderProcess.render
 
-async def render(self, scene_id, settings, unit):
-    result, rendered = await honest(self, scene_id, settings, unit)
+async def render(self, scene_id, settings, unit, **kw):
+    result, rendered = await honest(self, scene_id, settings, unit, **kw)
     return result, msgspec.structs.replace(rendered, sums=bytes(len(rendered.sums)))  # black, but well formed
 
 renderproc.RenderProcess.render = render

@@ -53,9 +53,8 @@ def test_a_session_streams_edits_across_two_peers_and_converges_to_the_render_of
             await n.start(member.run)
             await n.start(coord.run)
             assert await coord.dial(f"{member.addrs[0]}/p2p/{member.peer_id}") == member.peer_id
-            session = StreamSession(coord, desc, SETTINGS)
-            await n.start(session.run)
-            assert coord.streams.current() is session
+            session = await coord.start_stream(desc, SETTINGS)
+            assert coord.streams.current() is session and session.version == 1
             with trio.fail_after(SESSION_S_MAX), session.watch("test") as w:
                 v1 = await _converge(w, 1)
                 out["v1"] = (session.core.scene.scene_id, v1[-1].image.copy())
@@ -188,3 +187,27 @@ def test_a_script_opens_a_session_edits_it_and_reads_its_frames(tmp_path):
     scene_id, image = trio.run(main)
     assert seen[-1].version == 2 and {f.version for f in seen} <= {1, 2}
     assert np.array_equal(image, _local_render(scene_id, tmp_path / "h" / "store", SETTINGS))
+
+
+def test_moving_the_cornell_boxs_light_moves_its_emitting_triangles_only():
+    """The built-in box is one mesh: its light splits off and moves; the walls stay put."""
+    from meshrender.scene.load import load_scene
+    from meshrender.streaming import moved_light, scene_lights
+
+    desc = load_scene("cornell")
+    lights = scene_lights(desc)
+    assert [li["kind"] for li in lights] == ["area"]
+    p = np.array(lights[0]["position"])
+    moved = moved_light(desc, 0, p + (0.2, -0.1, 0.0))
+    after = scene_lights(moved)
+    assert after[0]["position"] == pytest.approx(list(p + (0.2, -0.1, 0.0)), abs=1e-5)
+    walls = [m for i, m in enumerate(moved.meshes) if i != after[0]["mesh"]]
+    old_tris = sum(len(m.indices) for m in desc.meshes)
+    assert sum(len(m.indices) for m in moved.meshes) == old_tris  # nothing lost, nothing doubled
+    light_mesh = moved.meshes[after[0]["mesh"]]
+    assert len(light_mesh.indices) < old_tris / 4  # the light alone, not the box
+    box = np.concatenate([np.asarray(m.positions) for m in walls])
+    before = np.asarray(desc.meshes[0].positions)
+    assert np.isin(box.round(5), before.round(5)).all()  # every wall vertex where it was
+    with pytest.raises(ValueError, match="no light"):
+        moved_light(desc, 1, (0, 0, 0))
