@@ -1,4 +1,4 @@
-"""The web page every peer serves: Party, Queue, Results, Live and (later) Stream.
+"""The web page every peer serves: Party, Queue, Results, Live and Stream.
 
 `serve.serve_web(peer, host, port)` runs one Starlette app (`app.build_app`) on hypercorn's trio
 worker inside the peer's nursery, so the page reads the peer's own `snapshot()` and event stream,

@@ -19,7 +19,19 @@ How it works
     control protocol's do.
   * Result files are served from `results/<job>/` only: the job id must be 64 hex digits of a job
     in the queue, the file name one the coordinator writes (frame_NNNN[.denoised].exr/.png,
-    job.json), and the resolved path must lie in that folder.
+    job.json), and the resolved path must lie in that folder. A job's timeline
+    (`/results/<job>/timeline.png`, `meshrender.timeline` from its job.json) is drawn in a worker
+    thread, one at a time, and kept until job.json changes (its mtime or size).
+  * The Stream page talks to `/stream/ws` (behind the Guard: a logged-in session from the page's
+    own origin). The page sends JSON text: first {"t": "hello", "fmt": png|jpeg|webp, "quality",
+    "denoise"} (again whenever it changes them), then "camera", "material" and "light" edits and
+    an {"t": "ack"} once it has drawn a frame. The server sends JSON text: {"t": "session",
+    "status": StreamSession.status() or null} when the session or its version changes, {"t":
+    "frame", version, pass_done, pass_count, samples, peers, width, height, mime, bytes, denoised,
+    note} followed by one binary message (the image), {"t": "edited", kind, version} and {"t":
+    "error", message}. The next frame goes only after the ack (`StreamSocket`). Every message is
+    decoded against its msgspec type with bounded fields; a message that is binary, too long, too
+    frequent, or not one of these closes the socket (1003, 1009, 1008) with a reason.
 """
 
 from __future__ import annotations
@@ -31,9 +43,10 @@ import re
 import secrets
 import shutil
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from importlib import resources
 from pathlib import Path
+from typing import Annotated, Literal
 
 import msgspec
 import trio
@@ -49,11 +62,13 @@ from starlette.responses import (
     Response,
     StreamingResponse,
 )
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..coordinate import results_dir
 from ..distributed import jobs_db_path
 from ..errors import MeshrenderError
+from ..imagestream import PreviewCache
 from ..jobs import JobDB, JobError
 from ..peer.membership import FailureLimiter
 from ..service import job_info, listing
@@ -85,6 +100,20 @@ JOB_JSON_BYTES_MAX = 64 << 20  # job.json read for the provenance overlay; a big
 OVERLAY_UNITS_MAX = 500_000  # units drawn per job; a bigger job's overlay is left out
 FRAMES_SHOWN_MAX = 200  # frames on a job's results page; the rest are in the downloads
 JOBS_SHOWN_MAX = 500  # jobs on the queue and results pages
+TIMELINES_KEPT_MAX = 16  # drawn timeline PNGs kept (~100 KiB each), one per job, newest job.json only
+TIMELINE_DRAWS_AT_ONCE = 1  # matplotlib draws in worker threads; one at a time leaves the renderer its cores
+# the Stream page's WebSocket (/stream/ws); hypercorn refuses any message over 1 MiB before these
+STREAM_SOCKETS_MAX = 16  # Stream sockets open at once; more are closed with 1013 (try again later)
+WS_MESSAGE_CHARS_MAX = 4096  # one control message: a material edit is ~150 characters
+WS_MESSAGES_PER_S = 60.0  # sustained: the page sends camera edits at 20/s (acks of frames sent are free)
+WS_MESSAGES_BURST = 120  # a burst above that rate, allowed once; past it the socket is closed (1008)
+WS_HELLO_S = 10.0  # the first message (hello) must come within this
+WS_EDITS_PENDING_MAX = 64  # distinct materials and lights with an edit waiting; more at once is a flood
+STREAM_POLL_S = 0.25  # how often a socket looks for a newer session, or the end of its own
+WS_CLOSE_REASON_BYTES_MAX = 123  # RFC 6455: a close frame's reason fits in 123 bytes
+WS_ERROR_CHARS_MAX = 500  # an edit's error message sent back to the page
+SCENE_NAME_CHARS_MAX = 256  # a material's name in an edit
+COORD_MAX = 1e9  # a camera or light coordinate; the session checks what makes sense in its scene
 
 _JOB_RE = re.compile(r"[0-9a-f]{64}")
 _RESULT_NAME_RE = re.compile(r"(frame_[0-9]{4,6}(\.denoised)?\.(exr|png)|job\.json)")
@@ -123,6 +152,11 @@ class WebState:
         self.logins = FailureLimiter()  # failed logins per client address, as failed joins
         self.readers = 0
         self.uploads = trio.Semaphore(UPLOADS_AT_ONCE)
+        self.timeline_draws = trio.Semaphore(TIMELINE_DRAWS_AT_ONCE)
+        self.timelines: OrderedDict[str, tuple[tuple[int, int], bytes]] = OrderedDict()  # job -> (stat, png)
+        self.previews = PreviewCache()  # one encode of a frame for all its watchers
+        self.stream_sockets = 0
+        self.stream_socket_seq = 0
         self._db: JobDB | None = None
 
     @property
@@ -152,8 +186,10 @@ def build_app(peer, *, exposed: bool) -> tuple[Guard, WebState]:
         Route("/results", _results, methods=["GET"]),
         Route("/results/{job}", _result, methods=["GET"]),
         Route("/results/{job}/files/{name}", _result_file, methods=["GET"]),
+        Route("/results/{job}/timeline.png", _timeline, methods=["GET"]),
         Route("/live", _live, methods=["GET"]),
         Route("/stream", _stream, methods=["GET"]),
+        WebSocketRoute("/stream/ws", _stream_ws),
         Route("/events", _events, methods=["GET"]),
         Route("/api/snapshot", _api_snapshot, methods=["GET"]),
         Route("/api/jobs", _api_jobs, methods=["GET"]),
@@ -189,7 +225,7 @@ def _page(
         )
     doc = f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><meta name=viewport content="width=device-width, initial-scale=1">
-<meta name=csrf content="{h(csrf)}"><title>{h(title)} · meshrender</title>
+<meta name=csrf content="{h(csrf)}"><link rel=icon href="data:,"><title>{h(title)} · meshrender</title>
 <style nonce="{nonce}">{CSS}</style></head>
 <body data-page="{h(page)}"><header><b>meshrender</b> <span class=muted>{h(short(st.peer.peer_id))} ·
 party {h(st.peer.party)}</span><nav>{nav}</nav></header>
@@ -802,6 +838,11 @@ async def _result(request: Request) -> Response:
         )
     elif why:
         parts.append(f"<p class=muted>{h(why)}</p>")
+    if (folder / "job.json").is_file():
+        parts.append(
+            f'<h2>Timeline</h2><figure class=timeline><img id=timeline src="/results/{rec.id}/timeline.png" '
+            f'alt="which peer rendered what, and when, in job {rec.id[:12]}"></figure>'
+        )
     frames = []
     last = min(rec.spec.last_frame, rec.spec.first_frame + FRAMES_SHOWN_MAX - 1)
     for frame in range(rec.spec.first_frame, last + 1):
@@ -847,6 +888,60 @@ async def _result_file(request: Request) -> Response:
     )
 
 
+def _draw_timeline(path: Path) -> bytes:
+    """In a worker thread: the timeline figure of the job.json at `path`, as PNG bytes."""
+    from ..timeline import png_bytes, read_job_json, timeline_from_job
+
+    try:
+        record = read_job_json(path, bytes_max=JOB_JSON_BYTES_MAX)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace(str(path), "job.json")) from None
+    return png_bytes(timeline_from_job(record, source="job.json"))
+
+
+async def timeline_png(st: WebState, jid: str) -> bytes:
+    """Job `jid`'s timeline PNG, drawn again only when its job.json changed (its mtime or size).
+    Raises HTTPException (404: no job.json; 422: one that cannot be drawn)."""
+    path = results_dir(st.peer.home, jid) / "job.json"
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise HTTPException(404, f"job {jid[:12]} has no job.json yet: its timeline comes with it") from None
+    key = (stat.st_mtime_ns, stat.st_size)
+
+    def kept() -> bytes | None:
+        entry = st.timelines.get(jid)
+        if entry is None or entry[0] != key:
+            return None
+        st.timelines.move_to_end(jid)
+        return entry[1]
+
+    if (png := kept()) is not None:
+        return png
+    async with st.timeline_draws:
+        if (png := kept()) is not None:  # another request drew it while this one waited its turn
+            return png
+        try:
+            png = await trio.to_thread.run_sync(_draw_timeline, path)
+        except ValueError as exc:
+            raise HTTPException(422, f"the timeline cannot be drawn: {exc}") from None
+    st.timelines[jid] = (key, png)
+    st.timelines.move_to_end(jid)
+    while len(st.timelines) > TIMELINES_KEPT_MAX:
+        st.timelines.popitem(last=False)
+    return png
+
+
+async def _timeline(request: Request) -> Response:
+    st = _st(request)
+    jid = _job_param(request)
+    _job(st, jid)  # a job of this queue
+    png = await timeline_png(st, jid)
+    headers = {"x-content-type-options": "nosniff", "cache-control": "no-store",
+               "content-security-policy": "default-src 'none'"}  # fmt: skip
+    return Response(png, media_type="image/png", headers=headers)
+
+
 # ---------------------------------------------------------------------------- live, stream
 
 
@@ -860,12 +955,353 @@ async def _live(request: Request) -> Response:
     return _page(request, "live", "Live", LIVE_BODY)
 
 
+STREAM_BODY = """<h1>Stream</h1>
+<p id=no-session{none_hidden}>No streaming session. Start one with <code>meshrender stream SCENE</code>;
+the interactive viewport appears here when it runs.</p>
+<div id=stream{stream_hidden} class=stream>
+<div class=viewport><canvas id=stream-view width=256 height=256 tabindex=0
+ title="drag: orbit · shift- or right-drag: pan · wheel: zoom"></canvas>
+<p id=stream-status class=muted>Connecting…</p><p id=stream-camera class=muted></p></div>
+<div class=controls>
+<fieldset><legend>Preview</legend>
+<label>Format <select id=stream-fmt><option value=jpeg selected>JPEG</option><option value=webp>WebP</option>
+<option value=png>PNG (exact)</option></select></label>
+<label>Quality <input id=stream-quality type=range min=10 max=100 value=80></label>
+<label><input id=stream-denoise type=checkbox> Denoise</label>
+<p id=stream-bytes class=muted></p></fieldset>
+<fieldset><legend>Material</legend>
+<label>Name <select id=material-name></select></label>
+<label>Colour <input id=material-color type=color></label>
+<label>Roughness <input id=material-roughness type=range min=0 max=1 step=0.01></label>
+<label>IOR <input id=material-ior type=number min=1 max=4 step=0.01 class=num></label></fieldset>
+<fieldset><legend>Light</legend>
+<label>Light <select id=light-index></select></label>
+<label>x <input id=light-x type=number step=0.05 class=num></label>
+<label>y <input id=light-y type=number step=0.05 class=num></label>
+<label>z <input id=light-z type=number step=0.05 class=num></label></fieldset>
+<p id=stream-error class=error></p>
+</div></div>"""
+
+
+def _current_session(peer):
+    return peer.streams.current()  # the newest running streaming session, or None
+
+
 async def _stream(request: Request) -> Response:
-    body = (
-        "<h1>Stream</h1><p id=no-session>No streaming session. The interactive viewport appears here "
-        "once streaming sessions exist (<code>meshrender stream SCENE</code>).</p>"
+    running = _current_session(_st(request).peer) is not None
+    body = STREAM_BODY.format(
+        none_hidden=" hidden" if running else "", stream_hidden="" if running else " hidden"
     )
     return _page(request, "stream", "Stream", body)
+
+
+# the Stream socket's protocol: client -> server, JSON text messages
+Coord = Annotated[float, msgspec.Meta(ge=-COORD_MAX, le=COORD_MAX)]
+Vec3 = tuple[Coord, Coord, Coord]
+Unit = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+
+
+class ClientMsg(msgspec.Struct, frozen=True, kw_only=True, tag_field="t", forbid_unknown_fields=True):
+    pass
+
+
+class Hello(ClientMsg, tag="hello"):
+    """First on every socket, and again whenever the page changes how it wants its previews."""
+
+    fmt: Literal["png", "jpeg", "webp"] = "jpeg"
+    quality: Annotated[int, msgspec.Meta(ge=1, le=100)] = 80
+    denoise: bool = False
+
+
+class Camera(ClientMsg, tag="camera"):
+    position: Vec3 | None = None
+    look_at: Vec3 | None = None
+    up: Vec3 | None = None
+    fov_deg: Annotated[float, msgspec.Meta(gt=0.0, lt=180.0)] | None = None
+
+
+class MaterialEdit(ClientMsg, tag="material"):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=SCENE_NAME_CHARS_MAX)]
+    color: tuple[Unit, Unit, Unit] | None = None
+    roughness: Unit | None = None
+    ior: Annotated[float, msgspec.Meta(ge=1.0, le=10.0)] | None = None
+
+
+class LightEdit(ClientMsg, tag="light"):
+    index: Annotated[int, msgspec.Meta(ge=0, le=1 << 20)]
+    position: Vec3
+
+
+class Ack(ClientMsg, tag="ack"):
+    """The page drew the last frame: the server may send the next."""
+
+
+CLIENT_DECODER = msgspec.json.Decoder(Hello | Camera | MaterialEdit | LightEdit | Ack)
+
+
+class Refused(Exception):
+    """The client sent something outside the protocol: close the socket with `code`."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _merged(old: ClientMsg | None, new: ClientMsg) -> ClientMsg:
+    """Two edits of one thing waiting: the newer's fields over the older's (latest wins)."""
+    if old is None:
+        return new
+    fields = {f: getattr(new, f) for f in new.__struct_fields__ if getattr(new, f) is not None}
+    return msgspec.structs.replace(old, **fields)
+
+
+def _edit_key(msg: ClientMsg) -> tuple:
+    if isinstance(msg, Camera):
+        return ("camera",)
+    if isinstance(msg, MaterialEdit):
+        return ("material", msg.name)
+    return ("light", msg.index)
+
+
+class StreamSocket:
+    """One Stream page's socket: three tasks (receive, edits, frames) in one nursery.
+
+    Frames: the newest frame of the current session, encoded through the shared PreviewCache,
+    sent as a JSON header then one binary message; the next one only after the page's ack, so a
+    slow page gets fewer frames and nothing queues. Edits: the newest of each kind (the camera,
+    each material, each light) waits in `pending`, merged, and is applied one at a time; the
+    session coalesces those that come while it compiles. Anything outside the protocol closes
+    the socket with a code and a reason (`Refused`)."""
+
+    def __init__(self, st: WebState, ws: WebSocket):
+        self.st = st
+        self.ws = ws
+        st.stream_socket_seq += 1
+        self.name = f"web-{st.stream_socket_seq}"
+        self.hello: Hello | None = None
+        self.said_hello = trio.Event()
+        self.hello_changed = trio.Event()  # the page asked for another format since the last frame
+        self.acked = trio.Event()  # set: no frame is waiting for the page's ack
+        self.acked.set()
+        self.pending: OrderedDict[tuple, ClientMsg] = OrderedDict()
+        self.edits_waiting = trio.Event()
+        self.send_lock = trio.Lock()
+        self.tokens = float(WS_MESSAGES_BURST)
+        self.tokens_at = trio.current_time()
+        self.refused: Refused | None = None
+        self.sent_frames = 0
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as n:
+                n.start_soon(self._receive, n.cancel_scope)
+                n.start_soon(self._edits)
+                n.start_soon(self._frames)
+        except* WebSocketDisconnect:  # it went while a frame was being sent
+            pass
+        if self.refused is not None:
+            why = self.refused.reason.encode()[:WS_CLOSE_REASON_BYTES_MAX].decode(errors="ignore")
+            self.st.peer._event("web-stream-refused", socket=self.name, code=self.refused.code, reason=why)
+            await self.ws.close(self.refused.code, why)
+
+    async def send_json(self, msg: dict) -> None:
+        async with self.send_lock:
+            await self.ws.send_text(json.dumps(msg, default=str))
+
+    # ------------------------------------------------------------------ from the page
+
+    def _spend_token(self) -> None:
+        now = trio.current_time()
+        self.tokens = min(float(WS_MESSAGES_BURST), self.tokens + (now - self.tokens_at) * WS_MESSAGES_PER_S)
+        self.tokens_at = now
+        if self.tokens < 1.0:
+            raise Refused(1008, f"more than {WS_MESSAGES_PER_S:.0f} messages a second")
+        self.tokens -= 1.0
+
+    async def _next_message(self) -> ClientMsg | None:
+        """The next message, checked; None when the page has gone. Raises Refused."""
+        message = await self.ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return None
+        text = message.get("text")
+        if text is None:
+            raise Refused(1003, "binary messages are not part of this protocol: send JSON text")
+        if len(text) > WS_MESSAGE_CHARS_MAX:
+            raise Refused(1009, f"a message over {WS_MESSAGE_CHARS_MAX} characters")
+        try:
+            msg = CLIENT_DECODER.decode(text)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise Refused(1008, f"not a stream message: {exc}") from None
+        if not (isinstance(msg, Ack) and not self.acked.is_set()):
+            self._spend_token()  # (the ack of a frame sent is free: the server set that pace)
+        return msg
+
+    async def _receive(self, everything: trio.CancelScope) -> None:
+        try:
+            with trio.fail_after(WS_HELLO_S):
+                first = await self._next_message()
+            if first is None:
+                return
+            if not isinstance(first, Hello):
+                raise Refused(1008, "the first message must be a hello")
+            self.hello = first
+            self.said_hello.set()
+            while True:
+                msg = await self._next_message()
+                if msg is None:
+                    return
+                if isinstance(msg, Hello):
+                    self.hello = msg  # the next frame comes in the new format (the last one, again)
+                    self.hello_changed.set()
+                elif isinstance(msg, Ack):
+                    self.acked.set()
+                else:
+                    key = _edit_key(msg)
+                    if key not in self.pending and len(self.pending) >= WS_EDITS_PENDING_MAX:
+                        raise Refused(1008, f"more than {WS_EDITS_PENDING_MAX} different edits at once")
+                    self.pending[key] = _merged(self.pending.get(key), msg)
+                    self.edits_waiting.set()
+        except trio.TooSlowError:
+            self.refused = Refused(1008, f"no hello within {WS_HELLO_S:.0f} s")
+        except Refused as exc:
+            self.refused = exc
+        finally:
+            everything.cancel()  # the page has gone or broke the protocol: stop sending to it
+
+    # ------------------------------------------------------------------ edits
+
+    async def _edits(self) -> None:
+        while True:
+            await self.edits_waiting.wait()
+            self.edits_waiting = trio.Event()
+            while self.pending:
+                key, msg = self.pending.popitem(last=False)
+                session = _current_session(self.st.peer)
+                if session is None:
+                    await self.send_json({"t": "error", "message": "no streaming session is running"})
+                    continue
+                try:
+                    if isinstance(msg, Camera):
+                        version = await session.set_camera(
+                            position=msg.position, look_at=msg.look_at, up=msg.up, fov_deg=msg.fov_deg
+                        )
+                    elif isinstance(msg, MaterialEdit):
+                        version = await session.set_material(
+                            msg.name, color=msg.color, roughness=msg.roughness, ior=msg.ior
+                        )
+                    else:
+                        version = await session.move_light(msg.index, msg.position)
+                except (ValueError, MeshrenderError) as exc:  # a bad value, or the session ended
+                    await self.send_json({"t": "error", "message": str(exc)[:WS_ERROR_CHARS_MAX]})
+                    continue
+                await self.send_json({"t": "edited", "kind": key[0], "version": version})
+
+    # ------------------------------------------------------------------ to the page
+
+    async def _frames(self) -> None:
+        await self.said_hello.wait()
+        told_none = False
+        while True:
+            session = _current_session(self.st.peer)
+            if session is None or session.status().get("ended"):
+                if not told_none:
+                    await self.send_json({"t": "session", "status": None})
+                    told_none = True
+                await trio.sleep(STREAM_POLL_S)
+                continue
+            told_none = False
+            async with trio.open_nursery() as n:
+                n.start_soon(self._watch, session)
+                while _current_session(self.st.peer) is session and not session.status().get("ended"):
+                    await trio.sleep(STREAM_POLL_S)
+                n.cancel_scope.cancel()  # a newer session, or this one ended: watch the next
+
+    async def _watch(self, session) -> None:
+        status = session.status()
+        await self.send_json({"t": "session", "status": status})
+        version = status.get("version")
+        try:
+            watch = session.watch(self.name)
+        except MeshrenderError as exc:  # it ended meanwhile, or has all the watchers it can serve
+            await self.send_json({"t": "error", "message": str(exc)[:WS_ERROR_CHARS_MAX]})
+            await trio.sleep_forever()  # until _frames sees a newer session or the end of this one
+        last = None
+        with watch:
+            while True:
+                try:
+                    frame = await self._next_frame(watch, last)
+                except MeshrenderError:  # StreamEnded: _frames notices and moves on
+                    await trio.sleep_forever()
+                self.hello_changed = trio.Event()
+                if frame.version != version:
+                    version = frame.version
+                    await self.send_json({"t": "session", "status": session.status()})
+                hello = self.hello
+                try:
+                    enc = await self.st.previews.get(
+                        frame, fmt=hello.fmt, quality=hello.quality, denoise=hello.denoise
+                    )
+                except ValueError as exc:
+                    await self.send_json({"t": "error", "message": f"preview: {exc}"[:WS_ERROR_CHARS_MAX]})
+                    continue
+                height, width = frame.image.shape[:2]
+                header = {
+                    "t": "frame",
+                    "session": frame.session,
+                    "version": frame.version,
+                    "pass_done": frame.pass_done,
+                    "pass_count": frame.pass_count,
+                    "samples": frame.samples,
+                    "peers": list(frame.peers),
+                    "width": width,
+                    "height": height,
+                    "mime": enc.mime,
+                    "bytes": len(enc.data),
+                    "denoised": enc.denoised,
+                    "note": enc.note,
+                }
+                self.acked = trio.Event()
+                async with self.send_lock:
+                    await self.ws.send_text(json.dumps(header))
+                    await self.ws.send_bytes(enc.data)
+                self.sent_frames += 1
+                last = frame
+                await self.acked.wait()  # then watch.next(): the newest frame since, not a queue
+
+    async def _next_frame(self, watch, last):
+        """The session's next frame; or `last` again, if the page asks for another format (or the
+        denoiser) first, so a converged session's image is shown the new way too."""
+        if last is None:
+            return await watch.next()
+        got = None
+        async with trio.open_nursery() as n:
+
+            async def take() -> None:
+                nonlocal got
+                got = await watch.next()  # cancelled, it keeps its frame for the next call
+                n.cancel_scope.cancel()
+
+            async def asked_again() -> None:
+                await self.hello_changed.wait()
+                n.cancel_scope.cancel()
+
+            n.start_soon(take)
+            n.start_soon(asked_again)
+        return got if got is not None else last
+
+
+async def _stream_ws(ws: WebSocket) -> None:
+    st = _st(ws)
+    await ws.accept()
+    if st.stream_sockets >= STREAM_SOCKETS_MAX:
+        await ws.close(1013, f"{STREAM_SOCKETS_MAX} Stream pages are open already: try again later")
+        return
+    st.stream_sockets += 1
+    try:
+        await StreamSocket(st, ws).run()
+    finally:
+        st.stream_sockets -= 1
 
 
 def _sse(kind: str, data: dict) -> bytes:

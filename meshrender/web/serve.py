@@ -29,6 +29,7 @@ KEEP_ALIVE_S = 30.0  # an idle browser connection is closed after this
 READ_TIMEOUT_S = 60.0  # a request that sends nothing for this long is dropped (slow-loris)
 GRACEFUL_S = 1.0  # open requests get this long to finish when the peer stops
 WEBSOCKET_MESSAGE_BYTES_MAX = 1 << 20  # the Stream page's control messages are small
+WEBSOCKET_PING_S = 20.0  # pinged this often, a quiet Stream page pongs: no READ_TIMEOUT_S close
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -64,6 +65,7 @@ def _config(host: str, port: int) -> Config:
     config.read_timeout = READ_TIMEOUT_S
     config.graceful_timeout = GRACEFUL_S
     config.websocket_max_message_size = WEBSOCKET_MESSAGE_BYTES_MAX
+    config.websocket_ping_interval = WEBSOCKET_PING_S
     config.include_server_header = False
     return config
 
