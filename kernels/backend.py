@@ -109,6 +109,11 @@ def _try_init(ti, arch, threads: int) -> str:
         # without it the compile takes 3.7 s and the kernel runs as fast (Cornell box 1.45 vs
         # 1.44 Msamples/s, bunny in the box 0.95 vs 0.93: issue 16's closing note has the runs)
         advanced_optimization=False,
+        # Taichi's CPU default cuts a parallel loop into one contiguous chunk per thread, so a
+        # frame took as long as its slower half (the rough glass scene's bottom half costs 1.7x
+        # its top, the bunny's 1.25x) or as the thread whose core another process shared;
+        # without it pixels go out kernels.tracer.PIXELS_PER_TASK at a time to a free thread
+        make_cpu_multithreading_loop=False,
         log_level=ti.ERROR,
         default_fp=ti.f32,
         default_ip=ti.i32,
@@ -150,6 +155,51 @@ def _cheap_source_positions() -> None:
     ctx.get_pos_info = get_pos_info
 
 
+def _source_read_once() -> None:
+    """Read, re-wrap and dedent each ti.func's source once per process, not once per call site.
+
+    Taichi 1.7.4 inlines a ti.func by walking its Python AST again at every call site, and
+    before each walk `kernel_impl._get_tree_and_ctx` reads the function's source anew
+    (inspect.getsourcelines tokenizes the file's lines) and textwrap-fills every line: about
+    700 times for the path tracer, 0.45 of the 1.3 s a warm start took. The same function,
+    with what it re-reads kept per function object (sources do not change under a running
+    process); the tree is still parsed fresh for every walk, which marks its nodes."""
+    import ast
+    import textwrap
+
+    import taichi as ti
+    from taichi.lang import kernel_impl as ki
+
+    if getattr(ki._get_tree_and_ctx, "_meshrender", False) or ti.__version__ != (1, 7, 4):
+        return
+    sources: dict = {}
+
+    def get_tree_and_ctx(self, excluded_parameters=(), is_kernel=True, arg_features=None, args=None,
+                         ast_builder=None, is_real_function=False):  # fmt: skip
+        got = sources.get(self.func)
+        if got is None:
+            file = ki.getsourcefile(self.func)
+            src, start_lineno = ki.getsourcelines(self.func)
+            src = [textwrap.fill(line, tabsize=4, width=9999) for line in src]
+            got = sources[self.func] = (file, src, start_lineno, textwrap.dedent("\n".join(src)))
+        file, src, start_lineno, text = got
+        tree = ast.parse(text)
+        tree.body[0].decorator_list = []
+        global_vars = ki._get_global_vars(self.func)
+        if is_kernel or is_real_function:  # template parameters go into the globals
+            for i in self.template_slot_locations:
+                global_vars[self.arguments[i].name] = args[i]
+        return tree, ki.ASTTransformerContext(
+            excluded_parameters=excluded_parameters, is_kernel=is_kernel, func=self,
+            arg_features=arg_features, global_vars=global_vars, argument_data=args, src=src,
+            start_lineno=start_lineno, file=file, ast_builder=ast_builder,
+            is_real_function=is_real_function,
+        )  # fmt: skip
+
+    get_tree_and_ctx._meshrender = True
+    ki._get_tree_and_ctx = get_tree_and_ctx
+
+
 def init_backend(requested: str = "auto", threads: int = 0) -> BackendInfo:
     """Start Taichi once per process for (requested, threads); later calls return the same info."""
     global _current, _current_key
@@ -161,6 +211,7 @@ def init_backend(requested: str = "auto", threads: int = 0) -> BackendInfo:
     import taichi as ti
 
     _cheap_source_positions()
+    _source_read_once()
     if _current is not None:
         ti.reset()
     t0 = time.perf_counter()

@@ -8,7 +8,12 @@ How it works
     for dimension d is H(key + d * golden). Dimensions are laid out per bounce (DIM_* below), so a
     sample's path never depends on other samples or on thread scheduling.
   * Triangles are stored in BVH leaf order; traversal is a stack walk over the flattened nodes
-    (see meshrender.compiled for the layout), nearer child first.
+    (see meshrender.compiled for the layout; the kernel reads them as one row per node, box and
+    links, and each triangle as one row of p0 and its edges: meshrender.render.traversal_arrays),
+    nearer child first.
+  * Pixels go to the CPU threads PIXELS_PER_TASK at a time, whichever thread is free
+    (kernels.backend turns Taichi's one-chunk-per-thread split off); nothing a pixel gets
+    depends on which thread renders it.
   * Materials (kernels/bsdf.py has the models): diffuse, conductor, dielectric (smooth, rough,
     thin) and plastic, emission on any material (one- or two-sided). The BSDF works in a frame
     whose +z is the surface's FRONT (the counter-clockwise face normal's side, a dielectric's
@@ -112,6 +117,7 @@ STACK_DEPTH = 64  # BVH depth bound: the binned-SAH builder stays far below this
 RAY_EPS = 1e-4  # origin offset along the normal, relative to the hit point's magnitude (>= 1)
 SHADOW_SLACK = 1e-5  # shadow segments stop this fraction short of the (already lifted) light point
 RR_Q_MAX = 0.95  # Russian roulette survival cap, as Mitsuba: bounds the path length in bright scenes
+PIXELS_PER_TASK = 32  # pixels a CPU thread takes at a time: small enough to even out, 1 ms+ each
 ALPHA_SKIPS_MAX = 16  # cut-out surfaces a ray passes through before the next is taken as opaque
 ALPHA_SALT_PATH = 0xA5A5A5A5  # BLEND's own random streams (path rays, shadow rays), keyed like dims
 ALPHA_SALT_SHADOW = 0x5A5A5A5A
@@ -213,14 +219,29 @@ def safe_inv(d: vec3) -> vec3:
 @ti.func
 def box_entry(bounds: ti.template(), node: ti.i32, o: vec3, inv_d: vec3, t_max: ti.f32) -> ti.f32:
     """Entry distance of the ray into the node's box, or +inf when it misses within [0, t_max]."""
-    tx0 = (bounds[node, 0] - o.x) * inv_d.x
-    tx1 = (bounds[node, 3] - o.x) * inv_d.x
-    ty0 = (bounds[node, 1] - o.y) * inv_d.y
-    ty1 = (bounds[node, 4] - o.y) * inv_d.y
-    tz0 = (bounds[node, 2] - o.z) * inv_d.z
-    tz1 = (bounds[node, 5] - o.z) * inv_d.z
-    t_near = ti.max(ti.max(ti.min(tx0, tx1), ti.min(ty0, ty1)), ti.max(ti.min(tz0, tz1), 0.0))
-    t_far = ti.min(ti.min(ti.max(tx0, tx1), ti.max(ty0, ty1)), ti.min(ti.max(tz0, tz1), t_max))
+    b = bounds[node]
+    tx0 = (b[0] - o.x) * inv_d.x
+    tx1 = (b[3] - o.x) * inv_d.x
+    ty0 = (b[1] - o.y) * inv_d.y
+    ty1 = (b[4] - o.y) * inv_d.y
+    tz0 = (b[2] - o.z) * inv_d.z
+    tz1 = (b[5] - o.z) * inv_d.z
+    # min and max as selects, not ti.min / ti.max: those are IEEE minNum / maxNum, whose NaN
+    # rule costs a compare and a blend each, where a select is one minss / maxss. The same
+    # numbers for any ray that is not NaN (inv_d is finite; a NaN ray's sample is dropped).
+    # Written out, not as ti.funcs: each call site is another AST walk at every start.
+    nx = ti.select(tx0 < tx1, tx0, tx1)
+    fx = ti.select(tx0 > tx1, tx0, tx1)
+    ny = ti.select(ty0 < ty1, ty0, ty1)
+    fy = ti.select(ty0 > ty1, ty0, ty1)
+    nz = ti.select(tz0 < tz1, tz0, tz1)
+    fz = ti.select(tz0 > tz1, tz0, tz1)
+    nz = ti.select(nz > 0.0, nz, 0.0)
+    fz = ti.select(fz < t_max, fz, t_max)
+    nxy = ti.select(nx > ny, nx, ny)
+    fxy = ti.select(fx < fy, fx, fy)
+    t_near = ti.select(nxy > nz, nxy, nz)
+    t_far = ti.select(fxy < fz, fxy, fz)
     # 1 + 2 ulp-ish slack so a ray grazing a face of a flat box is not lost to rounding
     res = ti.math.inf
     if t_near <= t_far * 1.00000024:
@@ -240,28 +261,31 @@ def tri_vertices(positions: ti.template(), indices: ti.template(), tri: ti.i32):
 
 
 @ti.func
+def face_normal(tri_pe: ti.template(), tri: ti.i32) -> vec3:
+    """The unit counter-clockwise normal (p1 - p0) x (p2 - p0), from the triangle's tri_pe row
+    (the same float32 edges the kernel would make from the positions)."""
+    r = tri_pe[tri]
+    return vec3(r[3], r[4], r[5]).cross(vec3(r[6], r[7], r[8])).normalized()
+
+
+@ti.func
 def tri_hit(tri_pe: ti.template(), tri: ti.i32, o: vec3, d: vec3):
     """Möller–Trumbore, two-sided, on the triangle's row of tri_pe (p0, p1 - p0, p2 - p0: the
     host's float32 differences are the kernel's, bit for bit). Returns (t, u, v); t = inf on a miss."""
-    p0 = vec3(tri_pe[tri, 0], tri_pe[tri, 1], tri_pe[tri, 2])
-    e1 = vec3(tri_pe[tri, 3], tri_pe[tri, 4], tri_pe[tri, 5])
-    e2 = vec3(tri_pe[tri, 6], tri_pe[tri, 7], tri_pe[tri, 8])
+    r = tri_pe[tri]
+    p0 = vec3(r[0], r[1], r[2])
+    e1 = vec3(r[3], r[4], r[5])
+    e2 = vec3(r[6], r[7], r[8])
     pv = d.cross(e2)
     det = e1.dot(pv)
-    t = ti.math.inf
-    u = 0.0
-    v = 0.0
-    if ti.abs(det) > 1e-20:
-        inv_det = 1.0 / det
-        tv = o - p0
-        u = tv.dot(pv) * inv_det
-        if u >= 0.0 and u <= 1.0:
-            qv = tv.cross(e1)
-            v = d.dot(qv) * inv_det
-            if v >= 0.0 and u + v <= 1.0:
-                tt = e2.dot(qv) * inv_det
-                if tt > 0.0:
-                    t = tt
+    inv_det = 1.0 / det
+    tv = o - p0
+    u = tv.dot(pv) * inv_det
+    qv = tv.cross(e1)
+    v = d.dot(qv) * inv_det
+    tt = e2.dot(qv) * inv_det
+    ok = (ti.abs(det) > 1e-20) & (u >= 0.0) & (u <= 1.0) & (v >= 0.0) & (u + v <= 1.0) & (tt > 0.0)
+    t = ti.select(ok, tt, ti.math.inf)
     return t, u, v
 
 
@@ -269,7 +293,6 @@ def tri_hit(tri_pe: ti.template(), tri: ti.i32, o: vec3, d: vec3):
 def intersect(
     tri_pe: ti.template(),
     bounds: ti.template(),
-    links: ti.template(),
     o: vec3,
     d: vec3,
     t_max: ti.f32,
@@ -287,9 +310,10 @@ def intersect(
     if box_entry(bounds, 0, o, inv_d, t_max) == ti.math.inf:
         node = -1
     while node >= 0:
-        count = links[node, 1]
+        row = bounds[node]
+        count = ti.bit_cast(row[7], ti.i32)
         if count > 0:
-            first = links[node, 0]
+            first = ti.bit_cast(row[6], ti.i32)
             for k in range(first, first + count):
                 t, u, v = tri_hit(tri_pe, k, o, d)
                 if t < hit.t:
@@ -305,7 +329,7 @@ def intersect(
                 node = stack[sp]
         else:
             left = node + 1
-            right = links[node, 0]
+            right = ti.bit_cast(row[6], ti.i32)
             tl = box_entry(bounds, left, o, inv_d, hit.t)
             tr = box_entry(bounds, right, o, inv_d, hit.t)
             if tl == ti.math.inf and tr == ti.math.inf:
@@ -504,9 +528,8 @@ def render_rect(
     indices: I32_2D,
     tri_material: I32_1D,
     materials: F32_2D,
-    bvh_bounds: F32_2D,
-    bvh_links: I32_2D,
-    tri_pe: F32_2D,
+    bvh_node: ti.types.ndarray(dtype=ti.types.vector(8, ti.f32), ndim=1),
+    tri_pe: ti.types.ndarray(dtype=ti.types.vector(9, ti.f32), ndim=1),
     emit_tri: I32_1D,
     emit_cdf: F32_1D,
     tri_emit_pdf: F32_1D,
@@ -532,6 +555,7 @@ def render_rect(
     cam_fwd = vec3(camera[CAM_FORWARD], camera[CAM_FORWARD + 1], camera[CAM_FORWARD + 2])
     lens_r = camera[CAM_LENS_RADIUS]
     focus = camera[CAM_FOCUS_DIST]
+    ti.loop_config(block_dim=PIXELS_PER_TASK)
     for j, i in ti.ndrange(out.shape[0], out.shape[1]):
         px = x0 + i
         py = y0 + j
@@ -572,7 +596,7 @@ def render_rect(
                 t_a = 0.0
                 n_skip = 0
                 while True:
-                    hit = intersect(tri_pe, bvh_bounds, bvh_links, o_a, rd, ti.math.inf, 0)
+                    hit = intersect(tri_pe, bvh_node, o_a, rd, ti.math.inf, 0)
                     hit.t += t_a
                     if hit.tri < 0 or n_skip >= ALPHA_SKIPS_MAX:
                         break
@@ -582,8 +606,7 @@ def render_rect(
                         n_tex, hit.tri, hit.u, hit.v, key ^ ti.u32(ALPHA_SALT_PATH), dim_a,
                     ) == 0:  # fmt: skip
                         break
-                    a0, a1, a2 = tri_vertices(positions, indices, hit.tri)
-                    o_a = offset_origin(ro + hit.t * rd, (a1 - a0).cross(a2 - a0).normalized(), rd)
+                    o_a = offset_origin(ro + hit.t * rd, face_normal(tri_pe, hit.tri), rd)
                     t_a = (o_a - ro).dot(rd)
                     n_skip += 1
                 if hit.tri < 0:
@@ -607,12 +630,13 @@ def render_rect(
                 i0 = indices[tri, 0]
                 i1 = indices[tri, 1]
                 i2 = indices[tri, 2]
-                p0, p1, p2 = tri_vertices(positions, indices, tri)
-                ng_front = (p1 - p0).cross(p2 - p0).normalized()
+                ng_front = face_normal(tri_pe, tri)
                 p = ro + hit.t * rd
                 wo = -rd
                 m = tri_material[tri]
-                uv = hit_uv(uvs, indices, tri, hit.u, hit.v)
+                uv = vec2(0.0)  # read by texture lookups alone
+                if n_tex > 0:
+                    uv = hit_uv(uvs, indices, tri, hit.u, hit.v)
                 # --- emission seen by this ray
                 le = vec3(materials[m, MAT_EMIT], materials[m, MAT_EMIT + 1], materials[m, MAT_EMIT + 2])
                 et = ti.i32(materials[m, MAT_EMIT_TEX])
@@ -704,7 +728,7 @@ def render_rect(
                     q0, q1, q2 = tri_vertices(positions, indices, lt)
                     su = ti.sqrt(ul1)
                     q = q0 * (1.0 - su) + q1 * (su * (1.0 - ul2)) + q2 * (su * ul2)
-                    nl = (q1 - q0).cross(q2 - q0).normalized()
+                    nl = face_normal(tri_pe, lt)
                     to_l = q - p
                     d2 = to_l.norm_sqr()
                     if d2 > 0.0:
@@ -756,9 +780,7 @@ def render_rect(
                         n_s = 0
                         any_hit = 1
                         while True:
-                            sh = intersect(
-                                tri_pe, bvh_bounds, bvh_links, o_s, d_sh, t_left, any_hit
-                            )
+                            sh = intersect(tri_pe, bvh_node, o_s, d_sh, t_left, any_hit)
                             if sh.tri < 0:
                                 break
                             if any_hit != 0:
@@ -774,8 +796,7 @@ def render_rect(
                             ) == 0:  # fmt: skip
                                 blocker = sh.tri
                                 break
-                            a0, a1, a2 = tri_vertices(positions, indices, sh.tri)
-                            o2 = offset_origin(o_s + sh.t * d_sh, (a1 - a0).cross(a2 - a0).normalized(), d_sh)
+                            o2 = offset_origin(o_s + sh.t * d_sh, face_normal(tri_pe, sh.tri), d_sh)
                             t_left -= (o2 - o_s).dot(d_sh)
                             o_s = o2
                             n_s += 1
