@@ -9,7 +9,9 @@ process (its own render process, 1 thread) on loopback stream the built-in Corne
   * bytes per preview frame as PNG, JPEG and WebP (meshrender.imagestream, the web stream's
     encoder) and per second at the orbit's frame rate;
   * scene bytes moved per edit: the chunks the edit added to the store, and the bytes the
-    streaming peer served to the members for it.
+    streaming peer served to the members for it;
+  * saving the scene file (`meshrender stream`'s watcher, on a copy of the Cornell box's folder)
+    to the new version, and to its first preview.
 Figures only: nothing here asserts a time.
 
     python bench/stream.py [--res 256] [--edits 12] [--orbit-s 10]
@@ -18,6 +20,8 @@ Figures only: nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import signal
 import statistics
@@ -66,8 +70,12 @@ def main() -> None:
     ap.add_argument("--orbit-s", type=float, default=10.0)
     args = ap.parse_args()
 
+    import shutil
+    from types import SimpleNamespace
+
     import trio
 
+    from meshrender.cli_stream import watch_files
     from meshrender.imagestream import encode_frame
     from meshrender.node import Peer
     from meshrender.scene.load import load_scene
@@ -76,7 +84,9 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     members = [start_member(tmp / f"m{i}") for i in range(2)]
-    desc = load_scene("cornell")
+    shutil.copytree(REPO / "meshrender" / "data" / "cornell", tmp / "scene")
+    toml = tmp / "scene" / "cornell.toml"
+    desc = load_scene(toml)
     settings = RenderSettings(width=args.res, height=args.res, spp=args.spp, pass_spp=1, max_depth=8,
                               bucket_px=args.tile)  # fmt: skip
     coord = Peer(home=tmp / "s", party=PARTY, secret=SECRET.encode(), bootstrap=[a for _, a in members],
@@ -138,11 +148,31 @@ def main() -> None:
                     stop.set()
                 out["orbit"] = {"fps": frames / args.orbit_s, "newest": newest / max(frames, 1),
                                 "versions": session.version, "bytes": sizes}  # fmt: skip
+                # saving the scene file: the watcher reloads it (a camera moved in the file)
+                quiet = SimpleNamespace(json=True)
+                n.start_soon(watch_files, session, desc, quiet, lambda: load_scene(toml))
+                await trio.sleep(0.5)
+                text = toml.read_text()
+                saves: dict[str, list[float]] = {"version": [], "preview": []}
+                for i in range(args.edits):
+                    await trio.sleep(0.5)
+                    before = session.version
+                    t0 = time.monotonic()
+                    moved = f"position = [{0.01 * (i + 1)}, 0.0, 3.9]"
+                    toml.write_text(text.replace("position = [0.0, 0.0, 3.9]", moved))
+                    while session.version == before:
+                        await trio.sleep(0.001)
+                    saves["version"].append(time.monotonic() - t0)
+                    while (f := await w.next()).version < session.version:
+                        pass
+                    saves["preview"].append(time.monotonic() - t0)
+                out["saves"] = saves
             session.stop()
             n.cancel_scope.cancel()
 
     try:
-        trio.run(run)
+        with contextlib.redirect_stdout(io.StringIO()):  # the watcher's lines ("reloaded ...")
+            trio.run(run)
     finally:
         for p, _ in members:
             p.send_signal(signal.SIGTERM)
@@ -157,6 +187,10 @@ def main() -> None:
         new, served = statistics.median(out["moved"][kind]), statistics.median(out["served"][kind])
         print(f"  scene bytes new per {kind} edit: median {new:,.0f}; served to the 2 members: "
               f"median {served:,.0f} bytes")  # fmt: skip
+    for what, xs in out["saves"].items():
+        ms = [1000 * x for x in xs]
+        print(f"scene file saved -> {'new version made' if what == 'version' else 'its first preview'}: "
+              f"median {statistics.median(ms):.0f} ms, max {max(ms):.0f} ms ({len(ms)} saves)")  # fmt: skip
     o = out["orbit"]
     print(f"continuous orbit ({1 / ORBIT_STEP_S:.0f} moves/s, {args.orbit_s:.0f} s): {o['fps']:.1f} "
           f"previews/s, {100 * o['newest']:.0f}% of them of the newest version ({o['versions']} versions)")
