@@ -39,13 +39,10 @@ from .frameview import FrameView
 from .jobs import JobDB, JobError, JobSpec, UnitRecord
 from .output import denoised_path, write_exr, write_json, write_png
 from .protocol import (
-    LEASE_DUE_S_MAX,
     Beat,
     JobEnd,
     JobOffer,
-    LeaseGrant,
     LeaseRefused,
-    LeaseRevoke,
     UnitDone,
 )
 from .schedule import Coordinator, Discard, Lease, Penalize, Revoke, ScheduleConfig, Verdict
@@ -482,13 +479,11 @@ class JobRun:
                 self.view.leased(a.peer, a.units)
                 if len(self.lease_log) < LEASE_LOG_MAX:
                     self.lease_log.append((round(now - self._t0, 4), a.peer, len(a.units)))
-                due_s = min(LEASE_DUE_S_MAX, max(0.0, a.deadline - now))  # the wire's bound
-                self.crew.send(a.peer, LeaseGrant(lease_id=a.lease_id, units=list(a.units), due_in_s=due_s))
+                self.crew.grant(a.peer, a.lease_id, a.units, a.deadline, now)
             elif isinstance(a, Revoke):
-                self.crew.send(a.peer, LeaseRevoke(lease_id=a.lease_id, reason=a.reason))
+                self.crew.revoke(a.peer, a.lease_id, a.reason)
             elif isinstance(a, Penalize):
-                self.peer._penalize(a.peer, f"job {self.job_id[:12]}: {a.reason}", ban=False)
-                self.peer._event("penalty", job=self.job_id, peer=a.peer, reason=a.reason)
+                self.crew.penalize(a.peer, a.reason, job=self.job_id)
                 if a.peer in self.coordinator.statistics().convictions:
                     self._drop(a.peer, f"convicted: {a.reason}", penalize=False)
             elif isinstance(a, Discard):

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import trio
 
 from .backoff import Backoff
-from .protocol import Msg
+from .protocol import LEASE_DUE_S_MAX, LeaseGrant, LeaseRevoke, Msg
 from .work import memory_link_pair, serve_job
 
 log = logging.getLogger("meshrender.crew")
@@ -134,6 +134,19 @@ class Crew:
             self.events.send_nowait(("gone", w.peer, "too far behind on its messages"))
         except trio.ClosedResourceError:
             pass
+
+    def grant(self, peer: str, lease_id: int, units, deadline: float, now: float) -> None:
+        """Send a lease of `units` due at `deadline` (the wire bounds how far ahead that may be)."""
+        due_s = min(LEASE_DUE_S_MAX, max(0.0, deadline - now))
+        self.send(peer, LeaseGrant(lease_id=lease_id, units=list(units), due_in_s=due_s))
+
+    def revoke(self, peer: str, lease_id: int, reason: str) -> None:
+        self.send(peer, LeaseRevoke(lease_id=lease_id, reason=reason))
+
+    def penalize(self, peer: str, reason: str, **where) -> None:
+        """The core says `peer` misbehaved: the peer's penalty book and a `penalty` event."""
+        self.peer._penalize(peer, f"{self.label}: {reason}", ban=False)
+        self.peer._event("penalty", **where, peer=peer, reason=reason)
 
     def send_all(self, msg: Msg) -> None:
         for peer in list(self.workers):

@@ -53,7 +53,7 @@ from .compiled import CompiledScene
 from .coordinate import check_aov, check_result
 from .crew import OUTBOX_MSGS, Crew, backend_class, handle_events
 from .errors import MeshrenderError
-from .protocol import LEASE_DUE_S_MAX, Beat, JobEnd, JobOffer, LeaseGrant, LeaseRefused, LeaseRevoke, UnitDone
+from .protocol import Beat, JobEnd, JobOffer, LeaseRefused, UnitDone
 from .session import (
     LEASE_RECORDS_MAX,
     Converged,
@@ -650,13 +650,11 @@ class StreamSession:
                 self._lease_version[a.lease_id] = a.version
                 while len(self._lease_version) > LEASE_RECORDS_MAX:
                     self._lease_version.popitem(last=False)
-                due_s = min(LEASE_DUE_S_MAX, max(0.0, a.deadline - now))  # the wire's bound
-                self.crew.send(a.peer, LeaseGrant(lease_id=a.lease_id, units=list(a.units), due_in_s=due_s))
+                self.crew.grant(a.peer, a.lease_id, a.units, a.deadline, now)
             elif isinstance(a, Revoke):
-                self.crew.send(a.peer, LeaseRevoke(lease_id=a.lease_id, reason=a.reason))
+                self.crew.revoke(a.peer, a.lease_id, a.reason)
             elif isinstance(a, Penalize):
-                self.peer._penalize(a.peer, f"{self.label}: {a.reason}", ban=False)
-                self.peer._event("penalty", session=self.id, peer=a.peer, reason=a.reason)
+                self.crew.penalize(a.peer, a.reason, session=self.id)
                 if a.peer in self.core.statistics().banned:
                     self._drop(a.peer, f"convicted: {a.reason}", penalize=False)
             elif isinstance(a, Preview):
