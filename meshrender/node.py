@@ -392,16 +392,23 @@ class Peer:
     def _dialing(self) -> set[str]:
         return self.joining.dialing
 
-    async def start_stream(self, scene, settings=None, **options):
-        """Start a streaming session of `scene` (a LoadedScene) in this peer's nursery and return it
-        once its first version is compiled (meshrender.streaming; it ends on `stop()`, when idle,
-        or with the peer)."""
-        from .streaming import StreamSession
-
+    async def start_stream(self, session):
+        """Run `session` (a meshrender.streaming.StreamSession made for this peer) in this peer's
+        nursery; returns once its first version is compiled. It ends on `stop()`, when idle, or
+        with the peer; one that fails later is logged (`stream-failed`) and the peer runs on."""
         if self._nursery is None:
             raise PeerError("the peer is not running")
-        session = StreamSession(self, scene, settings or scene.settings, **options)
-        await self._nursery.start(session.run)
+
+        async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                await session.run(task_status=task_status)
+            except Exception as exc:
+                if session.core is None:  # before it started: its starter hears of it
+                    raise
+                log.exception("streaming session %s failed", session.id)  # the peer goes on
+                self._event("stream-failed", session=session.id, reason=f"{type(exc).__name__}: {exc}")
+
+        await self._nursery.start(run)
         return session
 
     async def dial(self, addr: str, retry: bool = False, quiet: bool = False) -> str | None:

@@ -27,9 +27,9 @@ description, renders it progressively across the party and streams previews to i
     the peer; its workers' links end then (the unit in a kernel finishes; no render process dies).
 
 `peer.streams` lists the sessions running on a peer (the web page's Stream view, the TUI's
-Stream tab). `StreamSession.open(...)` runs a peer with one session for a script:
+Stream tab). `meshrender.script.open_session(...)` runs a peer with one session for a script:
 
-    async with StreamSession.open("scene.toml", home=..., party=..., secret=...) as s:
+    async with open_session("scene.toml", home=..., party=..., secret=...) as s:
         await s.set_camera(position=(0, 1, 4))
         async for frame in s.frames():
             ...
@@ -43,7 +43,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -673,49 +673,6 @@ class StreamSession:
                 self.ended = a.reason
                 for w in list(self._watches.values()):
                     w._end()
-
-    # ------------------------------------------------------------------ a script's session
-    @classmethod
-    @contextlib.asynccontextmanager
-    async def open(
-        cls,
-        scene,
-        *,
-        home,
-        party: str,
-        secret: bytes | str,
-        bootstrap: list[str] | None = None,
-        listen: list[str] | None = None,
-        settings: RenderSettings | None = None,
-        backend: str = "auto",
-        threads: int | None = None,
-        web: tuple[str, int] | None = None,
-        allow_outside: bool = False,
-        config: SessionConfig | None = None,
-        on_event: Callable[[dict], None] | None = None,
-    ) -> AsyncIterator[StreamSession]:
-        """Run a peer (joined to `party` through `bootstrap`) with one session of `scene` (a path,
-        a built-in name or a LoadedScene) and yield the session; both stop on leaving the block."""
-        from .distributed import join_party
-        from .node import Peer
-        from .scene.load import load_scene
-
-        desc = scene if not isinstance(scene, str | os.PathLike) else await trio.to_thread.run_sync(
-            lambda: load_scene(scene, allow_outside=allow_outside))  # fmt: skip
-        peer = Peer(home=home, party=party, secret=secret.encode() if isinstance(secret, str) else secret,
-                    listen=listen, bootstrap=bootstrap, backend=backend, threads=threads, web=web,
-                    on_event=on_event)  # fmt: skip
-        async with trio.open_nursery() as n:
-            await n.start(peer.run)
-            if bootstrap:
-                await join_party(peer, bootstrap=bootstrap)
-            session = cls(peer, desc, settings or desc.settings, config=config)
-            await n.start(session.run)
-            try:
-                yield session
-            finally:
-                session.stop()
-                n.cancel_scope.cancel()
 
 
 Session = StreamSession  # the name scripts use: `from meshrender.streaming import Session`

@@ -53,7 +53,8 @@ def test_a_session_streams_edits_across_two_peers_and_converges_to_the_render_of
             await n.start(member.run)
             await n.start(coord.run)
             assert await coord.dial(f"{member.addrs[0]}/p2p/{member.peer_id}") == member.peer_id
-            session = await coord.start_stream(desc, SETTINGS)
+            session = StreamSession(coord, desc, SETTINGS)
+            await coord.start_stream(session)
             assert coord.streams.current() is session and session.version == 1
             with trio.fail_after(SESSION_S_MAX), session.watch("test") as w:
                 v1 = await _converge(w, 1)
@@ -168,13 +169,13 @@ def test_an_orbit_keeps_the_target_and_distance_and_stops_short_of_the_poles():
 @pytest.mark.slow
 def test_a_script_opens_a_session_edits_it_and_reads_its_frames(tmp_path):
     """The Python API: `Session.open` runs a peer with one session; edits and frames() work on it."""
-    from meshrender.streaming import Session
+    from meshrender.script import open_session
 
     seen: list = []
 
     async def main():
         with trio.fail_after(SESSION_S_MAX):
-            async with Session.open("cornell", home=tmp_path / "h", party="solo", secret="a-long-solo-secret",
+            async with open_session("cornell", home=tmp_path / "h", party="solo", secret="a-long-solo-secret",
                                     settings=SETTINGS, backend="cpu", threads=1) as s:  # fmt: skip
                 version = await s.set_material(s.status()["materials"][0]["name"], color=(0.2, 0.7, 0.2))
                 async for frame in s.frames():
