@@ -39,6 +39,8 @@ ROUTES = (
     "/no-such-page",
     f"/results/{'a' * 64}",
     f"/results/{'a' * 64}/files/job.json",
+    "/stream/start",
+    "/stream/stop",
 )
 
 
@@ -515,6 +517,51 @@ def refused_handshake(port: int, cookies, origin) -> int:
 
 
 @pytest.mark.slow
+def test_the_stream_page_starts_a_session_of_a_built_in_or_an_uploaded_scene_and_stops_it(tmp_path, peers):
+    obj = tmp_path / "quad.obj"
+    obj.write_text(QUAD_OBJ)
+    peer, port = peers(tmp_path / "a", "--web", "127.0.0.1:0")
+    c = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+    page = c.get("/stream")
+    assert "No streaming session" in page.text and "Stream a scene" in page.text
+    csrf = csrf_of(page)
+    small = {"res": "32x24", "spp": "4"}
+    assert c.post("/stream/start", data={"csrf": "0" * 32, "builtin": "cornell", **small}).status_code == 403
+    r = c.post("/stream/start", data={"csrf": csrf, "builtin": "no-such-scene", **small})
+    assert r.status_code == 400 and "built-in scene or a scene file" in r.text
+    r = c.post("/stream/start", data={"csrf": csrf, "builtin": "cornell", "res": "32x24", "spp": "-3"})
+    assert r.status_code == 400 and "spp" in r.text
+    r = c.post("/stream/start", data={"csrf": csrf}, files={"scene": ("bad.obj", b"v 1 2\nf 9 9 9\n")})
+    assert r.status_code == 400 and "bad.obj" in r.text and str(tmp_path) not in r.text
+    assert c.get("/api/snapshot").json()["streams"] == []  # nothing started by a refused form
+
+    r = c.post("/stream/start", data={"csrf": csrf, "builtin": "cornell", **small})
+    assert r.status_code == 303 and r.headers["location"] == "/stream"
+    (first,) = c.get("/api/snapshot").json()["streams"]
+    assert first["scene"] == "builtin:cornell" and (first["width"], first["height"]) == (32, 24)
+    assert first["pass_count"] == 4  # one sample per pass: the whole image refines together
+    page = c.get("/stream")
+    assert "<p id=no-session hidden>" in page.text and "<div id=stream class=stream>" in page.text
+    assert "Stop this session" in page.text and "Stream another scene" in page.text
+
+    upload = {"scene": ("my quad.obj", obj.read_bytes())}
+    r = c.post("/stream/start", data={"csrf": csrf, **small}, files=upload)
+    assert r.status_code == 303
+    streams = c.get("/api/snapshot").json()["streams"]
+    assert [s["scene"] for s in streams] == ["builtin:cornell", "web:my_quad.obj"]
+    assert not list((tmp_path / "a" / "web-uploads").iterdir())  # the upload is gone once loaded
+
+    assert c.post("/stream/stop", data={"csrf": csrf, "session": "f" * 16}).status_code == 404
+    for s in streams:
+        assert c.post("/stream/stop", data={"csrf": csrf, "session": s["id"]}).status_code == 303
+    deadline = time.monotonic() + 30
+    while c.get("/api/snapshot").json()["streams"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert c.get("/api/snapshot").json()["streams"] == []
+    ended = [e for e in peer.events if e["event"] == "stream-ended"]
+    assert {e["reason"] for e in ended} == {"stopped from the web page"} and len(ended) == 2
+
+
 def test_the_stream_socket_says_when_no_session_runs_and_refuses_garbage(tmp_path, peers):
     peer, port = peers(tmp_path / "a", "--web", "127.0.0.1:0")
     c = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
@@ -633,7 +680,7 @@ def test_the_stream_socket_streams_a_session_and_its_edits(tmp_path):
 
     from meshrender.output import srgb_encode
     from meshrender.scene.load import load_scene
-    from meshrender.streaming import StreamSession
+    from meshrender.script import open_session
 
     scene = load_scene("cornell")
     settings = msgspec.structs.replace(scene.settings, width=64, height=48, spp=32, pass_spp=4)
@@ -700,7 +747,7 @@ def test_the_stream_socket_streams_a_session_and_its_edits(tmp_path):
         return last["version"], s.frames[-1][1]
 
     async def main():
-        async with StreamSession.open(scene, home=tmp_path / "h", party="p", secret=SECRET,
+        async with open_session(scene, home=tmp_path / "h", party="p", secret=SECRET,
                                       web=("127.0.0.1", 0), settings=settings, backend="cpu", threads=1,
                                       on_event=on_event) as session:  # fmt: skip
             with trio.fail_after(60):

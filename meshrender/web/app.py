@@ -36,6 +36,7 @@ How it works
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
@@ -189,6 +190,8 @@ def build_app(peer, *, exposed: bool) -> tuple[Guard, WebState]:
         Route("/results/{job}/timeline.png", _timeline, methods=["GET"]),
         Route("/live", _live, methods=["GET"]),
         Route("/stream", _stream, methods=["GET"]),
+        Route("/stream/start", _stream_start, methods=["POST"]),
+        Route("/stream/stop", _stream_stop, methods=["POST"]),
         WebSocketRoute("/stream/ws", _stream_ws),
         Route("/events", _events, methods=["GET"]),
         Route("/api/snapshot", _api_snapshot, methods=["GET"]),
@@ -616,6 +619,37 @@ def _compile_and_submit(
     )
 
 
+def _upload_name(upload) -> tuple[str, str]:
+    """The upload's file name made safe to show (only a label), and its suffix; ValueError when it
+    is not a scene file."""
+    name = _SAFE_NAME_RE.sub("_", Path(upload.filename.replace("\\", "/")).name)[-UPLOAD_NAME_CHARS_MAX:]
+    suffix = Path(name).suffix.lower()
+    if suffix not in UPLOAD_SUFFIXES:
+        raise ValueError(f"{name}: not a scene file (expected {', '.join(UPLOAD_SUFFIXES)})")
+    return name, suffix
+
+
+@contextlib.asynccontextmanager
+async def _saved_upload(st: WebState, upload, suffix: str):
+    """The upload written to a fresh folder of the peer's home (our file name, mode 0700), one
+    upload at a time; the folder is removed afterwards."""
+    async with st.uploads:
+        folder = st.peer.home / "web-uploads" / secrets.token_hex(8)
+        path = folder / f"scene{suffix}"  # our name; the user's is only a label
+
+        def save() -> None:
+            folder.mkdir(parents=True, mode=0o700)
+            with open(path, "xb") as f:
+                upload.file.seek(0)
+                shutil.copyfileobj(upload.file, f, 1 << 20)
+
+        try:
+            await trio.to_thread.run_sync(save)
+            yield path
+        finally:
+            await trio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
+
+
 async def _submit(request: Request) -> Response:
     st, peer = _st(request), _st(request).peer
     form = await _form(request, body_max=UPLOAD_BYTES_MAX, files_max=1)
@@ -623,12 +657,10 @@ async def _submit(request: Request) -> Response:
         upload = form.get("scene")
         if upload is None or isinstance(upload, str) or not upload.filename:
             return _message(request, 400, "choose a scene file to upload", "queue")
-        name = _SAFE_NAME_RE.sub("_", Path(upload.filename.replace("\\", "/")).name)[-UPLOAD_NAME_CHARS_MAX:]
-        suffix = Path(name).suffix.lower()
-        if suffix not in UPLOAD_SUFFIXES:
-            return _message(
-                request, 400, f"{name}: not a scene file (expected {', '.join(UPLOAD_SUFFIXES)})", "queue"
-            )
+        try:
+            name, suffix = _upload_name(upload)
+        except ValueError as exc:
+            return _message(request, 400, str(exc), "queue")
         try:
             overrides = settings_overrides(form)
             frames = _frames(_field(form, "frames"))
@@ -638,26 +670,14 @@ async def _submit(request: Request) -> Response:
                 request, 400, str(exc) if "priority" not in str(exc) else "priority: a whole number", "queue"
             )
         backend = _field(form, "backend") or "any"
-        async with st.uploads:
-            folder = peer.home / "web-uploads" / secrets.token_hex(8)
-            path = folder / f"scene{suffix}"  # our name; the user's is only a label
+        async with _saved_upload(st, upload, suffix) as path:
             try:
-
-                def save() -> None:
-                    folder.mkdir(parents=True, mode=0o700)
-                    with open(path, "xb") as f:
-                        upload.file.seek(0)
-                        shutil.copyfileobj(upload.file, f, 1 << 20)
-
-                await trio.to_thread.run_sync(save)
                 info = await trio.to_thread.run_sync(
                     _compile_and_submit, peer.home, path, overrides, frames, backend, priority, f"web:{name}"
                 )
             except MeshrenderError as exc:
-                why = str(exc).replace(str(path), name).replace(str(folder), ".")
+                why = str(exc).replace(str(path), name).replace(str(path.parent), ".")
                 return _message(request, 400, why, "queue")
-            finally:
-                await trio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
     finally:
         await form.close()
     peer.scene_changed()
@@ -956,8 +976,8 @@ async def _live(request: Request) -> Response:
 
 
 STREAM_BODY = """<h1>Stream</h1>
-<p id=no-session{none_hidden}>No streaming session. Start one with <code>meshrender stream SCENE</code>;
-the interactive viewport appears here when it runs.</p>
+<p id=no-session{none_hidden}>No streaming session. Start one below, or with
+<code>meshrender stream SCENE</code>; the interactive viewport appears here when it runs.</p>
 <div id=stream{stream_hidden} class=stream>
 <div class=viewport><canvas id=stream-view width=256 height=256 tabindex=0
  title="drag: orbit · shift- or right-drag: pan · wheel: zoom"></canvas>
@@ -983,16 +1003,118 @@ the interactive viewport appears here when it runs.</p>
 </div></div>"""
 
 
+STREAM_START_FORM = """<h2>{title}</h2>
+<form method=post action=/stream/start enctype=multipart/form-data class=submit id=stream-start>
+<input type=hidden name={csrf_field} value="{csrf}">
+<label>Built-in scene <select name=builtin>{builtins}</select></label>
+<label class=wide>or a scene file ({suffixes}) <input type=file name=scene accept="{suffixes}"></label>
+<label>Resolution <input name=res placeholder="256x256" value="256x256"></label>
+<label>Samples per pixel <input type=number name=spp min=1 value=64></label>
+<label>Max depth <input type=number name=max_depth min=1></label>
+<label>Exposure (stops) <input type=number name=exposure step=0.1></label>
+<button>Stream it</button></form>
+<p class=muted>The party renders it one sample per pixel at a time over the whole image; every
+edit here starts a new version at once. A session nobody watches or edits ends after
+{idle_min} minutes.</p>{stop}"""
+STREAM_STOP_FORM = """<form method=post action=/stream/stop class=inline>
+<input type=hidden name={csrf_field} value="{csrf}"><input type=hidden name=session value="{sid}">
+<button>Stop this session</button></form>"""
+_SESSION_RE = re.compile(r"[0-9a-f]{16}")
+
+
+def _stream_forms(request: Request, session) -> str:
+    from ..scene.load import list_builtins
+    from ..session import IDLE_S
+
+    st = _st(request)
+    csrf = h(st.sessions.csrf(_sid(request)) if _sid(request) else "")
+    stop = "" if session is None else STREAM_STOP_FORM.format(csrf_field=CSRF_FIELD, csrf=csrf,
+                                                              sid=h(session.id))  # fmt: skip
+    return STREAM_START_FORM.format(
+        title="Stream another scene" if session is not None else "Stream a scene",
+        csrf_field=CSRF_FIELD, csrf=csrf, suffixes=",".join(UPLOAD_SUFFIXES),
+        builtins="".join(f"<option>{h(b)}</option>" for b in list_builtins()),
+        idle_min=round(IDLE_S / 60), stop=stop,
+    )  # fmt: skip
+
+
+def _load_for_stream(path_or_name: str, overrides: dict):
+    """In a worker thread: load the scene (an upload is untrusted: nothing outside its folder)
+    and its settings with the form's overrides; a streaming session renders 1-sample passes."""
+    from ..scene.load import load_scene
+
+    desc = load_scene(path_or_name, allow_outside=False)
+    try:
+        raw = msgspec.to_builtins(msgspec.structs.replace(desc.settings, **{"pass_spp": 1, **overrides}))
+        return desc, msgspec.convert(raw, type=type(desc.settings))
+    except msgspec.ValidationError as exc:
+        raise MeshrenderError(f"render settings: {exc}") from None
+
+
+async def _scene_to_stream(st: WebState, form, overrides: dict):
+    """The form's scene (an uploaded file, else a built-in) and its settings; MeshrenderError or
+    ValueError saying what is wrong with them."""
+    from ..scene.load import list_builtins
+
+    upload = form.get("scene")
+    if upload is None or isinstance(upload, str) or not upload.filename:
+        builtin = _field(form, "builtin")
+        if builtin not in list_builtins():
+            raise ValueError("choose a built-in scene or a scene file")
+        return await trio.to_thread.run_sync(_load_for_stream, f"builtin:{builtin}", overrides)
+    name, suffix = _upload_name(upload)
+    async with _saved_upload(st, upload, suffix) as path:  # read whole: the folder may go after
+        try:
+            desc, settings = await trio.to_thread.run_sync(_load_for_stream, str(path), overrides)
+        except MeshrenderError as exc:
+            raise MeshrenderError(str(exc).replace(str(path), name).replace(str(path.parent), ".")) from None
+    desc.source = f"web:{name}"
+    return desc, settings
+
+
+async def _stream_start(request: Request) -> Response:
+    """Start a streaming session of a built-in scene or an uploaded file on this peer."""
+    from ..streaming import StreamSession
+
+    st, peer = _st(request), _st(request).peer
+    form = await _form(request, body_max=UPLOAD_BYTES_MAX, files_max=1)
+    try:
+        desc, settings = await _scene_to_stream(st, form, settings_overrides(form))
+        session = StreamSession(peer, desc, settings)
+        await peer.start_stream(session)
+    except (MeshrenderError, ValueError) as exc:
+        return _message(request, 400, str(exc), "stream")
+    finally:
+        await form.close()
+    peer._event("stream-submitted", session=session.id, by="web", scene=desc.source)
+    return RedirectResponse("/stream", 303)
+
+
+async def _stream_stop(request: Request) -> Response:
+    peer = _st(request).peer
+    form = await _form(request)
+    try:
+        sid = _field(form, "session")
+    finally:
+        await form.close()
+    session = peer.streams.get(sid) if _SESSION_RE.fullmatch(sid) else None
+    if session is None:
+        return _message(request, 404, "no such streaming session (it may have ended)", "stream")
+    session.stop("stopped from the web page")
+    return RedirectResponse("/stream", 303)
+
+
 def _current_session(peer):
     return peer.streams.current()  # the newest running streaming session, or None
 
 
 async def _stream(request: Request) -> Response:
-    running = _current_session(_st(request).peer) is not None
+    session = _current_session(_st(request).peer)
+    running = session is not None
     body = STREAM_BODY.format(
         none_hidden=" hidden" if running else "", stream_hidden="" if running else " hidden"
     )
-    return _page(request, "stream", "Stream", body)
+    return _page(request, "stream", "Stream", body + _stream_forms(request, session))
 
 
 # the Stream socket's protocol: client -> server, JSON text messages
