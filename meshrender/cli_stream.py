@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .errors import MeshrenderError
 
-STEP_MS = 20  # a burst of writes (an exporter writing a .gltf and its .bin) is one reload this long after
+STEP_MS = 10  # writes this close (an exporter's .gltf and .bin) are one reload, this long after the last
 DEBOUNCE_MS = 400  # ...but a writer that never pauses still reloads this often
 PREVIEW_WRITE_S = 0.5  # -o is rewritten at most this often (a PNG encode per frame would slow the peer)
 REPORT_S = 1.0  # a progress line at most this often within one version
