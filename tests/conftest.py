@@ -38,15 +38,22 @@ def warm_kernel_cache():
     """Compile the kernel into the shared test cache before any test: a cold compile takes
     minutes on 2 cores, and peers started at once would each compile it (and be killed before
     writing it) while their tests wait on them."""
+    import fcntl
     import subprocess
     import sys
 
-    procs = [
-        subprocess.Popen([sys.executable, "-c", WARM, str(t)], cwd=REPO, stdout=subprocess.DEVNULL)
-        for t in WARM_THREADS
-    ]
-    for p in procs:
-        p.wait(timeout=1800)
+    # pytest-xdist runs this once per worker: the first to take the lock compiles, the others then
+    # find the cache warm (a second load costs about a second) instead of compiling beside it
+    cache = Path(os.environ["MESHRENDER_CACHE"])
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / "warm.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        procs = [
+            subprocess.Popen([sys.executable, "-c", WARM, str(t)], cwd=REPO, stdout=subprocess.DEVNULL)
+            for t in WARM_THREADS
+        ]
+        for p in procs:
+            p.wait(timeout=1800)
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

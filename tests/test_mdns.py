@@ -76,7 +76,12 @@ def _sha256_peer_id() -> str:  # the form RSA and ECDSA keys take
     return ID(b"\x12\x20" + bytes(range(32))).to_base58()
 
 
-@pytest.mark.parametrize("peer_id", [P, ID.from_pubkey(new_secp256k1_key_pair().public_key).to_base58()])
+# ids name the key type: fresh keys would give each pytest-xdist worker other test names
+@pytest.mark.parametrize(
+    "peer_id",
+    [P, ID.from_pubkey(new_secp256k1_key_pair().public_key).to_base58()],
+    ids=["ed25519", "secp256k1"],
+)
 def test_instance_label_fits_one_dns_label(peer_id):
     d = MdnsDiscovery(peer_id=peer_id, addrs=[maddr(peer_id)], party_tag=TAG, interfaces=["127.0.0.1"])
     info = d.service_info()  # builds the records; sends nothing
