@@ -50,6 +50,10 @@ INTERSECT_COST = 1.0  # SAH cost of one ray-triangle test; on a GPU about the sa
 # bunny: SAH cost 0.3% over binning them all (1.1% at 512, 0.2% at 2048) for a build a third shorter.
 SAMPLE_TRIS = 1024
 DEPTH_MAX = 63  # deepest leaf (the root is 0): the kernel's traversal stack holds STACK_DEPTH = 64 nodes
+# A level whose unbinned nodes (<= LEAF_TRIS_MAX triangles) hold under 1 / _BIN_ALL_SHARE of its triangles
+# bins them along with the rest rather than gathering the rest out: nine gathers cost about what binning
+# an eighth more triangles does.
+_BIN_ALL_SHARE = 8
 _BIN_WIDTHS = tuple(w for w in (2, 4, 8, 16) if w < BINS) + (BINS,)
 _EXT_MIN = 2.0**-100  # a centroid spread below this (normalised) counts as none; keeps bins/extent finite
 _GAMMA3 = 3 * np.finfo(np.float64).eps / (1 - 3 * np.finfo(np.float64).eps)  # error bound of 3 roundings
@@ -142,33 +146,28 @@ def _exclusive_cumsum(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _scans(b: np.ndarray, op, side: str = "both"):
+def _scans(b: np.ndarray, op, side: str = "both", out: np.ndarray | None = None):
     """Prefix and suffix reductions over the bins (first axis) of b, shape (w, ...): prefix[i] covers
     bins 0..i and suffix[i] covers bins i+1..w-1, for the w - 1 split positions. side "prefix" or
-    "suffix" returns that one alone. An explicit loop of whole-row operations is several times faster
-    than ufunc.accumulate here. May return views of b."""
+    "suffix" returns that one alone, in `out` where given (shape (w - 1, ...)). An explicit loop of
+    whole-row operations is several times faster than ufunc.accumulate here. Without `out`, may return
+    views of b."""
     w = b.shape[0]
-    if w == 2:
-        out = b[:1], b[1:]
-    else:
-        out = []
-        if side != "suffix":
-            pre = np.empty((w - 1, *b.shape[1:]), dtype=b.dtype)
-            pre[0] = b[0]
-            for i in range(1, w - 1):
-                op(pre[i - 1], b[i], out=pre[i])
-            out.append(pre)
-        if side != "prefix":
-            suf = np.empty((w - 1, *b.shape[1:]), dtype=b.dtype)
-            suf[w - 2] = b[w - 1]
-            for i in range(w - 2, 0, -1):
-                op(suf[i], b[i], out=suf[i - 1])
-            out.append(suf)
     if side == "both":
-        return tuple(out)
-    if w == 2:
-        return out[0] if side == "prefix" else out[1]
-    return out[0]
+        return _scans(b, op, "prefix"), _scans(b, op, "suffix")
+    if out is None:
+        if w == 2:
+            return b[:1] if side == "prefix" else b[1:]
+        out = np.empty((w - 1, *b.shape[1:]), dtype=b.dtype)
+    if side == "prefix":
+        out[0] = b[0]
+        for i in range(1, w - 1):
+            op(out[i - 1], b[i], out=out[i])
+    else:
+        out[w - 2] = b[w - 1]
+        for i in range(w - 2, 0, -1):
+            op(out[i], b[i], out=out[i - 1])
+    return out
 
 
 def _node_min_max(x: np.ndarray, off: np.ndarray, seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -209,65 +208,62 @@ def _best_splits(csum, lo, hi, off, counts, work: _Work, seg=None):
     scale = ((width * (1 - 2.0**-20)).astype(np.float32) / ext).astype(np.float32)
     classes = [(int(w), np.flatnonzero(cls == i)) for i, w in enumerate(widths)]
     classes = [(w, s) for w, s in classes if len(s)]
-    # Nodes of one width share a box table laid out (bin, axis, xyz, node) and, per axis, a count table
-    # (bin, node): scans over bins are then whole-row operations.
-    bbase = np.empty(nseg, dtype=np.intp)  # the node's slot in its class's box table
-    cbase = np.empty(nseg, dtype=np.intp)  # and in its class's count tables
+    # Nodes of one width share a table laid out (bin, node); the count table is one such, the box
+    # tables nine (axis, xyz) rows of them. A triangle's key is the same in all ten, so each
+    # minimum.at / maximum.at reads one key array, and scans over bins are whole-row operations.
+    base = np.empty(nseg, dtype=np.intp)  # the node's slot in its class's table
     stride = np.empty(nseg, dtype=np.intp)  # nodes in its class
-    blen = clen = 0
+    clen = 0
     for w, s in classes:
-        ar = np.arange(len(s))
-        bbase[s] = blen + ar
-        cbase[s] = clen + ar
+        base[s] = clen + np.arange(len(s))
         stride[s] = len(s)
-        blen += 9 * w * len(s)
         clen += w * len(s)
     if len(classes) == 1:  # one width (most levels): the node's slot is its index, the stride one number
-        stride_t, bbase_t, cbase_t = nseg, seg, seg
+        stride_t, base_t = nseg, seg
     else:
         stride_t = np.take(stride, seg, out=work.i[0][:m])
-        bbase_t = np.take(bbase, seg, out=work.i[1][:m])
-        cbase_t = np.take(cbase, seg, out=work.i[2][:m])
+        base_t = np.take(base, seg, out=work.i[1][:m])
     b = work.i[3][:m]
     key = work.i[4][:m]
     q = work.f[0][:m]
-    bmin = np.full(blen, np.inf, dtype=np.float32)
-    bmax = np.full(blen, -np.inf, dtype=np.float32)
+    neg_lo = np.negative(lo, out=work.neg[:, :m])
+    # Box table rows (axis, side, xyz), side 0 holding max(-lo) = -min(lo) and side 1 max(hi): one
+    # maximum down the bins serves both sides, and an extent is the sum of the two (exactly hi - lo).
+    table = np.full((18, clen), -np.inf, dtype=np.float32)
     cnts = []
     for a in range(3):
         np.subtract(csum[a], cmin[a][seg], out=q)  # >= 0: cmin is their minimum
         q *= scale[a][seg]
         b[...] = q  # truncation is floor here
-        b *= stride_t
-        np.add(cbase_t, b, out=key)
+        np.multiply(b, stride_t, out=key)
+        key += base_t
         cnts.append(np.bincount(key, minlength=clen))
-        np.multiply(b, 9, out=key)
-        key += bbase_t
-        if a:
-            key += 3 * a * stride_t
         for j in range(3):
-            if j:
-                key += stride_t
-            np.minimum.at(bmin, key, lo[j])
-            np.maximum.at(bmax, key, hi[j])
+            np.maximum.at(table[6 * a + j], key, neg_lo[j])
+            np.maximum.at(table[6 * a + 3 + j], key, hi[j])
 
     sah = np.full(nseg, np.inf)
     best_axis = np.zeros(nseg, dtype=np.intp)
     best_k = np.ones(nseg, dtype=np.intp)
     for w, s in classes:
         n = len(s)
-        t0, c0 = bbase[s[0]], cbase[s[0]]
-        bl = bmin[t0 : t0 + 9 * w * n].reshape(w, 3, 3, n)
-        bh = bmax[t0 : t0 + 9 * w * n].reshape(w, 3, 3, n)
-        d = bh[:, 0].max(axis=0) - bl[:, 0].min(axis=0)  # the node's box: all bins of one axis
+        c0 = base[s[0]]
+        bins = table[:, c0 : c0 + w * n].reshape(18, w, n).transpose(1, 0, 2)  # (bin, row, node)
+        full = bins[:, :6].max(axis=0)  # the node's box: all bins of one axis
+        d = full[3:] + full[:3]
         flat = _measure(d, False) == 0
         node_size = _measure(d, flat)
-        # One side at a time (half the memory): extents, then their areas, (w - 1, axis, node).
-        span = _scans(bh, np.maximum, "prefix")
-        cost = _area(np.subtract(span, _scans(bl, np.minimum, "prefix"), out=span), flat)
-        span = _scans(bh, np.maximum, "suffix")
-        right = _area(np.subtract(span, _scans(bl, np.minimum, "suffix"), out=span), flat)
-        del span
+        # One side at a time, in buffers reused for both: the scan, its extents, their areas
+        # (w - 1, axis, node).
+        scan = np.empty((w - 1, 18, n), dtype=np.float32)
+        ext = np.empty((w - 1, 3, 3, n), dtype=np.float32)
+        sides = []
+        for side in ("prefix", "suffix"):
+            _scans(bins, np.maximum, side, out=scan)
+            halves = scan.reshape(w - 1, 3, 2, 3, n)
+            np.add(halves[:, :, 1], halves[:, :, 0], out=ext)
+            sides.append(_area(ext, flat))
+        cost, right = sides
         empty = np.zeros(cost.shape, dtype=bool)
         for a in range(3):
             n_left, n_right = _scans(cnts[a][c0 : c0 + w * n].reshape(w, n), np.add)
@@ -292,7 +288,7 @@ def _small_splits(box: np.ndarray, first: np.ndarray, n_tris: int) -> tuple[np.n
     box: float32 (6, m) boxes of the level; first: (n,) each node's first position in it.
     Returns (sah, mask): the best split's cost and which triangles go left (bit i: the node's i-th).
     The last triangle always goes right, so each split is tried once; ties go to the lowest mask."""
-    tri = [np.take(box, first + i, axis=1) for i in range(n_tris)]  # (6, n) each
+    tri = [np.array([np.take(row, first + i) for row in box]) for i in range(n_tris)]  # (6, n) each
     node_lo = np.minimum.reduce([t[:3] for t in tri])
     node_hi = np.maximum.reduce([t[3:] for t in tri])
     d = node_hi - node_lo
@@ -357,6 +353,7 @@ class _Work:
         self.i = [np.empty(n, dtype=np.intp) for _ in range(6)]
         self.t = [np.empty(n, dtype=bool) for _ in range(3)]
         self.arange = np.arange(n, dtype=np.intp)
+        self.neg = np.empty((3, n), dtype=np.float32)
 
 
 def build_bvh(v0: np.ndarray, v1: np.ndarray, v2: np.ndarray) -> BVH:
@@ -421,18 +418,20 @@ def build_bvh(v0: np.ndarray, v1: np.ndarray, v2: np.ndarray) -> BVH:
             if many.any():
                 nodes = np.flatnonzero(many)
                 pos, s_off, s_counts = _sample(_exclusive_cumsum(counts[nodes]), counts[nodes])
-                if len(nodes) < nseg:
-                    pos_many = np.flatnonzero(many[seg])
-                    pos = pos_many if pos is None else pos_many[pos]
-                if pos is None:  # every node binned whole: the level's own arrays
-                    r = _best_splits(csum, box[:3], box[3:], s_off, s_counts, work, seg)
-                elif box is None:
-                    tri = ids[pos]
-                    bs = np.take(box0, tri, axis=1)
-                    r = _best_splits(np.take(csum0, tri, axis=1), bs[:3], bs[3:], s_off, s_counts, work)
+                if pos is None and (m - int(counts[nodes].sum())) * _BIN_ALL_SHARE <= m:
+                    # Few triangles in unbinned nodes: binning them too (results dropped) is cheaper than
+                    # gathering the others out.
+                    r = _best_splits(csum, box[:3], box[3:], off, counts, work, seg)
+                    r = tuple(x[..., nodes] for x in r)
                 else:
-                    bs = np.take(box, pos, axis=1)
-                    r = _best_splits(np.take(csum, pos, axis=1), bs[:3], bs[3:], s_off, s_counts, work)
+                    if len(nodes) < nseg:
+                        pos_many = np.flatnonzero(many[seg])
+                        pos = pos_many if pos is None else pos_many[pos]
+                    src_box, at = (box0, ids[pos]) if box is None else (box, pos)
+                    bs = work.box_next[:, : len(pos)]  # free until the partition below
+                    for r in range(6):
+                        np.take(src_box[r], at, out=bs[r])
+                    r = _best_splits(bs[:3] + bs[3:], bs[:3], bs[3:], s_off, s_counts, work)
                 sah[nodes], axis[nodes], k[nodes], cmin[:, nodes], scale[:, nodes] = r
             small = []  # (first positions of nodes of n_small triangles, n_small, their left masks)
             for n_small in range(2, LEAF_TRIS_MAX + 1):
