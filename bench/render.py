@@ -1,9 +1,12 @@
 """Render throughput on this machine, measured side by side in one run.
 
 Prints, for the built-in Cornell box and the 69k-triangle bunny: kernel compile time cold (empty
-cache, in a fresh process) and warm (from Taichi's disk cache), scene compile time, and samples
-per second when the frame is one unit against 64 px and 32 px buckets x passes (the split a party
-uses), with the ratio that the split costs. Run: python bench/render.py [--spp N] [--threads N]
+cache, in a fresh process) and warm (from Taichi's disk cache; the median of WARM_RUNS fresh
+processes), scene compile time, and samples per second when the frame is one unit against 64 px
+and 32 px buckets x passes (the split a party uses), with the ratio that the split costs.
+`--unpatched` measures the kernel compile times also without kernels/taichi_patches.py (Taichi's
+own frontend), the two alternating, `--rounds` times each. Run:
+python bench/render.py [--spp N] [--threads N] [--unpatched] [--rounds N]
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,8 +33,12 @@ from scene_files import scene_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
+WARM_RUNS = 3  # warm starts per measurement: one process is noisy on a shared 2-core machine
 COLD = """
 import time, sys
+if sys.argv[2] == "unpatched":
+    import kernels.taichi_patches
+    kernels.taichi_patches.apply = lambda: ()  # Taichi's own frontend
 from meshrender.render import Renderer
 from meshrender.scene.compile import compile_scene
 from meshrender.scene.load import load_scene
@@ -39,10 +47,12 @@ print(r.warm_up())
 """
 
 
-def kernel_compile_s(cache_dir: str, threads: int) -> float:
+def kernel_compile_s(cache_dir: str, threads: int, *, patched: bool = True) -> float:
+    """Seconds Renderer.warm_up takes in a fresh process with `cache_dir` as its kernel cache
+    (cold when empty; the process writes the cache when it exits)."""
     env = {**os.environ, "MESHRENDER_CACHE": cache_dir}
     out = subprocess.run(
-        [sys.executable, "-c", COLD, str(threads)],
+        [sys.executable, "-c", COLD, str(threads), "patched" if patched else "unpatched"],
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -50,6 +60,14 @@ def kernel_compile_s(cache_dir: str, threads: int) -> float:
         check=True,
     )
     return float(out.stdout.strip().splitlines()[-1])
+
+
+def cold_and_warm_s(threads: int, *, patched: bool = True) -> tuple[float, float]:
+    """(cold, median warm of WARM_RUNS) kernel compile seconds, in a fresh cache folder."""
+    with tempfile.TemporaryDirectory() as cache:
+        cold = kernel_compile_s(cache, threads, patched=patched)
+        warm = [kernel_compile_s(cache, threads, patched=patched) for _ in range(WARM_RUNS)]
+    return cold, statistics.median(warm)
 
 
 def bench_scene(spec: str, spp: int, threads: int, res: int) -> dict:
@@ -82,12 +100,21 @@ def main() -> None:
     ap.add_argument("--spp", type=int, default=32)
     ap.add_argument("--res", type=int, default=256)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--unpatched", action="store_true", help="also time Taichi's own frontend")
+    ap.add_argument("--rounds", type=int, default=1, help="kernel compile measurements of each kind")
     args = ap.parse_args()
     bunny = scene_file("bunny/bunny.ply")  # before the kernel timings: say at once if it is missing
-    with tempfile.TemporaryDirectory() as cold:
-        cold_s = kernel_compile_s(cold, args.threads)
-        warm_s = kernel_compile_s(cold, args.threads)
-    print(f"kernel compile: cold {cold_s:.2f} s, from disk cache {warm_s:.2f} s")
+    kinds = (True, False) if args.unpatched else (True,)
+    times: dict[bool, list[tuple[float, float]]] = {k: [] for k in kinds}
+    for n in range(args.rounds):
+        for patched in kinds if n % 2 == 0 else kinds[::-1]:  # alternating: drift hits both alike
+            times[patched].append(cold_and_warm_s(args.threads, patched=patched))
+    for patched, runs in times.items():
+        cold_s = statistics.median(c for c, _ in runs)
+        warm_s = statistics.median(w for _, w in runs)
+        label = "" if patched else " (Taichi's own frontend)"
+        print(f"kernel compile{label}: cold {cold_s:.2f} s, from disk cache {warm_s:.2f} s "
+              f"(medians of {len(runs)} x {WARM_RUNS} warm)")  # fmt: skip
     for spec in ["cornell", str(bunny)]:
         row = bench_scene(spec, args.spp, args.threads, args.res)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))

@@ -4,7 +4,8 @@
 CPU; `gpu` must get a GPU or fails; `cpu` is the LLVM x64/arm64 backend. Whatever happens is
 recorded in a `BackendInfo` (which backend, whether it fell back, and the reason) so the log,
 the JSON record and later the party's status can all say it. Compiled kernels are cached on
-disk by Taichi's offline cache under the user's cache directory.
+disk by Taichi's offline cache under the user's cache directory; kernels/taichi_patches.py makes
+Taichi's Python frontend, which runs at every process start even when the kernel is cached, cheaper.
 
 A GPU that starts can still run out of memory on a big scene: Taichi then raises a plain
 RuntimeError from its C++ core (texts in GPU_OOM_TEXTS, each with where Taichi 1.7.4 makes it).
@@ -133,73 +134,6 @@ def _try_init(ti, arch, threads: int) -> str:
     return ti.lang.impl.current_cfg().arch.name
 
 
-def _cheap_source_positions() -> None:
-    """Give Taichi's AST transformer a cheap source position for every node it visits.
-
-    Taichi 1.7.4 turns the whole kernel's Python AST into its IR on every process start, even
-    when the compiled kernel then comes from the offline cache (the cache key is a hash of that
-    IR), and for each AST node it first formats a caret-underlined, textwrap-ed excerpt of the
-    source line, kept in case the node fails to compile. For the path tracer that was 0.6 of
-    the 1.8 s a warm start took (issue 16's note). A kernel that fails to compile still gets
-    the file, line and function in its error; only the underline goes."""
-    from taichi.lang.ast import ast_transformer_utils as atu
-
-    ctx = atu.ASTTransformerContext
-    if getattr(ctx.get_pos_info, "_meshrender", False):
-        return
-
-    def get_pos_info(self, node) -> str:
-        return f'File "{self.file}", line {node.lineno + self.lineno_offset}, in {self.func.func.__name__}:\n'
-
-    get_pos_info._meshrender = True
-    ctx.get_pos_info = get_pos_info
-
-
-def _source_read_once() -> None:
-    """Read, re-wrap and dedent each ti.func's source once per process, not once per call site.
-
-    Taichi 1.7.4 inlines a ti.func by walking its Python AST again at every call site, and
-    before each walk `kernel_impl._get_tree_and_ctx` reads the function's source anew
-    (inspect.getsourcelines tokenizes the file's lines) and textwrap-fills every line: about
-    700 times for the path tracer, 0.45 of the 1.3 s a warm start took. The same function,
-    with what it re-reads kept per function object (sources do not change under a running
-    process); the tree is still parsed fresh for every walk, which marks its nodes."""
-    import ast
-    import textwrap
-
-    import taichi as ti
-    from taichi.lang import kernel_impl as ki
-
-    if getattr(ki._get_tree_and_ctx, "_meshrender", False) or ti.__version__ != (1, 7, 4):
-        return
-    sources: dict = {}
-
-    def get_tree_and_ctx(self, excluded_parameters=(), is_kernel=True, arg_features=None, args=None,
-                         ast_builder=None, is_real_function=False):  # fmt: skip
-        got = sources.get(self.func)
-        if got is None:
-            file = ki.getsourcefile(self.func)
-            src, start_lineno = ki.getsourcelines(self.func)
-            src = [textwrap.fill(line, tabsize=4, width=9999) for line in src]
-            got = sources[self.func] = (file, src, start_lineno, textwrap.dedent("\n".join(src)))
-        file, src, start_lineno, text = got
-        tree = ast.parse(text)
-        tree.body[0].decorator_list = []
-        global_vars = ki._get_global_vars(self.func)
-        if is_kernel or is_real_function:  # template parameters go into the globals
-            for i in self.template_slot_locations:
-                global_vars[self.arguments[i].name] = args[i]
-        return tree, ki.ASTTransformerContext(
-            excluded_parameters=excluded_parameters, is_kernel=is_kernel, func=self,
-            arg_features=arg_features, global_vars=global_vars, argument_data=args, src=src,
-            start_lineno=start_lineno, file=file, ast_builder=ast_builder,
-            is_real_function=is_real_function,
-        )  # fmt: skip
-
-    get_tree_and_ctx._meshrender = True
-    ki._get_tree_and_ctx = get_tree_and_ctx
-
-
 def init_backend(requested: str = "auto", threads: int = 0) -> BackendInfo:
     """Start Taichi once per process for (requested, threads); later calls return the same info."""
     global _current, _current_key
@@ -210,8 +144,11 @@ def init_backend(requested: str = "auto", threads: int = 0) -> BackendInfo:
         return _current
     import taichi as ti
 
-    _cheap_source_positions()
-    _source_read_once()
+    from kernels import taichi_patches
+
+    patches = taichi_patches.apply()  # before the first kernel is built: see that module
+    if not patches:
+        log.info("taichi %s is not %s: its frontend runs unpatched", ti.__version__, taichi_patches.PINNED)
     if _current is not None:
         ti.reset()
     t0 = time.perf_counter()
