@@ -7,10 +7,13 @@ How it works
     fits). Python work is per level, never per node or triangle.
   * A node of more than LEAF_TRIS_MAX triangles bins their centroids along x, y and z: n triangles get
     the first width in _BIN_WIDTHS >= n / 2 (at most BINS), as more bins buy nothing measurable and the
-    per-level tables cost nodes x bins. Per-triangle keys into one (bin, axis, xyz, node) table per
-    width feed bincount and minimum.at / maximum.at; the SAH sweep over split positions is a prefix and
-    a suffix min/max down the bin axis, whole rows at a time. A node of 2..LEAF_TRIS_MAX triangles
-    instead tries every split into two sets (at most 7), or stays a leaf.
+    per-level tables cost nodes x bins. The nodes of one width share a table of 18 rows (axis, then
+    -lo and hi, then xyz) laid out (bin, node), its bin-to-bin stride padded off powers of two (which
+    put a node's bins in one cache set); one key per triangle and axis feeds bincount and maximum.at
+    for all six rows of that axis. The SAH sweep over split positions is a prefix and a suffix max down
+    the bin axis, whole rows at a time, a cache-sized chunk of nodes after another; an extent is the sum
+    of the -lo and hi rows. A node of 2..LEAF_TRIS_MAX triangles instead tries every split into two sets
+    (at most 7), or stays a leaf.
   * A node of n >= 2 * SAMPLE_TRIS triangles bins only every (n // SAMPLE_TRIS)-th of them, and the
     split found is applied to all of them by the same float32 expression that binned the sample (so
     both sides stay non-empty). While every node of a level is that big (the top eight levels of the
@@ -19,14 +22,17 @@ How it works
   * A node whose binned centroids all coincide in float32 splits at the median by count instead
     (ordered along its widest axis in float64), and so does one whose subtree could otherwise grow past
     DEPTH_MAX: the tree never outgrows the kernel's traversal stack.
-  * A split is a stable partition done with cumulative sums: the left child's triangles come before
-    the right child's. So every leaf becomes one contiguous range of the final triangle order. The
-    level arrays live in buffers reused level after level (_Work).
+  * The next level lists the left children of all split nodes, then their right children, each in
+    parent order, so the split is a stable partition of the whole level in two flatnonzero: the
+    left-goers in their order, then the right-goers. A node also keeps the range of the final triangle
+    order its triangles will fill (a left child's before its sibling's), so every leaf becomes one
+    contiguous range. The level arrays live in buffers reused level after level (_Work), freed before
+    the flattening allocates its own.
   * Node bounds are computed last from the exact corners, in their own type: leaves as the min / max of
     their (at most LEAF_TRIS_MAX consecutive) triangles, interior nodes as the union of their children,
     each rounded outward to float32 (a no-op for float32 corners). So a float32 box always contains its
     triangles. Then the breadth-first node table is renumbered into depth-first pre-order (left child
-    at i + 1).
+    at i + 1): filled in breadth-first order, where writes run in sequence, and moved a row at a time.
   * Deterministic: no randomness, no threads, ties go to the lowest bin and then the lowest axis (the
     lowest split mask for small nodes), partitions and sorts are stable, and the only float work is
     elementwise IEEE arithmetic and min/max (no sums whose order could vary, no fused multiply-adds).
@@ -54,6 +60,9 @@ DEPTH_MAX = 63  # deepest leaf (the root is 0): the kernel's traversal stack hol
 # bins them along with the rest rather than gathering the rest out: nine gathers cost about what binning
 # an eighth more triangles does.
 _BIN_ALL_SHARE = 8
+# Items of a chunk's prefix (or suffix) scan in _best_splits: 2**20 floats (4 MiB) keep it and its extents
+# in cache; much smaller chunks pay numpy's per-call cost on too few nodes.
+_SCAN_CHUNK_ITEMS = 2**20
 _BIN_WIDTHS = tuple(w for w in (2, 4, 8, 16) if w < BINS) + (BINS,)
 _EXT_MIN = 2.0**-100  # a centroid spread below this (normalised) counts as none; keeps bins/extent finite
 _GAMMA3 = 3 * np.finfo(np.float64).eps / (1 - 3 * np.finfo(np.float64).eps)  # error bound of 3 roundings
@@ -187,8 +196,8 @@ def _best_splits(csum, lo, hi, off, counts, work: _Work, seg=None):
     """Binned SAH for every node of a level at once.
 
     csum, lo, hi: float32 (3, m): centroid sums (lo + hi) and boxes of the binned triangles, grouped by
-    node; off, counts: each node's first position and size in them (counts >= 2); seg, if given: the
-    node of each triangle.
+    node; off, counts: each node's first position and size in them (counts >= 1; a node of one
+    triangle gets sah inf); seg, if given: the node of each triangle.
     Returns (sah, axis, k, cmin, scale): the best split of node j puts a triangle on the left when
     (csum[axis] - cmin[axis, j]) * scale[axis, j] < k, and has SAH cost sah (inf where no split has
     triangles on both sides). cmin, scale: float32 (3, nseg).
@@ -212,14 +221,19 @@ def _best_splits(csum, lo, hi, off, counts, work: _Work, seg=None):
     # tables nine (axis, xyz) rows of them. A triangle's key is the same in all ten, so each
     # minimum.at / maximum.at reads one key array, and scans over bins are whole-row operations.
     base = np.empty(nseg, dtype=np.intp)  # the node's slot in its class's table
-    stride = np.empty(nseg, dtype=np.intp)  # nodes in its class
+    stride = np.empty(nseg, dtype=np.intp)  # bin to bin in its class's table: its nodes, padded
+    class_at = []  # (first slot, stride) of each class
     clen = 0
     for w, s in classes:
+        # The stride is an odd multiple of 16 items: a power of two (2**depth nodes, as the top levels
+        # have) put all bins of a node in one cache set and made the scatters below several times slower.
+        pitch = (len(s) + 15) // 32 * 32 + 16
         base[s] = clen + np.arange(len(s))
-        stride[s] = len(s)
-        clen += w * len(s)
+        stride[s] = pitch
+        class_at.append((clen, pitch))
+        clen += w * pitch
     if len(classes) == 1:  # one width (most levels): the node's slot is its index, the stride one number
-        stride_t, base_t = nseg, seg
+        stride_t, base_t = int(stride[0]), seg
     else:
         stride_t = np.take(stride, seg, out=work.i[0][:m])
         base_t = np.take(base, seg, out=work.i[1][:m])
@@ -229,7 +243,8 @@ def _best_splits(csum, lo, hi, off, counts, work: _Work, seg=None):
     neg_lo = np.negative(lo, out=work.neg[:, :m])
     # Box table rows (axis, side, xyz), side 0 holding max(-lo) = -min(lo) and side 1 max(hi): one
     # maximum down the bins serves both sides, and an extent is the sum of the two (exactly hi - lo).
-    table = np.full((18, clen), -np.inf, dtype=np.float32)
+    table = work.table(18 * clen).reshape(18, clen)
+    table.fill(-np.inf)
     cnts = []
     for a in range(3):
         np.subtract(csum[a], cmin[a][seg], out=q)  # >= 0: cmin is their minimum
@@ -245,39 +260,46 @@ def _best_splits(csum, lo, hi, off, counts, work: _Work, seg=None):
     sah = np.full(nseg, np.inf)
     best_axis = np.zeros(nseg, dtype=np.intp)
     best_k = np.ones(nseg, dtype=np.intp)
-    for w, s in classes:
-        n = len(s)
-        c0 = base[s[0]]
-        bins = table[:, c0 : c0 + w * n].reshape(18, w, n).transpose(1, 0, 2)  # (bin, row, node)
-        full = bins[:, :6].max(axis=0)  # the node's box: all bins of one axis
-        d = full[3:] + full[:3]
-        flat = _measure(d, False) == 0
-        node_size = _measure(d, flat)
-        # One side at a time, in buffers reused for both: the scan, its extents, their areas
-        # (w - 1, axis, node).
-        scan = np.empty((w - 1, 18, n), dtype=np.float32)
-        ext = np.empty((w - 1, 3, 3, n), dtype=np.float32)
-        sides = []
-        for side in ("prefix", "suffix"):
-            _scans(bins, np.maximum, side, out=scan)
-            halves = scan.reshape(w - 1, 3, 2, 3, n)
-            np.add(halves[:, :, 1], halves[:, :, 0], out=ext)
-            sides.append(_area(ext, flat))
-        cost, right = sides
-        empty = np.zeros(cost.shape, dtype=bool)
-        for a in range(3):
-            n_left, n_right = _scans(cnts[a][c0 : c0 + w * n].reshape(w, n), np.add)
-            cost[:, a] *= n_left
-            right[:, a] *= n_right
-            empty[:, a] = (n_left == 0) | (n_right == 0)
-        cost += right
-        cost[empty] = np.inf
-        cost = cost.reshape((w - 1) * 3, n)
-        best = np.argmin(cost, axis=0)  # first minimum: lowest bin, then lowest axis
-        bc = cost[best, np.arange(n)].astype(np.float64)
-        sah[s] = np.where(np.isfinite(bc), TRAVERSAL_COST + INTERSECT_COST * bc / node_size, np.inf)
-        best_axis[s] = best % 3
-        best_k[s] = best // 3 + 1
+    for (w, s), (c0, pitch) in zip(classes, class_at, strict=True):
+        tab = table[:, c0 : c0 + w * pitch].reshape(18, w, pitch).transpose(1, 0, 2)  # bin, row, node
+        cnt = [c[c0 : c0 + w * pitch].reshape(w, pitch) for c in cnts]
+        # A chunk of nodes at a time, so that its scans, extents and areas stay in cache (the whole
+        # class's pass 100 MiB at the deep levels, and went to memory and back once per step).
+        chunk = max(1, _SCAN_CHUNK_ITEMS // (18 * (w - 1)))
+        for j0 in range(0, len(s), chunk):
+            j1 = min(j0 + chunk, len(s))
+            n = j1 - j0
+            bins = tab[:, :, j0:j1]
+            full = bins[:, :6].max(axis=0)  # the node's box: all bins of one axis
+            d = full[3:] + full[:3]
+            flat = _measure(d, False) == 0
+            node_size = _measure(d, flat)
+            # One side at a time, in buffers reused for both: the scan, its extents, their areas
+            # (w - 1, axis, node).
+            scan = np.empty((w - 1, 18, n), dtype=np.float32)
+            ext = np.empty((w - 1, 3, 3, n), dtype=np.float32)
+            sides = []
+            for side in ("prefix", "suffix"):
+                _scans(bins, np.maximum, side, out=scan)
+                halves = scan.reshape(w - 1, 3, 2, 3, n)
+                np.add(halves[:, :, 1], halves[:, :, 0], out=ext)
+                sides.append(_area(ext, flat))
+            cost, right = sides
+            empty = np.zeros(cost.shape, dtype=bool)
+            for a in range(3):
+                n_left, n_right = _scans(cnt[a][:, j0:j1], np.add)
+                cost[:, a] *= n_left
+                right[:, a] *= n_right
+                empty[:, a] = (n_left == 0) | (n_right == 0)
+            cost += right
+            cost[empty] = np.inf
+            cost = cost.reshape((w - 1) * 3, n)
+            best = np.argmin(cost, axis=0)  # first minimum: lowest bin, then lowest axis
+            bc = cost[best, np.arange(n)].astype(np.float64)
+            at = s[j0:j1]
+            sah[at] = np.where(np.isfinite(bc), TRAVERSAL_COST + INTERSECT_COST * bc / node_size, np.inf)
+            best_axis[at] = best % 3
+            best_k[at] = best // 3 + 1
     return sah, best_axis, best_k, cmin, scale
 
 
@@ -288,24 +310,34 @@ def _small_splits(box: np.ndarray, first: np.ndarray, n_tris: int) -> tuple[np.n
     box: float32 (6, m) boxes of the level; first: (n,) each node's first position in it.
     Returns (sah, mask): the best split's cost and which triangles go left (bit i: the node's i-th).
     The last triangle always goes right, so each split is tried once; ties go to the lowest mask."""
-    tri = [np.array([np.take(row, first + i) for row in box]) for i in range(n_tris)]  # (6, n) each
-    node_lo = np.minimum.reduce([t[:3] for t in tri])
-    node_hi = np.maximum.reduce([t[3:] for t in tri])
+    n = len(first)
+    at = (first + np.arange(n_tris)[:, None]).ravel()  # the nodes' i-th triangles, i = 0, 1, ...
+    tri = np.empty((6, n_tris * n), dtype=box.dtype)
+    for r in range(6):
+        np.take(box[r], at, out=tri[r])
+    tri = tri.reshape(6, n_tris, n).transpose(1, 0, 2)  # (triangle i, row, node)
+
+    def union(members):  # box of some of the nodes' triangles: (lo, hi), each (3, n)
+        lo, hi = members[0][:3], members[0][3:]
+        for t in members[1:]:
+            lo, hi = np.minimum(lo, t[:3]), np.maximum(hi, t[3:])
+        return lo, hi
+
+    node_lo, node_hi = union(tri)
     d = node_hi - node_lo
     flat = _measure(d, False) == 0
     node_size = _measure(d, flat)
-    best = np.full(len(first), np.inf, dtype=np.float32)
-    best_mask = np.zeros(len(first), dtype=np.int64)
+    best = np.full(n, np.inf, dtype=np.float32)
+    best_mask = np.zeros(n, dtype=np.int64)
     for mask in range(1, 1 << (n_tris - 1)):
-        cost = np.zeros(len(first), dtype=np.float32)
+        cost = np.zeros(n, dtype=np.float32)
         for side in (mask, ~mask):
             members = [tri[i] for i in range(n_tris) if side >> i & 1]
-            lo = np.minimum.reduce([t[:3] for t in members]) if len(members) > 1 else members[0][:3]
-            hi = np.maximum.reduce([t[3:] for t in members]) if len(members) > 1 else members[0][3:]
+            lo, hi = union(members)
             cost += len(members) * _measure(hi - lo, flat)
         better = cost < best
-        best[better] = cost[better]
-        best_mask[better] = mask
+        np.copyto(best, cost, where=better)
+        np.copyto(best_mask, mask, where=better)
     sah = TRAVERSAL_COST + INTERSECT_COST * best.astype(np.float64) / node_size
     return sah, best_mask
 
@@ -341,8 +373,8 @@ def _lower_halves(cen64: np.ndarray, seg: np.ndarray) -> np.ndarray:
 
 class _Work:
     """Buffers for the per-triangle arrays, reused level after level (a level holds at most T triangles):
-    fresh ones each level cost page faults, up to a fifth of the build. (Grow-only scratch for the bin
-    tables as well halved the faults of a first build again, but raised its peak memory by 40%.)"""
+    fresh ones each level cost page faults, up to a fifth of the build. The box table of _best_splits
+    grows with the levels and is kept too; all of them are gone before _flatten runs."""
 
     def __init__(self, n: int):
         self.box = np.empty((6, n), dtype=np.float32)
@@ -354,6 +386,14 @@ class _Work:
         self.t = [np.empty(n, dtype=bool) for _ in range(3)]
         self.arange = np.arange(n, dtype=np.intp)
         self.neg = np.empty((3, n), dtype=np.float32)
+        self._table = np.empty(0, dtype=np.float32)
+
+    def table(self, size: int) -> np.ndarray:
+        """_best_splits' box table, grown as the levels deepen: past 32 MiB every fresh allocation is a
+        fresh mapping whose pages fault in again, a few percent of the build."""
+        if self._table.size < size:
+            self._table = np.empty(size, dtype=np.float32)
+        return self._table[:size]
 
 
 def build_bvh(v0: np.ndarray, v1: np.ndarray, v2: np.ndarray) -> BVH:
@@ -362,12 +402,21 @@ def build_bvh(v0: np.ndarray, v1: np.ndarray, v2: np.ndarray) -> BVH:
     v0, v1, v2: float32 or float64 (T, 3) corners, T >= 1, finite. Degenerate triangles are allowed.
     """
     a, b, c = _check_corners(v0, v1, v2)
-    n_tris = a.shape[0]
     lo = np.minimum(np.minimum(a, b), c)  # exact in the input's type
     hi = np.maximum(np.maximum(a, b), c)
     if not (np.isfinite(lo).all() and np.isfinite(hi).all()):  # NaN and inf reach lo or hi
         _check_finite((a, b, c))
 
+    # The level loop's buffers are gone by the time _flatten allocates its own: it reuses their memory.
+    levels, n_nodes, order = _split_levels(lo, hi)
+    return _flatten(levels, n_nodes, order, lo, hi)
+
+
+def _split_levels(lo: np.ndarray, hi: np.ndarray):
+    """The level loop: split every node of a level at once, level after level, until all are leaves.
+    lo, hi: (T, 3) corner-wise min / max. Returns (levels, node count, order): per level the tuple the
+    node table keeps (see below), and the leaf order of the triangles."""
+    n_tris = lo.shape[0]
     # SAH working set: float32 (6, T), normalised to [-1, 1] by the scene's largest half extent. Computed
     # in float64 from the same values whatever the input type; halves first: no overflow for any finite input.
     scene_lo = np.array([lo[:, i].min() for i in range(3)], dtype=np.float64)  # per column: 20x faster
@@ -388,9 +437,10 @@ def build_bvh(v0: np.ndarray, v1: np.ndarray, v2: np.ndarray) -> BVH:
     ids = np.arange(n_tris, dtype=np.int32)
 
     order = np.empty(n_tris, dtype=np.int32)
-    # Node table in breadth-first numbering; each level's nodes are consecutive. Per level we keep
-    # (first id, is_leaf, first triangle, count, left child id); the right child is left child + 1.
-    levels: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    # Node table in breadth-first numbering; each level's nodes are consecutive: the left children of the
+    # previous level's split nodes in their order, then the right children. Per level we keep
+    # (first id, is_leaf, first triangle, count, left child id, right child id).
+    levels: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     start = np.zeros(1, dtype=np.int64)  # first position in `order` of each node of the level
     counts = np.array([n_tris], dtype=np.int64)
     level_base = 0
@@ -480,43 +530,30 @@ def build_bvh(v0: np.ndarray, v1: np.ndarray, v2: np.ndarray) -> BVH:
             else:
                 np.logical_not(go_left, out=go_right)
             cl = np.cumsum(go_left, dtype=np.intp, out=work.i[1][:m])  # left-goers up to and including each
-            cr = np.cumsum(go_right, dtype=np.intp, out=work.i[2][:m])
             n_left = np.diff(np.r_[0, cl[off[1:] - 1], cl[-1]])
-            n_right = np.diff(np.r_[0, cr[off[1:] - 1], cr[-1]])
             split = np.flatnonzero(~leaf)
+            n_right = counts - n_left  # of the split nodes: a leaf's triangles go neither way
             if np.any(n_left[split] == 0) or np.any(n_right[split] == 0):
                 raise AssertionError("bvh: a split left one side empty")
-            child = np.full(nseg, -1, dtype=np.int64)
-            child[split] = level_base + nseg + 2 * np.arange(len(split))
-            levels.append((level_base, leaf, start, counts, child))
+            left_child = np.full(nseg, -1, dtype=np.int64)
+            right_child = np.full(nseg, -1, dtype=np.int64)
+            left_child[split] = level_base + nseg + np.arange(len(split))
+            right_child[split] = left_child[split] + len(split)
+            levels.append((level_base, leaf, start, counts, left_child, right_child))
             level_base += nseg
 
-            # Next level: children in parent order, left before right. A triangle's new position is its
-            # child's offset plus its rank among the node's triangles going the same way; a leaf's
-            # triangles go after them all, in order, to be written out.
-            new_counts = np.column_stack((n_left[split], n_right[split])).ravel()
-            new_start = np.column_stack((start[split], start[split] + n_left[split])).ravel()
-            new_off = _exclusive_cumsum(new_counts)
+            # Next level: all left children, then all right children, each in parent order. So its
+            # triangles are the left-goers in their order, then the right-goers: a stable partition
+            # that two flatnonzero make. A leaf's triangles go neither way and are written out.
+            new_counts = np.concatenate((n_left[split], n_right[split]))
+            new_start = np.concatenate((start[split], start[split] + n_left[split]))
             m_new = int(new_counts.sum())
-            left_base = np.zeros(nseg, dtype=np.intp)
-            right_base = np.zeros(nseg, dtype=np.intp)
-            left_base[split] = new_off[0::2] - (cl[off[split]] - go_left[off[split]]) - 1
-            right_base[split] = new_off[1::2] - (cr[off[split]] - go_right[off[split]]) - 1
-            dest = np.take(right_base, seg, out=work.i[3][:m])
-            dest += cr
-            cl += np.take(left_base, seg, out=work.i[4][:m])
-            np.copyto(dest, cl, where=go_left)
-            if any_leaf:
-                in_leaf = ~(go_left | go_right)
-                dest[in_leaf] = m_new + work.arange[: m - m_new]
-            src = work.i[5][:m]
-            src[dest] = work.arange[:m]
+            src = np.concatenate((np.flatnonzero(go_left), np.flatnonzero(go_right)), out=work.i[5][:m_new])
             if any_leaf:
                 leaves = np.flatnonzero(leaf)
                 lc = counts[leaves]
                 leaf_first = np.repeat(start[leaves] - _exclusive_cumsum(lc), lc)
-                order[leaf_first + work.arange[: m - m_new]] = ids[src[m_new:]]
-                src = src[:m_new]
+                order[leaf_first + work.arange[: m - m_new]] = ids[np.flatnonzero(~split_t)]
             if box is not None:
                 box_next = work.box_next[:, :m_new]
                 for r in range(6):
@@ -529,7 +566,7 @@ def build_bvh(v0: np.ndarray, v1: np.ndarray, v2: np.ndarray) -> BVH:
             start, counts = new_start, new_counts
             depth += 1
 
-    return _flatten(levels, level_base, order, lo, hi)
+    return levels, level_base, order
 
 
 def _round_down(x: np.ndarray) -> np.ndarray:
@@ -554,20 +591,30 @@ def _flatten(levels, n_nodes: int, order: np.ndarray, tri_lo: np.ndarray, tri_hi
     first = np.concatenate([lv[2] for lv in levels])
     count = np.concatenate([lv[3] for lv in levels])
     left = np.concatenate([lv[4] for lv in levels])
+    right = np.concatenate([lv[5] for lv in levels])
     spans = [(lv[0], lv[0] + len(lv[1])) for lv in levels]
 
     # Leaves tile [0, T) of the leaf order, each 1..LEAF_TRIS_MAX consecutive triangles: a leaf's box is
     # the min / max over rows start .. start + count - 1 (the last one repeated for shorter leaves).
     leaf_ids = np.flatnonzero(is_leaf)
-    leaf_ids = leaf_ids[np.argsort(first[leaf_ids], kind="stable")]
+    by_start = np.full(len(order), -1, dtype=np.int64)  # leaves in order of their first triangle
+    by_start[first[leaf_ids]] = leaf_ids
+    n_leaves = len(leaf_ids)
+    leaf_ids = by_start[by_start >= 0]
     starts = first[leaf_ids]
     last = count[leaf_ids] - 1
-    if starts[0] != 0 or np.any(starts[1:] != starts[:-1] + last[:-1] + 1) or np.any(last >= LEAF_TRIS_MAX):
+    tiled = len(leaf_ids) == n_leaves and starts[0] == 0 and np.all(starts[1:] == starts[:-1] + last[:-1] + 1)
+    if not tiled or np.any(last >= LEAF_TRIS_MAX):
         raise AssertionError("bvh: leaves do not tile the triangle order")
     rows = [starts + np.minimum(last, i) for i in range(LEAF_TRIS_MAX)]
     # Per coordinate row (min x, y, z, max x, y, z), exact: min / max of the corners' own values.
     box = [np.empty(n_nodes, dtype=tri_lo.dtype) for _ in range(6)]
-    tri_lo, tri_hi = np.take(tri_lo, order, axis=0), np.take(tri_hi, order, axis=0)  # in leaf order
+    # In leaf order: one 1-D gather of whole rows, each row seen as one item.
+    item = np.dtype((np.void, 3 * tri_lo.dtype.itemsize))
+    tri_lo, tri_hi = (
+        np.take(np.ascontiguousarray(a).view(item).reshape(-1), order).view(a.dtype).reshape(-1, 3)
+        for a in (tri_lo, tri_hi)
+    )
     for r in range(6):
         x = tri_lo[:, r] if r < 3 else tri_hi[:, r - 3]
         op = np.minimum if r < 3 else np.maximum
@@ -578,33 +625,36 @@ def _flatten(levels, n_nodes: int, order: np.ndarray, tri_lo: np.ndarray, tri_hi
     size = np.ones(n_nodes, dtype=np.int64)  # nodes in each subtree
     for s, e in reversed(spans):
         inner = s + np.flatnonzero(~is_leaf[s:e])
-        lc = left[inner]
+        lc, rc = left[inner], right[inner]
         for r in range(6):
             op = np.minimum if r < 3 else np.maximum
-            box[r][inner] = op(box[r][lc], box[r][lc + 1])
-        size[inner] = 1 + size[lc] + size[lc + 1]
+            box[r][inner] = op(box[r][lc], box[r][rc])
+        size[inner] = 1 + size[lc] + size[rc]
 
     pre = np.zeros(n_nodes, dtype=np.int64)  # pre-order index of each breadth-first node
     for s, e in spans:
         inner = s + np.flatnonzero(~is_leaf[s:e])
         lc = left[inner]
         pre[lc] = pre[inner] + 1
-        pre[lc + 1] = pre[inner] + 1 + size[lc]
+        pre[right[inner]] = pre[inner] + 1 + size[lc]
 
+    # Both tables are filled in breadth-first order, where the writes run in sequence, then moved to
+    # pre-order a whole row at a time (a row seen as one 24- or 8-byte item: a 1-D gather).
     by_pre = np.empty(n_nodes, dtype=np.int64)  # breadth-first node at each pre-order index
     by_pre[pre] = np.arange(n_nodes)
-    bounds = np.empty((n_nodes, 6), dtype=np.float32)
+    rows_bf = np.empty((n_nodes, 6), dtype=np.float32)
     with np.errstate(over="ignore"):
         for r in range(6):
-            x = np.take(box[r], by_pre)
+            x = box[r]
             if x.dtype != np.float32:  # float32 corners: the exact boxes are float32 already
                 x = _round_down(x) if r < 3 else _round_up(x)
-            bounds[:, r] = x
-    links = np.zeros((n_nodes, 2), dtype=np.int32)
-    inner = np.flatnonzero(~is_leaf)
-    links[pre[inner], 0] = pre[left[inner] + 1]
-    links[pre[leaf_ids], 0] = first[leaf_ids]
-    links[pre[leaf_ids], 1] = count[leaf_ids]
+            rows_bf[:, r] = x
+    bounds = np.take(rows_bf.view(np.dtype((np.void, 24))).reshape(-1), by_pre).view(np.float32)
+    bounds = bounds.reshape(n_nodes, 6)
+    links_bf = np.zeros((n_nodes, 2), dtype=np.int32)
+    links_bf[:, 0] = np.where(is_leaf, first, pre[right])  # a leaf's right is -1: pre[-1], unused
+    links_bf[:, 1] = np.where(is_leaf, count, 0)
+    links = np.take(links_bf.view(np.int64).reshape(-1), by_pre).view(np.int32).reshape(n_nodes, 2)
     for arr in (bounds, links, order):
         arr.setflags(write=False)
     return BVH(bounds=bounds, links=links, order=order)

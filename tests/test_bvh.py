@@ -368,6 +368,26 @@ def test_build_is_deterministic():
         assert getattr(from32, name).tobytes() == getattr(from64, name).tobytes(), name
 
 
+@pytest.mark.parametrize(
+    ("knob", "values"),
+    [("_BIN_ALL_SHARE", (0, 10**9)), ("_SCAN_CHUNK_ITEMS", (2**10, 2**40))],
+)
+def test_speed_choices_leave_the_tree_alone(knob, values):
+    # Whether a level bins its few small nodes along with the rest or gathers the rest out, and how many
+    # nodes a chunk of the SAH sweep holds (one, or all of a width), are choices of speed alone: the
+    # tree comes out byte for byte the same.
+    for soup in (random_soup(3000, seed=10), bunny()):
+        built = []
+        for value in values:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(bvh_module, knob, value)
+                built.append(build_bvh(*soup))
+        for name in ("bounds", "links", "order"):
+            assert getattr(built[0], name).tobytes() == getattr(built[1], name).tobytes(), name
+        if knob == "_SCAN_CHUNK_ITEMS":
+            break  # chunks of one node are slow; the soup has nodes of every width
+
+
 def test_single_triangle_is_a_root_leaf():
     v0, v1, v2 = np.array([[0.125, 0.25, 0.5]]), np.array([[1.0, 0.25, 0.5]]), np.array([[0.125, 1.0, -0.75]])
     bvh = build_bvh(v0, v1, v2)
