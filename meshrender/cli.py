@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     r.add_argument("--home", help="peer state folder (default $MESHRENDER_HOME): store, queue, results")
     r.add_argument("--party", help="render across this party's peers (this machine renders too)")
+    r.add_argument(
+        "--local-render", action=argparse.BooleanOptionalAction, default=True,
+        help="with --party: this machine takes leases too (--no-local-render: it only coordinates, "
+        "leaving its cores to other work; V-Ray's \"don't use local machine\")",
+    )  # fmt: skip
     r.add_argument("--secret", help="party secret (or --secret-file, or $MESHRENDER_SECRET)")
     r.add_argument("--secret-file", help="file holding the party secret")
     r.add_argument("--listen", action="append", metavar="MULTIADDR", help="default /ip4/127.0.0.1/tcp/0")
@@ -399,7 +404,7 @@ def cmd_party_render(args: argparse.Namespace, scene, settings) -> int:
     spec = JobSpec(scene_id=scene_id, settings=settings, first_frame=first, last_frame=last, backend=backend)
     peer = Peer(home=home, party=args.party, secret=secret, listen=args.listen, bootstrap=args.bootstrap,
                 backend=args.backend, threads=args.threads or None, mdns=args.mdns,
-                verify=args.verify)  # fmt: skip
+                verify=args.verify, render=args.local_render)  # fmt: skip
     with JobDB(jobs_db_path(home)) as db:
         out = trio.run(lambda: render_on_party(peer, db, spec, bootstrap=args.bootstrap,
                                                on_notice=notice_printer(args.json)))  # fmt: skip
@@ -539,6 +544,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     from .units import frame_units
 
     t_start = time.perf_counter()
+    if not args.local_render and not args.party:
+        raise MeshrenderError("render --no-local-render needs --party: without a party nothing would render")
     if is_chunk_hash(args.scene) and not os.path.exists(args.scene):  # a scene id from the store
         from .store.scenes import load_compiled
 

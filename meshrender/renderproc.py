@@ -64,7 +64,6 @@ START_STALL_S = 60.0  # no message and no CPU time used for this long while star
 START_MAX_S = 1800.0  # alive but still not ready after this (a compile looping forever): give up
 LIFE_POLL_S = 1.0  # how often a starting child's CPU time is read
 CHILD_BEAT_S = 1.0  # a starting child says "still at it" this often (when its GIL lets it)
-PERSIST_AFTER_S = 5.0  # a warm-up this long compiled (a cache load takes ~1 s): write the cache at once
 START_NOTE_S = 10.0  # a long start is reported (on_state) this often: progress the user can see
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # wait before the Nth start in a row after failures
 SLOW_START_ENV = "MESHRENDER_RENDERER_SLOW_START_S"  # test hook: the child idles this long before starting
@@ -247,7 +246,11 @@ def _child(store_root: str, backend: str, threads: int) -> int:
     beats.cold = _cache_is_empty()
     beats.say("compiling kernels")
     kernel_s = _warm_kernel(backend, threads)
-    if kernel_s > PERSIST_AFTER_S:  # it compiled: write the cache now, this child may be killed
+    # It compiled (the cache was empty): write the cache now, this child may be killed. Not by
+    # how long the warm-up took: on a loaded machine a load from the cache can take 5 s and more,
+    # and a second warm-up there is a second scene upload for nothing. A compile into a cache that
+    # holds other kernels (another thread count) is written when this child exits.
+    if beats.cold:
         try:
             persist_kernel_cache()
             kernel_s += _warm_kernel(backend, threads)  # loads what was just written

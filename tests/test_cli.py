@@ -64,3 +64,9 @@ def test_bad_arguments_are_refused():
     assert p.returncode == 2 and "WxH" in p.stderr
     p = run_cli("render", "cornell", "--spp", "0")
     assert p.returncode == 2 and "at least 1" in p.stderr
+
+
+def test_no_local_render_without_a_party_is_refused(tmp_path):
+    p = run_cli("render", "cornell", "--no-local-render", "--json", "-o", str(tmp_path / "x.png"))
+    assert p.returncode == 2 and "--no-local-render needs --party" in p.stderr and "Traceback" not in p.stderr
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -173,6 +173,10 @@ def test_a_worker_returning_wrong_blocks_is_caught_and_nothing_it_said_stands(tm
     liar = peers(tmp_path / "liar", "--bootstrap", a.addr, script=LIAR)
     for p in (b, liar):
         a.wait_for("peer-joined", peer=p.peer_id, timeout=30)
+    # a member is offered work once its renderer is up: on a loaded machine the frame can be done
+    # before the liar's is, and a liar that took no unit cannot be caught
+    for p in (a, b, liar):
+        p.wait_for("renderer", timeout=300)
     job = submit(home, *LONG_ARGS)
     a.wait_for("job-done", job=job, timeout=180)
     penalties = [e for e in a.events if e["event"] == "penalty"]

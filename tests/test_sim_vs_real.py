@@ -6,9 +6,12 @@ The simulator gives each peer a constant speed from t = 0; a real machine does n
 machine (other processes on the cores) the real run differs from that in two ways the simulator
 can be told about, and one it cannot:
   * peers start late: a render process spawned and its kernel loaded under contention can take
-    10-25 s (the coordinator's own often last), while the others render the frame. The real
-    run's job.json says when each peer started its first unit: in the simulation the first to
-    start is peer 0 and each other peer joins at its own start time (a `join` event);
+    10-25 s, longer than the frame, and a member is offered work only once its renderer is
+    ready. So the workers' renderers are waited for before the frame is queued, by a coordinator
+    that does not render (`--no-local-render`: its own renderer would start with the job). Its
+    links to the members still open at their own pace: the real run's job.json says when each
+    peer started its first unit, and in the simulation the first to start is peer 0 and each
+    other peer joins at its own start time (a `join` event);
   * every peer is slower, and the party spends part of its time between units (results, leases,
     heartbeats, Python): each peer's speed is its mean render seconds per unit, relative to the
     others, scaled by the run's utilisation (render seconds over the peers' active time), so the
@@ -37,7 +40,7 @@ from sim.scenario import Event, FrameSpec, NetworkSpec, PeerClass, Scenario
 pytestmark = pytest.mark.slow
 
 ARGS = ["--res", "64x64", "--spp", "512", "--pass-spp", "32", "--max-depth", "4", "--tile", "16"]
-PEERS = 3  # the coordinator's own worker and two members
+PEERS = 3  # members that render; the coordinator (a fourth peer) only coordinates
 SHARE_TOL = 0.15  # a constant-speed party, 256 units of unequal cost: shares agree to a few units
 NOISE = 0.1  # log-normal sigma of each simulated unit's time (the real units' cost spread is per unit)
 
@@ -93,16 +96,25 @@ def measured(job: dict):
 
 def test_a_real_party_and_its_simulation_lease_alike(tmp_path):
     workers = [PeerProc(tmp_path / "w0", "--threads", "1", "--backend", "cpu")]
-    workers.append(
-        PeerProc(tmp_path / "w1", "--threads", "1", "--backend", "cpu", "--bootstrap", workers[0].addr)
-    )
+    for i in range(1, PEERS):
+        workers.append(PeerProc(tmp_path / f"w{i}", "--threads", "1", "--backend", "cpu",
+                                "--bootstrap", workers[0].addr))  # fmt: skip
     try:
-        summary = finish(party_render(tmp_path / "c", workers[0].addr, tmp_path / "out.exr", ARGS))
+        # every worker is in the party with its renderer up before the frame is queued: a member is
+        # offered work once its renderer is ready, and under load (two test processes on two cores)
+        # loading the kernel takes 10-25 s, longer than the frame. The coordinator only coordinates.
+        for w in workers:
+            w.wait_for("renderer", timeout=300)
+        for w in workers[1:]:
+            workers[0].wait_for("peer-joined", timeout=60, peer=w.peer_id)
+        summary = finish(party_render(tmp_path / "c", workers[0].addr, tmp_path / "out.exr",
+                                      [*ARGS, "--no-local-render"]))  # fmt: skip
     finally:
         for w in workers:
             w.proc.send_signal(signal.SIGTERM)
             w.stop()
     job = json.loads((tmp_path / "c" / "results" / summary["job_id"] / "job.json").read_text())
+    assert set(job["units_by_peer"]) <= {w.peer_id for w in workers}  # --no-local-render: none here
     order, scenario, drift = measured(job)
     # a peer leased to but never started (its renderer was not up before the frame was done) is
     # one that never joins the simulated party; it still had its one-unit first lease
