@@ -1,9 +1,11 @@
 """Render throughput on this machine, measured side by side in one run.
 
-Prints, for the built-in Cornell box and the 69k-triangle bunny: kernel compile time cold (empty
-cache, in a fresh process) and warm (from Taichi's disk cache; the median of WARM_RUNS fresh
-processes), scene compile time, and samples per second when the frame is one unit against 64 px
-and 32 px buckets x passes (the split a party uses), with the ratio that the split costs.
+Prints kernel compile time cold (empty cache, in a fresh process) and warm (from Taichi's disk
+cache; the median of WARM_RUNS fresh processes) for the Cornell box's kernel (the parts it uses:
+kernels/features.py) and for the whole tracer (every part, what a scene using all of them gets),
+the two alternating; then, for the built-in Cornell box and the 69k-triangle bunny, scene
+compile time, and samples per second when the frame is one unit against 64 px and 32 px
+buckets x passes (the split a party uses), with the ratio that the split costs.
 `--unpatched` measures the kernel compile times also without kernels/taichi_patches.py (Taichi's
 own frontend), the two alternating, `--rounds` times each. Run:
 python bench/render.py [--spp N] [--threads N] [--unpatched] [--rounds N]
@@ -43,16 +45,20 @@ from meshrender.render import Renderer
 from meshrender.scene.compile import compile_scene
 from meshrender.scene.load import load_scene
 r = Renderer(compile_scene(load_scene("cornell")), backend="cpu", threads=int(sys.argv[1]))
+if sys.argv[3] == "whole":
+    from kernels.features import F_ALL
+    r.features = F_ALL
 print(r.warm_up())
 """
 
 
-def kernel_compile_s(cache_dir: str, threads: int, *, patched: bool = True) -> float:
+def kernel_compile_s(cache_dir: str, threads: int, *, patched: bool = True, whole: bool = False) -> float:
     """Seconds Renderer.warm_up takes in a fresh process with `cache_dir` as its kernel cache
     (cold when empty; the process writes the cache when it exits)."""
     env = {**os.environ, "MESHRENDER_CACHE": cache_dir}
     out = subprocess.run(
-        [sys.executable, "-c", COLD, str(threads), "patched" if patched else "unpatched"],
+        [sys.executable, "-c", COLD, str(threads), "patched" if patched else "unpatched",
+         "whole" if whole else "scene"],  # fmt: skip
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -62,11 +68,11 @@ def kernel_compile_s(cache_dir: str, threads: int, *, patched: bool = True) -> f
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def cold_and_warm_s(threads: int, *, patched: bool = True) -> tuple[float, float]:
+def cold_and_warm_s(threads: int, *, patched: bool = True, whole: bool = False) -> tuple[float, float]:
     """(cold, median warm of WARM_RUNS) kernel compile seconds, in a fresh cache folder."""
     with tempfile.TemporaryDirectory() as cache:
-        cold = kernel_compile_s(cache, threads, patched=patched)
-        warm = [kernel_compile_s(cache, threads, patched=patched) for _ in range(WARM_RUNS)]
+        cold = kernel_compile_s(cache, threads, patched=patched, whole=whole)
+        warm = [kernel_compile_s(cache, threads, patched=patched, whole=whole) for _ in range(WARM_RUNS)]
     return cold, statistics.median(warm)
 
 
@@ -104,16 +110,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="kernel compile measurements of each kind")
     args = ap.parse_args()
     bunny = scene_file("bunny/bunny.ply")  # before the kernel timings: say at once if it is missing
-    kinds = (True, False) if args.unpatched else (True,)
-    times: dict[bool, list[tuple[float, float]]] = {k: [] for k in kinds}
+    # (patched, whole tracer)
+    kinds = [(True, False), (True, True)] + ([(False, False), (False, True)] if args.unpatched else [])
+    times: dict[tuple[bool, bool], list[tuple[float, float]]] = {k: [] for k in kinds}
     for n in range(args.rounds):
-        for patched in kinds if n % 2 == 0 else kinds[::-1]:  # alternating: drift hits both alike
-            times[patched].append(cold_and_warm_s(args.threads, patched=patched))
-    for patched, runs in times.items():
+        for patched, whole in kinds if n % 2 == 0 else kinds[::-1]:  # alternating: drift hits all alike
+            times[patched, whole].append(cold_and_warm_s(args.threads, patched=patched, whole=whole))
+    for (patched, whole), runs in times.items():
         cold_s = statistics.median(c for c, _ in runs)
         warm_s = statistics.median(w for _, w in runs)
-        label = "" if patched else " (Taichi's own frontend)"
-        print(f"kernel compile{label}: cold {cold_s:.2f} s, from disk cache {warm_s:.2f} s "
+        label = "the whole tracer" if whole else "the Cornell box's"
+        label += "" if patched else ", Taichi's own frontend"
+        print(f"kernel compile ({label}): cold {cold_s:.2f} s, from disk cache {warm_s:.2f} s "
               f"(medians of {len(runs)} x {WARM_RUNS} warm)")  # fmt: skip
     for spec in ["cornell", str(bunny)]:
         row = bench_scene(spec, args.spp, args.threads, args.res)

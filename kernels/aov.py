@@ -23,6 +23,7 @@ import taichi as ti
 from taichi.math import vec3
 
 from kernels.bsdf import Bsdf, conductor_fresnel
+from kernels.features import F_CONDUCTOR
 from meshrender.compiled import KIND_CONDUCTOR
 
 
@@ -32,11 +33,12 @@ def clamp01(c: vec3) -> vec3:
 
 
 @ti.func
-def surface_albedo(b: Bsdf) -> vec3:
+def surface_albedo(features: ti.template(), b: Bsdf) -> vec3:
     """The material's reflectance for the denoiser, in [0, 1]."""
     a = b.base
-    if b.kind == KIND_CONDUCTOR:
-        a = conductor_fresnel(b, 1.0)
+    if ti.static(features & F_CONDUCTOR):
+        if b.kind == KIND_CONDUCTOR:
+            a = conductor_fresnel(b, 1.0)
     return clamp01(a)
 
 

@@ -6,17 +6,20 @@ How they are called
     the counter-clockwise face normal points to), not the side the ray came from: wo.z < 0 means
     the path arrives from the back (from inside a dielectric). `wo` points towards the camera
     side of the path, `wi` towards the light; f is for radiance (Mitsuba's TransportMode::Radiance).
-  * `bsdf_eval(materials, b, wo, wi)` returns f(wo, wi) |cos theta_i| of the material's non-delta
+  * Each takes `features` first (a template: kernels/features.py), whose F_<kind> bits say which
+    models this kernel holds; a kind without its bit is absorbed (black). The kernel for a scene
+    has the bits of every kind its materials use, so that never happens in a render.
+  * `bsdf_eval(features, materials, b, wo, wi)` returns f(wo, wi) |cos theta_i| of the material's non-delta
     lobes and the solid-angle pdf with which `bsdf_sample` picks wi through those lobes (the lobe
     choice included). Delta lobes (roughness 0: a mirror, smooth refraction, a thin pane, a smooth
     plastic coat) evaluate to 0: no direction chosen by light sampling can hit them.
-  * `bsdf_sample(materials, b, wo, u1, u2, u3)` returns (wi, weight, pdf, delta, eta):
+  * `bsdf_sample(features, materials, b, wo, u1, u2, u3)` returns (wi, weight, pdf, delta, eta):
     weight = f |cos| / pdf; u1, u2 pick the direction inside a lobe, u3 picks the lobe. For a delta
     lobe, `delta` is 1 and `pdf` the discrete probability of that lobe: the caller skips MIS for
     it (an emitter hit after a delta bounce gets weight 1). `eta` is the relative index the path
     crossed (1 for a reflection), so that the caller can take radiance's 1/eta^2 out of Russian
     roulette as Mitsuba does. pdf = 0 means no direction (absorbed).
-  * `bsdf_has_smooth(b)` says whether a material has a non-delta lobe, i.e. whether next-event
+  * `bsdf_has_smooth(features, b)` says whether a material has a non-delta lobe, i.e. whether next-event
     estimation can find anything at all.
   * One-sided materials (`two_sided` 0, the default) are black seen from the back; two-sided ones
     mirror wo and wi to the front first (Mitsuba's `twosided`). Dielectrics always have two
@@ -59,6 +62,7 @@ import math  # no "from __future__ import annotations": Taichi reads the annotat
 import taichi as ti
 from taichi.math import vec3
 
+from kernels.features import F_CONDUCTOR, F_DIELECTRIC, F_DIFFUSE, F_GLTF, F_PLASTIC
 from meshrender.compiled import (
     COAT_TABLE_SIZE,
     FRESNEL_COMPLEX,
@@ -103,7 +107,7 @@ Bsdf = ti.types.struct(
 
 
 @ti.func
-def bsdf_load(materials: ti.template(), m: ti.i32, base: vec3) -> Bsdf:
+def bsdf_load(features: ti.template(), materials: ti.template(), m: ti.i32, base: vec3) -> Bsdf:
     """Material row m of the compiled table, with the (textured) base colour."""
     r = materials[m, MAT_ROUGHNESS]
     alpha = 0.0
@@ -125,20 +129,24 @@ def bsdf_load(materials: ti.template(), m: ti.i32, base: vec3) -> Bsdf:
     )
     # only the fields the kind uses are read: every hit pays for these loads
     if b.kind == KIND_CONDUCTOR:
-        b.fresnel = ti.i32(materials[m, MAT_FRESNEL])
-        if b.fresnel == FRESNEL_COMPLEX:
-            b.eta = vec3(materials[m, MAT_ETA], materials[m, MAT_ETA + 1], materials[m, MAT_ETA + 2])
-            b.k = vec3(materials[m, MAT_K], materials[m, MAT_K + 1], materials[m, MAT_K + 2])
+        if ti.static(features & F_CONDUCTOR):
+            b.fresnel = ti.i32(materials[m, MAT_FRESNEL])
+            if b.fresnel == FRESNEL_COMPLEX:
+                b.eta = vec3(materials[m, MAT_ETA], materials[m, MAT_ETA + 1], materials[m, MAT_ETA + 2])
+                b.k = vec3(materials[m, MAT_K], materials[m, MAT_K + 1], materials[m, MAT_K + 2])
     elif b.kind == KIND_DIELECTRIC:
-        b.ior = materials[m, MAT_IOR]
-        b.thin = ti.i32(materials[m, MAT_THIN])
+        if ti.static(features & F_DIELECTRIC):
+            b.ior = materials[m, MAT_IOR]
+            b.thin = ti.i32(materials[m, MAT_THIN])
     elif b.kind == KIND_PLASTIC:
-        b.ior = materials[m, MAT_IOR]
-        b.r_int = materials[m, MAT_COAT_RINT]
+        if ti.static(features & F_PLASTIC):
+            b.ior = materials[m, MAT_IOR]
+            b.r_int = materials[m, MAT_COAT_RINT]
     elif b.kind == KIND_GLTF:
-        b.ior = materials[m, MAT_IOR]
-        b.metallic = ti.min(1.0, ti.max(0.0, materials[m, MAT_METALLIC]))
-        b.alpha = gltf_alpha(r)
+        if ti.static(features & F_GLTF):
+            b.ior = materials[m, MAT_IOR]
+            b.metallic = ti.min(1.0, ti.max(0.0, materials[m, MAT_METALLIC]))
+            b.alpha = gltf_alpha(r)
     return b
 
 
@@ -150,13 +158,15 @@ def gltf_alpha(roughness: ti.f32) -> ti.f32:
 
 
 @ti.func
-def bsdf_has_smooth(b: Bsdf) -> ti.i32:
+def bsdf_has_smooth(features: ti.template(), b: Bsdf) -> ti.i32:
     """1 when the material has a non-delta lobe (light sampling can reach it), else 0."""
     res = 1
-    if b.kind == KIND_CONDUCTOR and b.alpha == 0.0:
-        res = 0
-    elif b.kind == KIND_DIELECTRIC and (b.alpha == 0.0 or b.thin != 0):
-        res = 0
+    if ti.static(features & F_CONDUCTOR):
+        if b.kind == KIND_CONDUCTOR and b.alpha == 0.0:
+            res = 0
+    if ti.static(features & F_DIELECTRIC):
+        if b.kind == KIND_DIELECTRIC and (b.alpha == 0.0 or b.thin != 0):
+            res = 0
     return res
 
 
@@ -395,13 +405,14 @@ def gltf_eval(b: Bsdf, wo: vec3, wi: vec3):
 
 
 @ti.func
-def bsdf_eval(materials: ti.template(), b: Bsdf, wo: vec3, wi: vec3):
+def bsdf_eval(features: ti.template(), materials: ti.template(), b: Bsdf, wo: vec3, wi: vec3):
     """f(wo, wi) |cos theta_i| of the non-delta lobes, and the pdf of sampling wi through them."""
     f = vec3(0.0)
     pdf = 0.0
     if b.kind == KIND_DIELECTRIC:
-        if b.alpha > 0.0 and b.thin == 0:
-            f, pdf = rough_dielectric_eval(b, wo, wi)
+        if ti.static(features & F_DIELECTRIC):
+            if b.alpha > 0.0 and b.thin == 0:
+                f, pdf = rough_dielectric_eval(b, wo, wi)
     else:
         s = 1.0
         if wo.z < 0.0 and b.two_sided != 0:
@@ -410,22 +421,28 @@ def bsdf_eval(materials: ti.template(), b: Bsdf, wo: vec3, wi: vec3):
         i = vec3(wi.x, wi.y, wi.z * s)
         if o.z > 0.0 and i.z > 0.0:
             if b.kind == KIND_DIFFUSE:
-                f = b.base * (i.z * INV_PI)
-                pdf = i.z * INV_PI
+                if ti.static(features & F_DIFFUSE):
+                    f = b.base * (i.z * INV_PI)
+                    pdf = i.z * INV_PI
             elif b.kind == KIND_CONDUCTOR:
-                if b.alpha > 0.0:
-                    h, val, p = microfacet_reflection(b.alpha, o, i)
-                    f = conductor_fresnel(b, ti.max(0.0, i.dot(h))) * val
-                    pdf = p
+                if ti.static(features & F_CONDUCTOR):
+                    if b.alpha > 0.0:
+                        h, val, p = microfacet_reflection(b.alpha, o, i)
+                        f = conductor_fresnel(b, ti.max(0.0, i.dot(h))) * val
+                        pdf = p
             elif b.kind == KIND_GLTF:
-                f, pdf = gltf_eval(b, o, i)
-            else:
-                f, pdf = plastic_eval(materials, b, o, i)
+                if ti.static(features & F_GLTF):
+                    f, pdf = gltf_eval(b, o, i)
+            elif b.kind == KIND_PLASTIC:
+                if ti.static(features & F_PLASTIC):
+                    f, pdf = plastic_eval(materials, b, o, i)
     return f, pdf
 
 
 @ti.func
-def bsdf_sample(materials: ti.template(), b: Bsdf, wo: vec3, u1: ti.f32, u2: ti.f32, u3: ti.f32):
+def bsdf_sample(
+    features: ti.template(), materials: ti.template(), b: Bsdf, wo: vec3, u1: ti.f32, u2: ti.f32, u3: ti.f32
+):
     """(wi, f |cos| / pdf, pdf, delta, eta); see the module's opening lines."""
     wi = vec3(0.0, 0.0, 1.0)
     weight = vec3(0.0)
@@ -433,49 +450,50 @@ def bsdf_sample(materials: ti.template(), b: Bsdf, wo: vec3, u1: ti.f32, u2: ti.
     delta = 0
     eta = 1.0
     if b.kind == KIND_DIELECTRIC:
-        if b.thin != 0:
-            r, _ct, _eit, _eti = fresnel_dielectric(ti.abs(wo.z), b.ior)
-            if r < 1.0:
-                t = 1.0 - r
-                r += t * t * r / (1.0 - r * r)
-            delta = 1
-            if u3 < r:
-                wi = vec3(-wo.x, -wo.y, wo.z)
-                weight = vec3(1.0)
-                pdf = r
+        if ti.static(features & F_DIELECTRIC):
+            if b.thin != 0:
+                r, _ct, _eit, _eti = fresnel_dielectric(ti.abs(wo.z), b.ior)
+                if r < 1.0:
+                    t = 1.0 - r
+                    r += t * t * r / (1.0 - r * r)
+                delta = 1
+                if u3 < r:
+                    wi = vec3(-wo.x, -wo.y, wo.z)
+                    weight = vec3(1.0)
+                    pdf = r
+                else:
+                    wi = -wo
+                    weight = b.base
+                    pdf = 1.0 - r
+            elif b.alpha == 0.0:
+                fr, cos_t, eta_it, eta_ti = fresnel_dielectric(wo.z, b.ior)
+                delta = 1
+                if u3 < fr:
+                    wi = vec3(-wo.x, -wo.y, wo.z)
+                    weight = vec3(1.0)
+                    pdf = fr
+                else:
+                    wi = vec3(-eta_ti * wo.x, -eta_ti * wo.y, cos_t)
+                    weight = b.base * (eta_ti * eta_ti)
+                    pdf = 1.0 - fr
+                    eta = eta_it
             else:
-                wi = -wo
-                weight = b.base
-                pdf = 1.0 - r
-        elif b.alpha == 0.0:
-            fr, cos_t, eta_it, eta_ti = fresnel_dielectric(wo.z, b.ior)
-            delta = 1
-            if u3 < fr:
-                wi = vec3(-wo.x, -wo.y, wo.z)
-                weight = vec3(1.0)
-                pdf = fr
-            else:
-                wi = vec3(-eta_ti * wo.x, -eta_ti * wo.y, cos_t)
-                weight = b.base * (eta_ti * eta_ti)
-                pdf = 1.0 - fr
-                eta = eta_it
-        else:
-            side = 1.0 if wo.z >= 0.0 else -1.0
-            h = ggx_sample_vndf(wo * side, b.alpha, u1, u2)
-            doh = wo.dot(h)
-            fr, cos_t, eta_it, eta_ti = fresnel_dielectric(doh, b.ior)
-            want_r = u3 < fr
-            if want_r:
-                wi = reflect(wo, h)
-            else:
-                wi = h * (doh * eta_ti + cos_t) - wo * eta_ti
-                eta = eta_it
-            # the chosen lobe must leave on its own side of the surface
-            if (wi.z * wo.z > 0.0) == want_r and wi.z != 0.0:
-                f, p = rough_dielectric_eval(b, wo, wi)
-                if p > 0.0:
-                    pdf = p
-                    weight = f / p
+                side = 1.0 if wo.z >= 0.0 else -1.0
+                h = ggx_sample_vndf(wo * side, b.alpha, u1, u2)
+                doh = wo.dot(h)
+                fr, cos_t, eta_it, eta_ti = fresnel_dielectric(doh, b.ior)
+                want_r = u3 < fr
+                if want_r:
+                    wi = reflect(wo, h)
+                else:
+                    wi = h * (doh * eta_ti + cos_t) - wo * eta_ti
+                    eta = eta_it
+                # the chosen lobe must leave on its own side of the surface
+                if (wi.z * wo.z > 0.0) == want_r and wi.z != 0.0:
+                    f, p = rough_dielectric_eval(b, wo, wi)
+                    if p > 0.0:
+                        pdf = p
+                        weight = f / p
     else:
         s = 1.0
         if wo.z < 0.0 and b.two_sided != 0:
@@ -483,55 +501,59 @@ def bsdf_sample(materials: ti.template(), b: Bsdf, wo: vec3, u1: ti.f32, u2: ti.
         o = vec3(wo.x, wo.y, wo.z * s)
         if o.z > 0.0:
             if b.kind == KIND_DIFFUSE:
-                wi = sample_cosine(u1, u2)
-                pdf = wi.z * INV_PI
-                if pdf > 0.0:
-                    weight = b.base
-            elif b.kind == KIND_CONDUCTOR:
-                if b.alpha == 0.0:
-                    wi = vec3(-o.x, -o.y, o.z)
-                    weight = conductor_fresnel(b, o.z)
-                    pdf = 1.0
-                    delta = 1
-                else:
-                    h = ggx_sample_vndf(o, b.alpha, u1, u2)
-                    wi = reflect(o, h)
-                    if wi.z > 0.0:
-                        hh, val, p = microfacet_reflection(b.alpha, o, wi)
-                        if p > 0.0:
-                            pdf = p
-                            weight = conductor_fresnel(b, ti.max(0.0, wi.dot(hh))) * (val / p)
-            elif b.kind == KIND_GLTF:
-                _f0, _f0d, p_s = gltf_lobes(b, o)
-                if u3 < p_s:
-                    wi = reflect(o, ggx_sample_vndf(o, b.alpha, u1, u2))
-                else:
+                if ti.static(features & F_DIFFUSE):
                     wi = sample_cosine(u1, u2)
-                if wi.z > 0.0:
-                    f, p = gltf_eval(b, o, wi)
-                    if p > 0.0:
-                        pdf = p
-                        weight = f / p
-            else:
-                t_o = coat_transmittance(materials, b, o.z)
-                w_spec = 1.0 / (1.0 + (b.base.x + b.base.y + b.base.z) / 3.0)
-                p_s = (1.0 - t_o) * w_spec
-                p_d = t_o * (1.0 - w_spec)
-                p_s = p_s / (p_s + p_d)
-                if u3 < p_s and b.alpha == 0.0:
-                    wi = vec3(-o.x, -o.y, o.z)
-                    weight = vec3((1.0 - t_o) / p_s)
-                    pdf = p_s
-                    delta = 1
-                else:
+                    pdf = wi.z * INV_PI
+                    if pdf > 0.0:
+                        weight = b.base
+            elif b.kind == KIND_CONDUCTOR:
+                if ti.static(features & F_CONDUCTOR):
+                    if b.alpha == 0.0:
+                        wi = vec3(-o.x, -o.y, o.z)
+                        weight = conductor_fresnel(b, o.z)
+                        pdf = 1.0
+                        delta = 1
+                    else:
+                        h = ggx_sample_vndf(o, b.alpha, u1, u2)
+                        wi = reflect(o, h)
+                        if wi.z > 0.0:
+                            hh, val, p = microfacet_reflection(b.alpha, o, wi)
+                            if p > 0.0:
+                                pdf = p
+                                weight = conductor_fresnel(b, ti.max(0.0, wi.dot(hh))) * (val / p)
+            elif b.kind == KIND_GLTF:
+                if ti.static(features & F_GLTF):
+                    _f0, _f0d, p_s = gltf_lobes(b, o)
                     if u3 < p_s:
                         wi = reflect(o, ggx_sample_vndf(o, b.alpha, u1, u2))
                     else:
                         wi = sample_cosine(u1, u2)
                     if wi.z > 0.0:
-                        f, p = plastic_eval(materials, b, o, wi)
+                        f, p = gltf_eval(b, o, wi)
                         if p > 0.0:
                             pdf = p
                             weight = f / p
+            elif b.kind == KIND_PLASTIC:
+                if ti.static(features & F_PLASTIC):
+                    t_o = coat_transmittance(materials, b, o.z)
+                    w_spec = 1.0 / (1.0 + (b.base.x + b.base.y + b.base.z) / 3.0)
+                    p_s = (1.0 - t_o) * w_spec
+                    p_d = t_o * (1.0 - w_spec)
+                    p_s = p_s / (p_s + p_d)
+                    if u3 < p_s and b.alpha == 0.0:
+                        wi = vec3(-o.x, -o.y, o.z)
+                        weight = vec3((1.0 - t_o) / p_s)
+                        pdf = p_s
+                        delta = 1
+                    else:
+                        if u3 < p_s:
+                            wi = reflect(o, ggx_sample_vndf(o, b.alpha, u1, u2))
+                        else:
+                            wi = sample_cosine(u1, u2)
+                        if wi.z > 0.0:
+                            f, p = plastic_eval(materials, b, o, wi)
+                            if p > 0.0:
+                                pdf = p
+                                weight = f / p
         wi.z *= s
     return wi, weight, pdf, delta, eta

@@ -59,8 +59,10 @@ How it works
     paths there; at most `max_depth` path segments (Mitsuba's
     convention: max_depth 1 shows emitters only, 2 adds direct light).
 
-All scene data arrive as ndarray arguments, so the kernel compiles once per process (and is
-cached on disk by Taichi's offline cache) whatever the scene.
+All scene data arrive as ndarray arguments, so one kernel serves every scene with the same
+features: the `features` template argument (kernels/features.py) leaves out the parts a scene
+does not use (textures, alpha, the environment, punctual lights, material models), and each set
+of features is compiled once per process and cached on disk by Taichi's offline cache.
 """
 
 import math  # no "from __future__ import annotations": Taichi reads the annotations as objects
@@ -70,6 +72,7 @@ from taichi.math import vec2, vec3
 
 from kernels.aov import clamp01, delta_tint, facing_normal, surface_albedo
 from kernels.bsdf import KIND_GLTF, bsdf_eval, bsdf_has_smooth, bsdf_load, bsdf_sample, gltf_alpha
+from kernels.features import F_ALPHA, F_ENV, F_GLTF, F_LIGHTS, F_TEXTURES
 from kernels.lights import (
     cdf_search,
     env_eval,
@@ -389,23 +392,39 @@ def texel(texels: ti.template(), lut: ti.template(), idx: ti.i32, srgb: ti.i32) 
 
 
 @ti.func
-def tex_valid(tex_info: ti.template(), tex_refs: ti.template(), n_tex: ti.i32, ref: ti.i32) -> ti.i32:
-    """1 when `ref` names a tex_refs row whose image exists (rows may come from a peer)."""
+def tex_valid(
+    features: ti.template(), tex_info: ti.template(), tex_refs: ti.template(), n_tex: ti.i32, ref: ti.i32
+) -> ti.i32:
+    """1 when `ref` names a tex_refs row whose image exists (rows may come from a peer); 0 in a
+    kernel without textures (kernels/features.py), which then has no lookup behind it."""
     ok = 0
-    if ref >= 0 and ref < tex_refs.shape[0] and n_tex > 0:
-        img = ti.i32(tex_refs[ref, TEXREF_IMAGE])
-        if img >= 0 and img < n_tex:
-            ok = 1
+    if ti.static(features & F_TEXTURES):
+        if ref >= 0 and ref < tex_refs.shape[0] and n_tex > 0:
+            img = ti.i32(tex_refs[ref, TEXREF_IMAGE])
+            if img >= 0 and img < n_tex:
+                ok = 1
     return ok
 
 
 @ti.func
 def texture_sample(
+    features: ti.template(), texels: ti.template(), tex_info: ti.template(), tex_refs: ti.template(),
+    lut: ti.template(), ref: ti.i32, uv: vec2,
+) -> vec3:  # fmt: skip
+    """Bilinear lookup of a (valid) tex_refs row at uv (glTF convention: v = 0 is the top row):
+    its UV transform, its wrap modes, sRGB colour or linear data; texel centres at half-integers.
+    In a kernel without textures (never called there: tex_valid is 0) it is white."""
+    res = vec3(1.0)
+    if ti.static(features & F_TEXTURES):
+        res = _bilinear(texels, tex_info, tex_refs, lut, ref, uv)
+    return res
+
+
+@ti.func
+def _bilinear(
     texels: ti.template(), tex_info: ti.template(), tex_refs: ti.template(), lut: ti.template(),
     ref: ti.i32, uv: vec2,
 ) -> vec3:  # fmt: skip
-    """Bilinear lookup of a (valid) tex_refs row at uv (glTF convention: v = 0 is the top row):
-    its UV transform, its wrap modes, sRGB colour or linear data; texel centres at half-integers."""
     img = ti.i32(tex_refs[ref, TEXREF_IMAGE])
     first = tex_info[img, 0]
     w = tex_info[img, 1]
@@ -450,51 +469,55 @@ def hit_uv(uvs: ti.template(), indices: ti.template(), tri: ti.i32, u: ti.f32, v
 
 @ti.func
 def alpha_passes(
-    materials: ti.template(), tri_material: ti.template(), uvs: ti.template(), indices: ti.template(),
-    texels: ti.template(), tex_info: ti.template(), tex_refs: ti.template(), lut: ti.template(),
-    n_tex: ti.i32, tri: ti.i32, u: ti.f32, v: ti.f32, key: ti.u32, dim: ti.i32,
+    features: ti.template(), materials: ti.template(), tri_material: ti.template(), uvs: ti.template(),
+    indices: ti.template(), texels: ti.template(), tex_info: ti.template(), tex_refs: ti.template(),
+    lut: ti.template(), n_tex: ti.i32, tri: ti.i32, u: ti.f32, v: ti.f32, key: ti.u32, dim: ti.i32,
 ) -> ti.i32:  # fmt: skip
     """1 when a ray goes through triangle `tri` at (u, v): glTF's MASK (alpha < cutoff) or BLEND
-    (with probability 1 - alpha, decided by the sample's own random dimension `dim` of `key`)."""
-    m = tri_material[tri]
-    mode = ti.i32(materials[m, MAT_ALPHA_MODE])
+    (with probability 1 - alpha, decided by the sample's own random dimension `dim` of `key`).
+    Always 0 in a kernel for a scene without alpha (kernels/features.py)."""
     res = 0
-    if mode != ALPHA_OPAQUE:
-        a = alpha_value(materials, texels, tex_info, tex_refs, lut, n_tex, m, hit_uv(uvs, indices, tri, u, v))
-        if mode == ALPHA_MASK:
-            res = 1 if a < materials[m, MAT_ALPHA_CUTOFF] else 0
-        else:
-            res = 1 if rand(key, dim) >= a else 0
+    if ti.static(features & F_ALPHA):
+        m = tri_material[tri]
+        mode = ti.i32(materials[m, MAT_ALPHA_MODE])
+        if mode != ALPHA_OPAQUE:
+            uv = hit_uv(uvs, indices, tri, u, v)
+            a = alpha_value(features, materials, texels, tex_info, tex_refs, lut, n_tex, m, uv)
+            if mode == ALPHA_MASK:
+                res = 1 if a < materials[m, MAT_ALPHA_CUTOFF] else 0
+            else:
+                res = 1 if rand(key, dim) >= a else 0
     return res
 
 
 @ti.func
 def alpha_value(
-    materials: ti.template(), texels: ti.template(), tex_info: ti.template(), tex_refs: ti.template(),
-    lut: ti.template(), n_tex: ti.i32, m: ti.i32, uv: vec2,
+    features: ti.template(), materials: ti.template(), texels: ti.template(), tex_info: ti.template(),
+    tex_refs: ti.template(), lut: ti.template(), n_tex: ti.i32, m: ti.i32, uv: vec2,
 ) -> ti.f32:  # fmt: skip
     """Material m's alpha at uv: the factor times the base colour image's alpha."""
     a = materials[m, MAT_ALPHA]
     at = ti.i32(materials[m, MAT_ALPHA_TEX])
-    if tex_valid(tex_info, tex_refs, n_tex, at) != 0:
-        a *= texture_sample(texels, tex_info, tex_refs, lut, at, uv).x
+    if tex_valid(features, tex_info, tex_refs, n_tex, at) != 0:
+        a *= texture_sample(features, texels, tex_info, tex_refs, lut, at, uv).x
     return a
 
 
 @ti.func
 def alpha_coverage(
-    materials: ti.template(), texels: ti.template(), tex_info: ti.template(), tex_refs: ti.template(),
-    lut: ti.template(), n_tex: ti.i32, m: ti.i32, uv: vec2,
+    features: ti.template(), materials: ti.template(), texels: ti.template(), tex_info: ti.template(),
+    tex_refs: ti.template(), lut: ti.template(), n_tex: ti.i32, m: ti.i32, uv: vec2,
 ) -> ti.f32:  # fmt: skip
     """How much of material m's surface is there at uv, as the rays that hit it see on average:
     1 opaque, MASK 0 or 1, BLEND alpha (a light sample's weight, matching alpha_passes)."""
-    mode = ti.i32(materials[m, MAT_ALPHA_MODE])
     c = 1.0
-    if mode != ALPHA_OPAQUE:
-        a = alpha_value(materials, texels, tex_info, tex_refs, lut, n_tex, m, uv)
-        c = a
-        if mode == ALPHA_MASK:
-            c = 0.0 if a < materials[m, MAT_ALPHA_CUTOFF] else 1.0
+    if ti.static(features & F_ALPHA):
+        mode = ti.i32(materials[m, MAT_ALPHA_MODE])
+        if mode != ALPHA_OPAQUE:
+            a = alpha_value(features, materials, texels, tex_info, tex_refs, lut, n_tex, m, uv)
+            c = a
+            if mode == ALPHA_MASK:
+                c = 0.0 if a < materials[m, MAT_ALPHA_CUTOFF] else 1.0
     return c
 
 
@@ -503,6 +526,7 @@ def alpha_coverage(
 
 @ti.kernel
 def render_rect(
+    features: ti.template(),
     x0: ti.i32,
     y0: ti.i32,
     width: ti.i32,
@@ -548,7 +572,8 @@ def render_rect(
     aov_out: F32_3D,
 ):
     """out[j, i] = sum over samples s0..s1-1 of the radiance through pixel (x0 + i, y0 + j);
-    aov_out[j, i] = the same samples' sums of albedo (0..2) and shading normal (3..5), kernels/aov.py."""
+    aov_out[j, i] = the same samples' sums of albedo (0..2) and shading normal (3..5), kernels/aov.py.
+    `features` (kernels/features.py: the scene's features_of) says which parts this kernel holds."""
     cam_pos = vec3(camera[CAM_POS], camera[CAM_POS + 1], camera[CAM_POS + 2])
     cam_right = vec3(camera[CAM_RIGHT], camera[CAM_RIGHT + 1], camera[CAM_RIGHT + 2])
     cam_up = vec3(camera[CAM_UP], camera[CAM_UP + 1], camera[CAM_UP + 2])
@@ -602,8 +627,8 @@ def render_rect(
                         break
                     dim_a = (dim + DIMS_PER_BOUNCE) * ALPHA_SKIPS_MAX + n_skip
                     if alpha_passes(
-                        materials, tri_material, uvs, indices, tex_texels, tex_info, tex_refs, srgb_lut,
-                        n_tex, hit.tri, hit.u, hit.v, key ^ ti.u32(ALPHA_SALT_PATH), dim_a,
+                        features, materials, tri_material, uvs, indices, tex_texels, tex_info, tex_refs,
+                        srgb_lut, n_tex, hit.tri, hit.u, hit.v, key ^ ti.u32(ALPHA_SALT_PATH), dim_a,
                     ) == 0:  # fmt: skip
                         break
                     o_a = offset_origin(ro + hit.t * rd, face_normal(tri_pe, hit.tri), rd)
@@ -615,16 +640,18 @@ def render_rect(
                     if aov_found == 0:  # before any non-delta vertex: the sky's colour, no normal
                         albedo = vec3(0.0)
                         normal = vec3(0.0)
-                    if p_env > 0.0:
-                        rad, pdf_e = env_eval(env_params, env_texels, env_info, rd)
-                        if aov_found == 0:
-                            albedo = aov_tint * clamp01(rad)
-                        w = 1.0
-                        if prev_delta == 0:
-                            w = power_heuristic(prev_pdf, p_env * pdf_e)
-                        L += beta * rad * w
-                    if n_suns > 0:
-                        L += beta * suns_eval(lights, n_suns, rd, prev_pdf, 1 - prev_delta)
+                    if ti.static(features & F_ENV):
+                        if p_env > 0.0:
+                            rad, pdf_e = env_eval(env_params, env_texels, env_info, rd)
+                            if aov_found == 0:
+                                albedo = aov_tint * clamp01(rad)
+                            w = 1.0
+                            if prev_delta == 0:
+                                w = power_heuristic(prev_pdf, p_env * pdf_e)
+                            L += beta * rad * w
+                    if ti.static(features & F_LIGHTS):
+                        if n_suns > 0:
+                            L += beta * suns_eval(lights, n_suns, rd, prev_pdf, 1 - prev_delta)
                     break
                 tri = hit.tri
                 i0 = indices[tri, 0]
@@ -640,8 +667,8 @@ def render_rect(
                 # --- emission seen by this ray
                 le = vec3(materials[m, MAT_EMIT], materials[m, MAT_EMIT + 1], materials[m, MAT_EMIT + 2])
                 et = ti.i32(materials[m, MAT_EMIT_TEX])
-                if le.max() > 0.0 and tex_valid(tex_info, tex_refs, n_tex, et) != 0:
-                    le *= texture_sample(tex_texels, tex_info, tex_refs, srgb_lut, et, uv)
+                if le.max() > 0.0 and tex_valid(features, tex_info, tex_refs, n_tex, et) != 0:
+                    le *= texture_sample(features, tex_texels, tex_info, tex_refs, srgb_lut, et, uv)
                 cos_front = ng_front.dot(wo)
                 if le.max() > 0.0 and (cos_front > 0.0 or materials[m, MAT_EMIT_TWO_SIDED] > 0.0):
                     w = 1.0
@@ -665,7 +692,7 @@ def render_rect(
                     ns = ns.normalized()
                     nt = ti.i32(materials[m, MAT_NORMAL_TEX])
                     has_tangents = tangents.shape[0] == positions.shape[0]
-                    if tex_valid(tex_info, tex_refs, n_tex, nt) != 0 and has_tangents:
+                    if tex_valid(features, tex_info, tex_refs, n_tex, nt) != 0 and has_tangents:
                         # glTF normal map: tangent space (T, B = w N x T, N), x and y times its scale
                         tg = (
                             bw * vec3(tangents[i0, 0], tangents[i0, 1], tangents[i0, 2])
@@ -676,7 +703,8 @@ def render_rect(
                         if tg.norm_sqr() > 1e-12:
                             tg = tg.normalized()
                             bt = ns.cross(tg) * (1.0 if tangents[i0, 3] >= 0.0 else -1.0)
-                            c = texture_sample(tex_texels, tex_info, tex_refs, srgb_lut, nt, uv) * 2.0 - 1.0
+                            c = texture_sample(features, tex_texels, tex_info, tex_refs, srgb_lut, nt, uv)
+                            c = c * 2.0 - 1.0
                             sc = materials[m, MAT_NORMAL_SCALE]
                             nm = (c.x * sc) * tg + (c.y * sc) * bt + c.z * ns
                             if nm.norm_sqr() > 1e-12:
@@ -689,21 +717,23 @@ def render_rect(
                 wo_l = to_local(wo, t_axis, s_axis, ns)
                 base = vec3(materials[m, MAT_BASE], materials[m, MAT_BASE + 1], materials[m, MAT_BASE + 2])
                 tex = ti.i32(materials[m, MAT_BASE_TEX])
-                if tex_valid(tex_info, tex_refs, n_tex, tex) != 0:
-                    base = base * texture_sample(tex_texels, tex_info, tex_refs, srgb_lut, tex, uv)
-                bsdf = bsdf_load(materials, m, base)
-                if bsdf.kind == KIND_GLTF:
-                    mr = ti.i32(materials[m, MAT_MR_TEX])
-                    if tex_valid(tex_info, tex_refs, n_tex, mr) != 0:  # per texel: G roughness, B metallic
-                        c = texture_sample(tex_texels, tex_info, tex_refs, srgb_lut, mr, uv)
-                        bsdf.alpha = gltf_alpha(materials[m, MAT_ROUGHNESS] * c.y)
-                        bsdf.metallic = ti.min(1.0, ti.max(0.0, materials[m, MAT_METALLIC] * c.z))
+                if tex_valid(features, tex_info, tex_refs, n_tex, tex) != 0:
+                    base = base * texture_sample(features, tex_texels, tex_info, tex_refs, srgb_lut, tex, uv)
+                bsdf = bsdf_load(features, materials, m, base)
+                if ti.static(features & F_GLTF):
+                    if bsdf.kind == KIND_GLTF:
+                        mr = ti.i32(materials[m, MAT_MR_TEX])
+                        # per texel: G roughness, B metallic
+                        if tex_valid(features, tex_info, tex_refs, n_tex, mr) != 0:
+                            c = texture_sample(features, tex_texels, tex_info, tex_refs, srgb_lut, mr, uv)
+                            bsdf.alpha = gltf_alpha(materials[m, MAT_ROUGHNESS] * c.y)
+                            bsdf.metallic = ti.min(1.0, ti.max(0.0, materials[m, MAT_METALLIC] * c.z))
                 if aov_found == 0:  # the denoiser's features, final unless delta-only here
-                    albedo = aov_tint * surface_albedo(bsdf)
+                    albedo = aov_tint * surface_albedo(features, bsdf)
                     if cos_front > 0.0 or materials[m, MAT_EMIT_TWO_SIDED] > 0.0:  # a light: lit up
-                        albedo = aov_tint * clamp01(surface_albedo(bsdf) + le)
+                        albedo = aov_tint * clamp01(surface_albedo(features, bsdf) + le)
                     normal = facing_normal(ns, wo)
-                    aov_found = bsdf_has_smooth(bsdf)
+                    aov_found = bsdf_has_smooth(features, bsdf)
                 # --- next-event estimation
                 u_pick = rand(key, dim + DIM_LIGHT_PICK)
                 ul1 = rand(key, dim + DIM_LIGHT_POS)
@@ -716,12 +746,13 @@ def render_rect(
                 dist = ti.math.inf
                 # one pick over [environment | emissive triangles | punctual lights] (scene.compile._lights)
                 if u_pick < p_env:
-                    d_env, rad, pdf_e = env_sample(
-                        env_params, env_texels, env_cond_cdf, env_marg_cdf, env_info, ul1, ul2
-                    )
-                    wi = d_env
-                    li = rad
-                    pdf_light = p_env * pdf_e
+                    if ti.static(features & F_ENV):
+                        d_env, rad, pdf_e = env_sample(
+                            env_params, env_texels, env_cond_cdf, env_marg_cdf, env_info, ul1, ul2
+                        )
+                        wi = d_env
+                        li = rad
+                        pdf_light = p_env * pdf_e
                 elif n_emit > 0 and (u_pick < p_env + p_tris or n_lights == 0):
                     k = cdf_search(emit_cdf, n_emit, (u_pick - p_env) / p_tris)
                     lt = emit_tri[k]
@@ -744,22 +775,23 @@ def render_rect(
                             )
                             elt = ti.i32(materials[lm, MAT_EMIT_TEX])
                             uv_l = hit_uv(uvs, indices, lt, su * (1.0 - ul2), su * ul2)
-                            if tex_valid(tex_info, tex_refs, n_tex, elt) != 0:  # the texel-exact radiance
-                                li *= texture_sample(tex_texels, tex_info, tex_refs, srgb_lut, elt, uv_l)
+                            if tex_valid(features, tex_info, tex_refs, n_tex, elt) != 0:  # texel radiance
+                                li *= texture_sample(features, tex_texels, tex_info, tex_refs, srgb_lut,
+                                                     elt, uv_l)  # fmt: skip
                             if materials[lm, MAT_ALPHA_MODE] != ALPHA_OPAQUE:  # its cut-outs do not emit
-                                li *= alpha_coverage(
-                                    materials, tex_texels, tex_info, tex_refs, srgb_lut, n_tex, lm, uv_l
-                                )
+                                li *= alpha_coverage(features, materials, tex_texels, tex_info, tex_refs,
+                                                     srgb_lut, n_tex, lm, uv_l)  # fmt: skip
                             pdf_light = p_tris * tri_emit_pdf[lt] * d2 / ti.abs(cos_l)
                             q_end = offset_origin(q, nl, -wi)
                 elif n_lights > 0:
-                    lk = light_search(lights, n_lights, u_pick)
-                    wi, li, pdf_light, dist, q_end, light_delta = punctual_sample(lights, lk, p, ul1, ul2)
+                    if ti.static(features & F_LIGHTS):
+                        lk = light_search(lights, n_lights, u_pick)
+                        wi, li, pdf_light, dist, q_end, light_delta = punctual_sample(lights, lk, p, ul1, ul2)
                 # (a vertex with delta lobes only skips it; ns and ng must agree on wi's side)
                 wi_l = to_local(wi, t_axis, s_axis, ns)
-                smooth = bsdf_has_smooth(bsdf)
+                smooth = bsdf_has_smooth(features, bsdf)
                 if pdf_light > 0.0 and li.max() > 0.0 and smooth != 0 and wi_l.z * wi.dot(ng) > 0.0:
-                    f, pdf_b = bsdf_eval(materials, bsdf, wo_l, wi_l)
+                    f, pdf_b = bsdf_eval(features, materials, bsdf, wo_l, wi_l)
                     if f.max() > 0.0:
                         # both ends are lifted off their surfaces, so the segment between them
                         # can hit neither the shading point's surface nor the light itself
@@ -790,8 +822,9 @@ def render_rect(
                                 any_hit = 0
                                 continue
                             if n_s >= ALPHA_SKIPS_MAX or alpha_passes(
-                                materials, tri_material, uvs, indices, tex_texels, tex_info, tex_refs,
-                                srgb_lut, n_tex, sh.tri, sh.u, sh.v, key ^ ti.u32(ALPHA_SALT_SHADOW),
+                                features, materials, tri_material, uvs, indices, tex_texels, tex_info,
+                                tex_refs, srgb_lut, n_tex, sh.tri, sh.u, sh.v,
+                                key ^ ti.u32(ALPHA_SALT_SHADOW),
                                 (dim + DIMS_PER_BOUNCE) * ALPHA_SKIPS_MAX + n_s,
                             ) == 0:  # fmt: skip
                                 blocker = sh.tri
@@ -809,7 +842,7 @@ def render_rect(
                 u_dir1 = rand(key, dim + DIM_BSDF)
                 u_dir2 = rand(key, dim + DIM_BSDF + 1)
                 wi_l, weight, pdf, delta, eta_s = bsdf_sample(
-                    materials, bsdf, wo_l, u_dir1, u_dir2, rand(key, dim + DIM_LOBE)
+                    features, materials, bsdf, wo_l, u_dir1, u_dir2, rand(key, dim + DIM_LOBE)
                 )
                 if pdf <= 0.0 or weight.max() <= 0.0:
                     break

@@ -208,6 +208,9 @@ def check_arrays(a: dict[str, np.ndarray]) -> None:
     whole = np.isfinite(slots) & (slots == np.floor(np.nan_to_num(slots)))
     if slots.size and not np.all(whole & ((slots == -1) | ((slots >= 0) & (slots < len(refs))))):
         bad("materials", f"a texture slot that is neither -1 nor a row of tex_refs (0..{len(refs) - 1})")
+    kinds = a["materials"][:, MAT_KIND] if m else np.zeros(0, np.float32)
+    if not np.all(np.isin(kinds, list(KINDS.values()))):  # the kernel has a model for each
+        bad("materials", f"a material kind that is none of {sorted(KINDS.values())}")
     if not len(a["tangents"]) and m and np.any(a["materials"][:, MAT_NORMAL_TEX] >= 0):
         bad("tangents", "none, but a material has a normal map")
     info, texels = a["tex_info"], len(a["tex_texels"])

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kernels.features import features_of
+
 from .compiled import LIGHT_ANGLE, LIGHT_KIND, LIGHT_SUN, CompiledScene
 from .film import Film
 from .scene.compile import camera_at, camera_tangents
@@ -58,8 +60,10 @@ class Renderer:
         self.stats = RenderStats()
         self._camera_frame: int | None = None  # the frame whose camera is on the device
         self._camera_row = scene.arrays["camera"]
-        # the kernel is per Taichi runtime: compiled once for every scene, again after a re-init
-        self._compiled = _KERNEL_LAUNCHED[0] is self.backend
+        # the kernel for this scene's features (kernels/features.py): compiled, or loaded from
+        # the disk cache, once per Taichi runtime for every scene with the same features
+        self.features = features_of(scene.arrays)
+        self._compiled = self._launched()
         self._n_emit = int(scene.arrays["emit_tri"].shape[0])
         self._n_tex = int(scene.arrays["tex_info"].shape[0])
         # next-event estimation's pick by power, made by the compiler (scene.compile._lights)
@@ -68,6 +72,10 @@ class Renderer:
         self._n_lights = int(lights.shape[0])
         suns = (lights[:, LIGHT_KIND] == LIGHT_SUN) & (lights[:, LIGHT_ANGLE] > 0)
         self._n_suns = int(np.count_nonzero(suns))  # the compiler puts them first
+
+    def _launched(self) -> bool:
+        """Whether this runtime has launched the kernel for our features (its compile is done)."""
+        return _KERNEL_LAUNCHED[0] is self.backend and self.features in _KERNEL_LAUNCHED[1]
 
     def _upload(self) -> None:
         from kernels.backend import injected_fault
@@ -102,7 +110,7 @@ class Renderer:
         self._dev, self._out = {}, {}  # the old runtime's arrays, gone with it
         self.backend = fall_back_to_cpu(oom)
         self._upload()
-        self._compiled, self._camera_frame = False, None
+        self._compiled, self._camera_frame = self._launched(), None
 
     def _out_buffer(self, h: int, w: int):
         buf = self._out.get((h, w))
@@ -145,7 +153,7 @@ class Renderer:
             s0, s1 = settings.pass_range(p)
             t0 = time.perf_counter()
             render_rect(
-                unit.x0, unit.y0, settings.width, settings.height, s0, s1,
+                self.features, unit.x0, unit.y0, settings.width, settings.height, s0, s1,
                 settings.seed, unit.frame, settings.max_depth, settings.rr_depth,
                 tan_x, tan_y, self._n_emit, self._n_tex, self._p_env, self._p_tris,
                 self._n_lights, self._n_suns,
@@ -160,7 +168,9 @@ class Renderer:
             dt = time.perf_counter() - t0
             if not self._compiled:
                 self._compiled = True
-                _KERNEL_LAUNCHED[0] = self.backend
+                if _KERNEL_LAUNCHED[0] is not self.backend:  # a new runtime: nothing launched in it yet
+                    _KERNEL_LAUNCHED[:] = [self.backend, set()]
+                _KERNEL_LAUNCHED[1].add(self.features)
                 self.stats.compile_s = dt
             self.stats.render_s += dt
             self.stats.samples += unit.pixels * (s1 - s0)
@@ -219,7 +229,8 @@ def traversal_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 _TI_DTYPES: dict[str, object] = {}
-_KERNEL_LAUNCHED: list = [None]  # the BackendInfo of the Taichi runtime that has run the kernel
+# the BackendInfo of the Taichi runtime that has launched the kernel, and the features it was launched with
+_KERNEL_LAUNCHED: list = [None, set()]
 
 
 def _init_dtypes():

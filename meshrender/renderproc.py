@@ -151,10 +151,12 @@ def _frame(msg: _Msg) -> bytes:
 
 
 def _warm_kernel(backend: str, threads: int) -> float:
-    """Compile the kernel (or load it from the disk cache: about a second either way) on the
-    built-in scene, before any job asks: the kernel takes the scene as array arguments, so this
-    one compilation serves every scene. Returns the seconds it took; a failure here is left for the
-    first real unit to report."""
+    """Compile the kernel (or load it from the disk cache) on the built-in scene, before any job
+    asks: the kernel takes the scene as array arguments, so this one compilation serves every
+    scene with the built-in scene's features (kernels/features.py: diffuse surfaces and area
+    lights); a job's scene with other parts compiles (or loads) its own on its first unit, which
+    the speed estimate leaves out as it does any unit that compiled. Returns the seconds it
+    took; a failure here is left for the first real unit to report."""
     from .render import Renderer
     from .scene.compile import compile_scene
     from .scene.load import load_scene

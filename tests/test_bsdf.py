@@ -17,6 +17,7 @@ from scenes import furnace_scene
 from taichi.math import vec3
 
 from kernels.bsdf import bsdf_eval, bsdf_load, bsdf_sample
+from kernels.features import F_ALL
 from meshrender.compiled import MAT_BASE
 from meshrender.errors import SceneError
 from meshrender.output import read_exr
@@ -35,9 +36,9 @@ def _sample_k(materials: F32_2D, m: ti.i32, inp: F32_2D, out: F32_2D):
     """inp rows: wo (3), u (3); out rows: wi (3), weight (3), pdf, delta, eta."""
     for n in range(inp.shape[0]):
         base = vec3(materials[m, MAT_BASE], materials[m, MAT_BASE + 1], materials[m, MAT_BASE + 2])
-        b = bsdf_load(materials, m, base)
+        b = bsdf_load(F_ALL, materials, m, base)
         wo = vec3(inp[n, 0], inp[n, 1], inp[n, 2])
-        wi, weight, pdf, delta, eta = bsdf_sample(materials, b, wo, inp[n, 3], inp[n, 4], inp[n, 5])
+        wi, weight, pdf, delta, eta = bsdf_sample(F_ALL, materials, b, wo, inp[n, 3], inp[n, 4], inp[n, 5])
         for c in ti.static(range(3)):
             out[n, c] = wi[c]
             out[n, 3 + c] = weight[c]
@@ -51,9 +52,9 @@ def _eval_k(materials: F32_2D, m: ti.i32, inp: F32_2D, out: F32_2D):
     """inp rows: wo (3), wi (3); out rows: f |cos theta_i| (3), pdf."""
     for n in range(inp.shape[0]):
         base = vec3(materials[m, MAT_BASE], materials[m, MAT_BASE + 1], materials[m, MAT_BASE + 2])
-        b = bsdf_load(materials, m, base)
+        b = bsdf_load(F_ALL, materials, m, base)
         wo = vec3(inp[n, 0], inp[n, 1], inp[n, 2])
-        f, pdf = bsdf_eval(materials, b, wo, vec3(inp[n, 3], inp[n, 4], inp[n, 5]))
+        f, pdf = bsdf_eval(F_ALL, materials, b, wo, vec3(inp[n, 3], inp[n, 4], inp[n, 5]))
         for c in ti.static(range(3)):
             out[n, c] = f[c]
         out[n, 3] = pdf

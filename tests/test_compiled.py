@@ -113,6 +113,7 @@ def _set(arr: np.ndarray, where, value) -> np.ndarray:
         ("bvh_links", lambda a: _set(a, (np.flatnonzero(a[:, 1] > 0)[0], 1), -3), "bvh_links"),
         ("materials", lambda a: _set(a, (0, 4), 7.0), "materials"),  # MAT_BASE_TEX: no such tex_refs row
         ("materials", lambda a: _set(a, (0, 4), np.nan), "materials"),
+        ("materials", lambda a: _set(a, (0, 0), 7.0), "material kind"),  # MAT_KIND: no such model
         ("emit_tri", lambda a: _set(a, 0, 10**6), "emit_tri"),
         ("camera", lambda a: a[:3], "camera"),
         ("normals", lambda a: a[:-1], "normals"),
