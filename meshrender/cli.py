@@ -536,6 +536,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from kernels.features import describe
+
     from .output import write_outputs
     from .render import Renderer, render_frame
     from .scene.compile import compile_scene
@@ -571,7 +573,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     kernel_s = renderer.warm_up()
     frame = scene.frames[0]  # an animation: its first frame (the party renders them all)
     units = frame_units(settings, frame=frame)
-    log.info("kernel ready in %.1f s; %d triangles, %d units", kernel_s, scene.triangle_count, len(units))
+    log.info("kernel (%s) ready in %.1f s; %d triangles, %d units", describe(renderer.features), kernel_s,
+             scene.triangle_count, len(units))  # fmt: skip
     t_render = time.perf_counter()
     film = render_frame(renderer, settings, frame=frame, units=units, progress=Progress(sys.stderr.isatty()))
     render_s = time.perf_counter() - t_render
@@ -592,6 +595,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         "resolution": [settings.width, settings.height],
         "backend": renderer.backend.name,
         "backend_info": renderer.backend.to_json(),
+        "kernel_parts": describe(renderer.features),  # what the scene's kernel holds (kernels/features.py)
         "units": len(units),
         "seconds": total_s,
         "timing_s": {

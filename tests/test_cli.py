@@ -32,6 +32,7 @@ def test_render_builtin_json_and_files(tmp_path):
         assert key in rec, key
     assert rec["resolution"] == [40, 32] and rec["spp"] == 4 and rec["backend"] == "x64"
     assert rec["samples_per_second"] > 0 and min(rec["mean_rgb"]) > 0.01
+    assert rec["kernel_parts"] == "diffuse"  # the Cornell box's kernel: no texture, sky or other model
     assert sorted(rec["outputs"]) == sorted(str(tmp_path / f"c.{e}") for e in ("png", "exr", "json"))
     exr = read_exr(tmp_path / "c.exr")
     assert exr.shape == (32, 40, 3)
