@@ -496,6 +496,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         render_on_party,
         start_demo_peers,
         stop_demo_peers,
+        wait_demo_renderers,
     )
     from .jobs import JobDB, JobSpec
     from .node import Peer
@@ -514,6 +515,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     log.info("starting %d peers on loopback (logs in %s)", args.peers, root)
     procs, addrs = start_demo_peers(args.peers, root, threads=demo_threads(args.peers))
     try:
+        wait_demo_renderers(procs, root)
         peer = Peer(home=home, party=DEMO_PARTY, secret=b"demo-secret", bootstrap=addrs, render=False)
         spec = JobSpec(scene_id=scene_id, settings=settings, backend="cpu")
         log.info("rendering %s at %dx%d, %d spp across them", args.scene, settings.width, settings.height,

@@ -333,6 +333,54 @@ def start_demo_peers(count: int, root: Path, *, threads: int) -> tuple[list[subp
     return procs, addrs
 
 
+def wait_demo_renderers(
+    procs: list[subprocess.Popen], root: Path, *, timeout: float = DEMO_START_TIMEOUT_S
+) -> int:
+    """Wait until each demo peer's renderer is up (its "renderer" event), so that the frame is
+    shared by all of them: a member is offered work only once its renderer is ready, and on a
+    loaded machine the first peers can render a small frame before the last one's kernel is
+    loaded. Returns how many are up; one that failed, exited or is still warming after `timeout`
+    is left to join the job when it can (the demo goes on with the others)."""
+    up: set[int] = set()
+    gone: set[int] = set()
+    t0 = told = time.monotonic()
+    while len(up) + len(gone) < len(procs) and time.monotonic() - t0 < timeout:
+        for i, p in enumerate(procs):
+            if i in up or i in gone:
+                continue
+            events = _demo_events(root / f"peer{i + 1}.events")
+            if any(e.get("event") == "renderer" for e in events):
+                up.add(i)
+            elif any(e.get("event") == "renderer-state" and e.get("state") == "failed" for e in events) or (
+                p.poll() is not None
+            ):
+                gone.add(i)
+                log.warning("demo peer %d has no renderer (see %s)", i + 1, root / f"peer{i + 1}.log")
+        if time.monotonic() - told >= STALL_NOTICE_S:
+            told = time.monotonic()
+            log.info("%d of %d demo peers have their renderer up after %.0f s (loading kernels)",
+                     len(up), len(procs), told - t0)  # fmt: skip
+        time.sleep(0.1)
+    return len(up)
+
+
+def _demo_events(path: Path) -> list[dict]:
+    """The JSON events a demo peer printed so far (its pump thread writes them to `path`)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            ev = json.loads(line)
+        except ValueError:  # the line being written, or not an event
+            continue
+        if isinstance(ev, dict):
+            out.append(ev)
+    return out
+
+
 def stop_demo_peers(procs: list[subprocess.Popen]) -> None:
     for p in procs:
         if p.poll() is None:
