@@ -3,7 +3,9 @@
 How: the scenes are written as Mitsuba XML into a work folder (the Cornell box of
 tests/data/cornell_mitsuba at 256x256, depth 8; the 69k-triangle bunny in that box in place
 of its two blocks; the bunny midpoint-subdivided twice, 1.1M triangles, in the same box; the
-rough glass sphere of tests/data/mitsuba at 256x256), and both renderers read those files:
+rough glass sphere of tests/data/mitsuba at 256x256, and the same with the sphere as the 20,480
+triangles meshrender makes of it, since Mitsuba intersects a `sphere` exactly), and both
+renderers read those files:
 Mitsuba's `llvm_ad_rgb` on THREADS threads in a subprocess of the Python that has pip mitsuba
 (`--mitsuba-python`), meshrender in this process on the CPU backend with THREADS threads and a
 warm kernel cache. For each scene both first render once untimed (Dr.Jit's and Taichi's kernels
@@ -106,11 +108,34 @@ def write_scenes(work: Path, only: list[str] | None) -> dict[str, Path]:
     if want("bunny_1m"):
         write_bunny_1m(work / "bunny_1m.ply")
         scenes["bunny_1m"] = bunny_in_box("bunny_1m", "bunny_1m.ply")
+    glass = re.sub(r'name="res" value="\d+"', 'name="res" value="256"', GLASS.read_text())
     if want("glass"):
-        glass = re.sub(r'name="res" value="\d+"', 'name="res" value="256"', GLASS.read_text())
         scenes["glass"] = work / "glass.xml"
         scenes["glass"].write_text(glass)
+    if want("glass_mesh"):  # the same, the sphere as the triangles meshrender makes of it: like for like
+        scenes["glass_mesh"] = work / "glass_mesh.xml"
+        scenes["glass_mesh"].write_text(glass_as_mesh(glass, work / "glass_sphere.ply"))
     return {k: v for k, v in scenes.items() if want(k)}
+
+
+def glass_as_mesh(xml: str, ply: Path) -> str:
+    """The glass scene with its analytic `sphere` (which Mitsuba intersects exactly) replaced by
+    the icosphere meshrender's importer renders it as (20,480 triangles, with its normals)."""
+    from plyfile import PlyData, PlyElement
+
+    from meshrender.scene.mitsuba import _sphere
+
+    m = re.search(r'<shape type="sphere" id="sphere">\s*<point name="center" x="([^"]+)" y="([^"]+)" '
+                  r'z="([^"]+)"/>\s*<float name="radius" value="([^"]+)"/>', xml)  # fmt: skip
+    mesh = _sphere(np.array([float(m[1]), float(m[2]), float(m[3])]), float(m[4]))
+    verts = np.zeros(len(mesh.positions), dtype=[(k, "f4") for k in ("x", "y", "z", "nx", "ny", "nz")])
+    for k, col in zip(("x", "y", "z"), mesh.positions.T, strict=True):
+        verts[k] = col
+    for k, col in zip(("nx", "ny", "nz"), mesh.normals.T, strict=True):
+        verts[k] = col
+    faces = np.array([(tuple(f),) for f in mesh.indices], dtype=[("vertex_indices", "i4", (3,))])
+    PlyData([PlyElement.describe(verts, "vertex"), PlyElement.describe(faces, "face")]).write(str(ply))
+    return xml.replace(m[0], f'<shape type="ply" id="sphere"><string name="filename" value="{ply.name}"/>')
 
 
 def write_bunny_1m(path: Path) -> None:
@@ -220,7 +245,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spp", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", nargs="*", default=None, help="cornell, bunny, bunny_1m, glass (default: all)")
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="cornell, bunny, bunny_1m, glass, glass_mesh (default: all)")  # fmt: skip
     ap.add_argument("--mitsuba-python", help="a Python with mitsuba 3.9.1 (default: "
                     "$MESHRENDER_MITSUBA_PYTHON, else ../mitsuba-venv/bin/python beside the checkout)",
                     default=os.environ.get("MESHRENDER_MITSUBA_PYTHON",
