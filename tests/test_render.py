@@ -43,6 +43,22 @@ def test_one_unit_equals_16_buckets_x_4_passes_in_any_order(cornell, renderer_fo
     assert not np.array_equal(bits(other.sums), bits(split.sums))
 
 
+def test_sums_written_into_host_arrays_equal_the_device_buffer_path(cornell, renderer_for):
+    """On the CPU the kernel writes each pass into the unit's numpy arrays; on a GPU it writes
+    device buffers that are copied out. Both ways, here on the CPU, give the same bits."""
+    r = renderer_for(cornell)
+    units = frame_units(SMALL)[:8]
+    host = render_frame(r, SMALL, units=units)
+    r.device_out = True
+    try:
+        device = render_frame(r, SMALL, units=units)
+    finally:
+        r.device_out = False
+    assert host.image().mean() > 0.0
+    assert np.array_equal(bits(host.sums), bits(device.sums))
+    assert np.array_equal(bits(host.aov_sums), bits(device.aov_sums))
+
+
 SUBPROCESS_RENDER = """
 import sys, numpy as np, msgspec
 from meshrender.scene.compile import compile_scene
