@@ -615,25 +615,29 @@ def render_rect(
                 dim = DIM_BOUNCE + b * DIMS_PER_BOUNCE
                 # glTF alpha: through cut-outs (MASK) and, stochastically, BLEND surfaces; hit.t
                 # stays the distance from ro, so emission's MIS below sees the whole segment.
-                # One traversal call site for the first hit and the ones behind cut-outs.
+                # One traversal call site for the first hit and the ones behind cut-outs; a
+                # kernel without alpha (kernels/features.py) has the first hit alone.
                 hit = Hit(t=ti.math.inf, u=0.0, v=0.0, tri=-1)
-                o_a = ro
-                t_a = 0.0
-                n_skip = 0
-                while True:
-                    hit = intersect(tri_pe, bvh_node, o_a, rd, ti.math.inf, 0)
-                    hit.t += t_a
-                    if hit.tri < 0 or n_skip >= ALPHA_SKIPS_MAX:
-                        break
-                    dim_a = (dim + DIMS_PER_BOUNCE) * ALPHA_SKIPS_MAX + n_skip
-                    if alpha_passes(
-                        features, materials, tri_material, uvs, indices, tex_texels, tex_info, tex_refs,
-                        srgb_lut, n_tex, hit.tri, hit.u, hit.v, key ^ ti.u32(ALPHA_SALT_PATH), dim_a,
-                    ) == 0:  # fmt: skip
-                        break
-                    o_a = offset_origin(ro + hit.t * rd, face_normal(tri_pe, hit.tri), rd)
-                    t_a = (o_a - ro).dot(rd)
-                    n_skip += 1
+                if ti.static(features & F_ALPHA):
+                    o_a = ro
+                    t_a = 0.0
+                    n_skip = 0
+                    while True:
+                        hit = intersect(tri_pe, bvh_node, o_a, rd, ti.math.inf, 0)
+                        hit.t += t_a
+                        if hit.tri < 0 or n_skip >= ALPHA_SKIPS_MAX:
+                            break
+                        dim_a = (dim + DIMS_PER_BOUNCE) * ALPHA_SKIPS_MAX + n_skip
+                        if alpha_passes(
+                            features, materials, tri_material, uvs, indices, tex_texels, tex_info, tex_refs,
+                            srgb_lut, n_tex, hit.tri, hit.u, hit.v, key ^ ti.u32(ALPHA_SALT_PATH), dim_a,
+                        ) == 0:  # fmt: skip
+                            break
+                        o_a = offset_origin(ro + hit.t * rd, face_normal(tri_pe, hit.tri), rd)
+                        t_a = (o_a - ro).dot(rd)
+                        n_skip += 1
+                else:  # no cut-outs: the first hit is the hit
+                    hit = intersect(tri_pe, bvh_node, ro, rd, ti.math.inf, 0)
                 if hit.tri < 0:
                     # the ray escapes: the environment and the suns' discs of directions, each
                     # MIS-weighted against the BSDF sample that led here (a camera ray: weight 1)
@@ -805,36 +809,40 @@ def render_rect(
                             t_sh *= 1.0 - SHADOW_SLACK
                         # any hit blocks, unless it is a cut-out: then the segment is walked in
                         # order from its start, through what `alpha_passes` lets by; past
-                        # ALPHA_SKIPS_MAX surfaces it is blocked. One traversal call site.
+                        # ALPHA_SKIPS_MAX surfaces it is blocked. One traversal call site (in a
+                        # kernel without alpha, the any-hit query alone).
                         blocker = -1
-                        o_s = o_sh
-                        t_left = t_sh
-                        n_s = 0
-                        any_hit = 1
-                        while True:
-                            sh = intersect(tri_pe, bvh_node, o_s, d_sh, t_left, any_hit)
-                            if sh.tri < 0:
-                                break
-                            if any_hit != 0:
-                                if materials[tri_material[sh.tri], MAT_ALPHA_MODE] == ALPHA_OPAQUE:
+                        if ti.static(features & F_ALPHA):
+                            o_s = o_sh
+                            t_left = t_sh
+                            n_s = 0
+                            any_hit = 1
+                            while True:
+                                sh = intersect(tri_pe, bvh_node, o_s, d_sh, t_left, any_hit)
+                                if sh.tri < 0:
+                                    break
+                                if any_hit != 0:
+                                    if materials[tri_material[sh.tri], MAT_ALPHA_MODE] == ALPHA_OPAQUE:
+                                        blocker = sh.tri
+                                        break
+                                    any_hit = 0
+                                    continue
+                                if n_s >= ALPHA_SKIPS_MAX or alpha_passes(
+                                    features, materials, tri_material, uvs, indices, tex_texels, tex_info,
+                                    tex_refs, srgb_lut, n_tex, sh.tri, sh.u, sh.v,
+                                    key ^ ti.u32(ALPHA_SALT_SHADOW),
+                                    (dim + DIMS_PER_BOUNCE) * ALPHA_SKIPS_MAX + n_s,
+                                ) == 0:  # fmt: skip
                                     blocker = sh.tri
                                     break
-                                any_hit = 0
-                                continue
-                            if n_s >= ALPHA_SKIPS_MAX or alpha_passes(
-                                features, materials, tri_material, uvs, indices, tex_texels, tex_info,
-                                tex_refs, srgb_lut, n_tex, sh.tri, sh.u, sh.v,
-                                key ^ ti.u32(ALPHA_SALT_SHADOW),
-                                (dim + DIMS_PER_BOUNCE) * ALPHA_SKIPS_MAX + n_s,
-                            ) == 0:  # fmt: skip
-                                blocker = sh.tri
-                                break
-                            o2 = offset_origin(o_s + sh.t * d_sh, face_normal(tri_pe, sh.tri), d_sh)
-                            t_left -= (o2 - o_s).dot(d_sh)
-                            o_s = o2
-                            n_s += 1
-                            if t_left <= 0.0:
-                                break
+                                o2 = offset_origin(o_s + sh.t * d_sh, face_normal(tri_pe, sh.tri), d_sh)
+                                t_left -= (o2 - o_s).dot(d_sh)
+                                o_s = o2
+                                n_s += 1
+                                if t_left <= 0.0:
+                                    break
+                        else:  # no cut-outs: any hit blocks
+                            blocker = intersect(tri_pe, bvh_node, o_sh, d_sh, t_sh, 1).tri
                         if blocker < 0:
                             mis = 1.0 if light_delta != 0 else power_heuristic(pdf_light, pdf_b)
                             L += beta * f * li * (mis / pdf_light)
