@@ -7,10 +7,10 @@ How it works
   * Random numbers are a counter-based hash: key = H(seed, frame, pixel, sample), and the value
     for dimension d is H(key + d * golden). Dimensions are laid out per bounce (DIM_* below), so a
     sample's path never depends on other samples or on thread scheduling.
-  * Triangles are stored in BVH leaf order; traversal is a stack walk over the flattened nodes
-    (see meshrender.compiled for the layout; the kernel reads them as one row per node, box and
-    links, and each triangle as one row of p0 and its edges: meshrender.render.traversal_arrays),
-    nearer child first.
+  * Triangles are stored in BVH leaf order; traversal is a stack walk over the scene's binary
+    tree collapsed into nodes of four (meshrender.bvh_wide has the rows: four children's boxes
+    and links per row), nearest child first; each triangle is one row of p0 and its edges
+    (meshrender.render.traversal_arrays).
   * Pixels go to the CPU threads PIXELS_PER_TASK at a time, whichever thread is free
     (kernels.backend turns Taichi's one-chunk-per-thread split off); nothing a pixel gets
     depends on which thread renders it.
@@ -68,7 +68,7 @@ of features is compiled once per process and cached on disk by Taichi's offline 
 import math  # no "from __future__ import annotations": Taichi reads the annotations as objects
 
 import taichi as ti
-from taichi.math import vec2, vec3
+from taichi.math import vec2, vec3, vec4
 
 from kernels.aov import clamp01, delta_tint, facing_normal, surface_albedo
 from kernels.bsdf import KIND_GLTF, bsdf_eval, bsdf_has_smooth, bsdf_load, bsdf_sample, gltf_alpha
@@ -82,6 +82,7 @@ from kernels.lights import (
     punctual_sample,
     suns_eval,
 )
+from meshrender.bvh_wide import EMPTY, LEAF_COUNT_BITS, STACK_DEPTH, WIDE_FLOATS, WIDE_LINKS
 from meshrender.compiled import (
     ALPHA_MASK,
     ALPHA_OPAQUE,
@@ -116,7 +117,8 @@ from meshrender.compiled import (
 
 PI = math.pi
 INV_PI = 1.0 / math.pi
-STACK_DEPTH = 64  # BVH depth bound: the binned-SAH builder stays far below this for any real mesh
+LEAF_COUNT_MASK = (1 << LEAF_COUNT_BITS) - 1
+LINK_EMPTY = int(EMPTY)
 RAY_EPS = 1e-4  # origin offset along the normal, relative to the hit point's magnitude (>= 1)
 SHADOW_SLACK = 1e-5  # shadow segments stop this fraction short of the (already lifted) light point
 RR_Q_MAX = 0.95  # Russian roulette survival cap, as Mitsuba: bounds the path length in bright scenes
@@ -220,39 +222,6 @@ def safe_inv(d: vec3) -> vec3:
 
 
 @ti.func
-def box_entry(bounds: ti.template(), node: ti.i32, o: vec3, inv_d: vec3, t_max: ti.f32) -> ti.f32:
-    """Entry distance of the ray into the node's box, or +inf when it misses within [0, t_max]."""
-    b = bounds[node]
-    tx0 = (b[0] - o.x) * inv_d.x
-    tx1 = (b[3] - o.x) * inv_d.x
-    ty0 = (b[1] - o.y) * inv_d.y
-    ty1 = (b[4] - o.y) * inv_d.y
-    tz0 = (b[2] - o.z) * inv_d.z
-    tz1 = (b[5] - o.z) * inv_d.z
-    # min and max as selects, not ti.min / ti.max: those are IEEE minNum / maxNum, whose NaN
-    # rule costs a compare and a blend each, where a select is one minss / maxss. The same
-    # numbers for any ray that is not NaN (inv_d is finite; a NaN ray's sample is dropped).
-    # Written out, not as ti.funcs: each call site is another AST walk at every start.
-    nx = ti.select(tx0 < tx1, tx0, tx1)
-    fx = ti.select(tx0 > tx1, tx0, tx1)
-    ny = ti.select(ty0 < ty1, ty0, ty1)
-    fy = ti.select(ty0 > ty1, ty0, ty1)
-    nz = ti.select(tz0 < tz1, tz0, tz1)
-    fz = ti.select(tz0 > tz1, tz0, tz1)
-    nz = ti.select(nz > 0.0, nz, 0.0)
-    fz = ti.select(fz < t_max, fz, t_max)
-    nxy = ti.select(nx > ny, nx, ny)
-    fxy = ti.select(fx < fy, fx, fy)
-    t_near = ti.select(nxy > nz, nxy, nz)
-    t_far = ti.select(fxy < fz, fxy, fz)
-    # 1 + 2 ulp-ish slack so a ray grazing a face of a flat box is not lost to rounding
-    res = ti.math.inf
-    if t_near <= t_far * 1.00000024:
-        res = t_near
-    return res
-
-
-@ti.func
 def tri_vertices(positions: ti.template(), indices: ti.template(), tri: ti.i32):
     i0 = indices[tri, 0]
     i1 = indices[tri, 1]
@@ -295,65 +264,83 @@ def tri_hit(tri_pe: ti.template(), tri: ti.i32, o: vec3, d: vec3):
 @ti.func
 def intersect(
     tri_pe: ti.template(),
-    bounds: ti.template(),
+    nodes: ti.template(),
     o: vec3,
     d: vec3,
     t_max: ti.f32,
     any_hit: ti.i32,
 ):
     """Closest hit along o + t d for t in (0, t_max); with any_hit != 0, stop at the first one.
+    Walks the 4-wide tree (meshrender.bvh_wide has the rows): a step pops a node, tests its four
+    boxes against the ray up to the nearest hit so far, and pushes the children it enters, farthest
+    first, so the nearest is walked next; a leaf link popped is a run of triangles.
     Every call site inlines the whole traversal (Taichi inlines ti.funcs) and adds to the
     kernel's compile time: the bounce loop keeps one for its path ray and one for its shadow
     ray (any_hit is a runtime flag so the shadow ray's alpha walk can share it)."""
     hit = Hit(t=t_max, u=0.0, v=0.0, tri=-1)
     inv_d = safe_inv(d)
     stack = ti.Vector([0] * STACK_DEPTH, dt=ti.i32)
-    sp = 0
-    node = 0
-    if box_entry(bounds, 0, o, inv_d, t_max) == ti.math.inf:
-        node = -1
-    while node >= 0:
-        row = bounds[node]
-        count = ti.bit_cast(row[7], ti.i32)
-        if count > 0:
-            first = ti.bit_cast(row[6], ti.i32)
-            for k in range(first, first + count):
+    sp = 1  # stack[0] = 0: the root
+    while sp > 0:
+        sp -= 1
+        item = stack[sp]
+        if item < 0:  # a leaf: ~(first << 3 | count)
+            code = ~item
+            first = code >> LEAF_COUNT_BITS
+            for k in range(first, first + (code & LEAF_COUNT_MASK)):
                 t, u, v = tri_hit(tri_pe, k, o, d)
                 if t < hit.t:
                     hit.t = t
                     hit.u = u
                     hit.v = v
                     hit.tri = k
-            node = -1
             if any_hit != 0 and hit.tri >= 0:
                 sp = 0
-            if sp > 0:
-                sp -= 1
-                node = stack[sp]
         else:
-            left = node + 1
-            right = ti.bit_cast(row[6], ti.i32)
-            tl = box_entry(bounds, left, o, inv_d, hit.t)
-            tr = box_entry(bounds, right, o, inv_d, hit.t)
-            if tl == ti.math.inf and tr == ti.math.inf:
-                node = -1
-                if sp > 0:
-                    sp -= 1
-                    node = stack[sp]
-            elif tl == ti.math.inf:
-                node = right
-            elif tr == ti.math.inf:
-                node = left
-            else:
-                near = left
-                far = right
-                if tr < tl:
-                    near = right
-                    far = left
-                if sp < STACK_DEPTH:
-                    stack[sp] = far
+            r = nodes[item]
+            ts = vec4(0.0)
+            cs = ti.Vector([0, 0, 0, 0], dt=ti.i32)
+            for c in ti.static(range(4)):
+                # the slab test; min and max as selects, not ti.min / ti.max: those are IEEE
+                # minNum / maxNum, whose NaN rule costs a compare and a blend each, where a select
+                # is one minss / maxss (the same numbers for any ray that is not NaN: inv_d is
+                # finite, and a NaN ray's sample is dropped)
+                tx0 = (r[c] - o.x) * inv_d.x
+                tx1 = (r[12 + c] - o.x) * inv_d.x
+                ty0 = (r[4 + c] - o.y) * inv_d.y
+                ty1 = (r[16 + c] - o.y) * inv_d.y
+                tz0 = (r[8 + c] - o.z) * inv_d.z
+                tz1 = (r[20 + c] - o.z) * inv_d.z
+                nx = ti.select(tx0 < tx1, tx0, tx1)
+                fx = ti.select(tx0 > tx1, tx0, tx1)
+                ny = ti.select(ty0 < ty1, ty0, ty1)
+                fy = ti.select(ty0 > ty1, ty0, ty1)
+                nz = ti.select(tz0 < tz1, tz0, tz1)
+                fz = ti.select(tz0 > tz1, tz0, tz1)
+                nz = ti.select(nz > 0.0, nz, 0.0)
+                fz = ti.select(fz < hit.t, fz, hit.t)
+                nxy = ti.select(nx > ny, nx, ny)
+                fxy = ti.select(fx < fy, fx, fy)
+                t_near = ti.select(nxy > nz, nxy, nz)
+                t_far = ti.select(fxy < fz, fxy, fz)
+                link = ti.bit_cast(r[WIDE_LINKS + c], ti.i32)
+                cs[c] = link
+                # 1 + 2 ulp-ish slack so a ray grazing a face of a flat box is not lost to rounding
+                ts[c] = ti.select((t_near <= t_far * 1.00000024) & (link != LINK_EMPTY), t_near, ti.math.inf)
+            # farthest first: a sorting network, descending (branches, which measured faster than
+            # selects here)
+            for a, b in ti.static(((0, 1), (2, 3), (0, 2), (1, 3), (1, 2))):
+                if ts[a] < ts[b]:
+                    tt = ts[a]
+                    ts[a] = ts[b]
+                    ts[b] = tt
+                    cc = cs[a]
+                    cs[a] = cs[b]
+                    cs[b] = cc
+            for c in ti.static(range(4)):
+                if ts[c] != ti.math.inf:  # room by construction (meshrender.bvh_wide's stack bound)
+                    stack[sp] = cs[c]
                     sp += 1
-                node = near
     return hit
 
 
@@ -552,7 +539,7 @@ def render_rect(
     indices: I32_2D,
     tri_material: I32_1D,
     materials: F32_2D,
-    bvh_node: ti.types.ndarray(dtype=ti.types.vector(8, ti.f32), ndim=1),
+    bvh_node: ti.types.ndarray(dtype=ti.types.vector(WIDE_FLOATS, ti.f32), ndim=1),
     tri_pe: ti.types.ndarray(dtype=ti.types.vector(9, ti.f32), ndim=1),
     emit_tri: I32_1D,
     emit_cdf: F32_1D,

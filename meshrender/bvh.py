@@ -55,7 +55,7 @@ INTERSECT_COST = 1.0  # SAH cost of one ray-triangle test; on a GPU about the sa
 # A node of n >= 2 * SAMPLE_TRIS triangles bins a sample of every (n // SAMPLE_TRIS)-th. On the 1.1M-triangle
 # bunny: SAH cost 0.3% over binning them all (1.1% at 512, 0.2% at 2048) for a build a third shorter.
 SAMPLE_TRIS = 1024
-DEPTH_MAX = 63  # deepest leaf (the root is 0): the kernel's traversal stack holds STACK_DEPTH = 64 nodes
+DEPTH_MAX = 63  # deepest leaf (the root is 0): meshrender.bvh_wide sizes the kernel's traversal stack for it
 # A level whose unbinned nodes (<= LEAF_TRIS_MAX triangles) hold under 1 / _BIN_ALL_SHARE of its triangles
 # bins them along with the rest rather than gathering the rest out: nine gathers cost about what binning
 # an eighth more triangles does.

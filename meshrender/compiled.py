@@ -39,6 +39,8 @@ import msgspec
 import numpy as np
 from msgspec import Meta
 
+from .bvh import DEPTH_MAX
+from .bvh_wide import FIRST_TRI_MAX, LEAF_TRIS_LINKED
 from .settings import RenderSettings
 
 FORMAT_VERSION = 4  # 2: mesh_vertex_ranges; 3: materials and lights of Step 8; 4: glTF texture slots
@@ -250,6 +252,8 @@ def _check_bvh(links: np.ndarray, tris: int, bad) -> None:
         bad("bvh_links", "a negative triangle count")
     if np.any(leaf & ((a < 0) | (a + b > tris))):
         bad("bvh_links", f"a leaf whose triangles reach past the {tris} triangles")
+    if np.any(leaf & ((b > LEAF_TRIS_LINKED) | (a > FIRST_TRI_MAX))):  # what the kernel's tree can name
+        bad("bvh_links", f"a leaf of more than {LEAF_TRIS_LINKED} triangles or past triangle {FIRST_TRI_MAX}")
     node = np.arange(n, dtype=np.int64)
     inner = ~leaf
     left, right = node[inner] + 1, a[inner]
@@ -258,6 +262,14 @@ def _check_bvh(links: np.ndarray, tris: int, bad) -> None:
     parents = np.bincount(np.concatenate([left, right]), minlength=n)
     if parents[0] != 0 or np.any(parents[1:] != 1):
         bad("bvh_links", "not a tree: a node with no parent or with more than one")
+    level = np.zeros(1, np.int64)  # the root; then each level's nodes, at most DEPTH_MAX + 1 levels
+    for _ in range(DEPTH_MAX):
+        level = level[~leaf[level]]
+        level = np.concatenate([level + 1, a[level]])
+        if not len(level):
+            break
+    if len(level) and not np.all(leaf[level]):  # the kernel's traversal stack is sized for this
+        bad("bvh_links", f"a tree deeper than {DEPTH_MAX} levels")
 
 
 class ArrayRecord(msgspec.Struct, frozen=True, array_like=True):

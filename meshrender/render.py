@@ -17,6 +17,7 @@ import numpy as np
 
 from kernels.features import features_of
 
+from .bvh_wide import wide_nodes
 from .compiled import LIGHT_ANGLE, LIGHT_KIND, LIGHT_SUN, CompiledScene
 from .film import Film
 from .scene.compile import camera_at, camera_tangents
@@ -219,10 +220,11 @@ def traversal_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         triangle test and for face normals in place of indices and positions (the float32
         differences are the ones the kernel made itself before, bit for bit). 5% more samples
         per CPU-second on the Cornell box, up to 8% on the bunny in it.
-      * `bvh_node` (nodes, 8): the node's box (bvh_bounds) and its links (bvh_links' two int32,
-        as float32 bits): a traversal step reads one row. With the rows as vectors, 2-5% more.
-    Both child boxes in the parent's row (one read per traversal step) gave nothing, and was
-    left out (issue 16's notes)."""
+      * `bvh_node` (wide nodes, WIDE_FLOATS): the binary tree (bvh_bounds, bvh_links) collapsed
+        into nodes of four children (meshrender.bvh_wide): a traversal step reads one row and tests
+        four boxes. 1.2-1.25x the rays per second of the binary walk, whose rows (one box and its
+        links) it replaces; before that, rows as vectors in place of floats gave 2-5%, and both
+        child boxes in the parent's row gave nothing (issue 16's notes)."""
     idx = arrays["indices"]
     tri_pe = np.zeros((max(1, len(idx)), 9), np.float32)
     if len(idx):
@@ -230,11 +232,7 @@ def traversal_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tri_pe[:, 0:3] = v[:, 0]
         tri_pe[:, 3:6] = v[:, 1] - v[:, 0]
         tri_pe[:, 6:9] = v[:, 2] - v[:, 0]
-    box, links = arrays["bvh_bounds"], arrays["bvh_links"]
-    bvh_node = np.zeros((max(1, len(box)), 8), np.float32)
-    if len(box):
-        bvh_node[:, :6] = box
-        bvh_node[:, 6:] = np.ascontiguousarray(links, np.int32).view(np.float32)
+    bvh_node = wide_nodes(arrays["bvh_bounds"], arrays["bvh_links"])
     return {"tri_pe": tri_pe, "bvh_node": bvh_node}
 
 

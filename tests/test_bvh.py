@@ -298,7 +298,7 @@ def test_sampled_top_levels_keep_the_tree_good():
 
 @pytest.mark.parametrize("depth_max", [10, 12])
 def test_depth_stays_within_the_kernel_stack(depth_max):
-    # The kernel's traversal stack bounds the depth (DEPTH_MAX = STACK_DEPTH - 1). Squeeze the budget on
+    # The kernel's traversal stack is sized for DEPTH_MAX (meshrender.bvh_wide). Squeeze the budget on
     # a soup whose SAH tree is deeper (14; halving by count needs 10): the build must halve where it
     # runs short, and still find every hit. (The 1.1M-triangle bunny stays at 23 of the real 63.)
     soup = random_soup(3000, seed=42)

@@ -1,0 +1,127 @@
+"""The kernel's 4-wide BVH: the binary tree of a compiled scene collapsed, at upload, into nodes of four.
+
+How it works
+  * The compiled scene keeps the binary tree (meshrender.bvh; its arrays are what a store holds and
+    a peer checks). The kernel walks this wide form of it: each node holds up to four children's boxes
+    side by side, so one step tests four boxes, and the walk takes about a quarter of the steps (and
+    of the stack pushes and pops) the binary tree would. 1.2-1.25x the rays per second of the binary
+    walk on the Cornell box, the bunny and a 20k-triangle sphere (issue 16's notes).
+  * Collapse: a binary interior node becomes a wide node whose children start as its two; then, twice,
+    the interior child with the largest surface area is replaced by its own two children (so the
+    children are the subtrees a ray is most likely to enter). A child that is a binary leaf stays a leaf
+    reference; one that is interior becomes the next wide node. Breadth first, one level of the wide
+    tree at a time, in numpy: no Python work per node.
+  * Row layout, WIDE_FLOATS float32 per node: lo x of children 0-3, lo y 0-3, lo z 0-3, then hi x, y, z
+    the same way (each axis' four values side by side), then the four children's links as int32 bits:
+    a wide node's index (>= 0), a leaf as ~(first triangle << 3 | count) (< 0; count <= 7), or EMPTY.
+    The boxes are the binary nodes' own float32 boxes, so a wide walk finds what the binary walk
+    finds, bit for bit (the same triangle tests on the same boxes' contents).
+  * Stack bound: the kernel pops a node and pushes its hit children, so a node's children can need
+    the stack to hold need(node) - 1 + children entries (need(root) = 1). A node is widened only while
+    need + 3 + (DEPTH_MAX - its binary depth) <= STACK_DEPTH; past that it keeps its two children, as
+    the binary walk would, which adds one entry per binary level. So the stack never overflows for any
+    tree of depth <= DEPTH_MAX (check_arrays refuses deeper ones); real trees (the 1.1M-triangle bunny's
+    is 23 deep) are four-wide all the way down.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from meshrender.bvh import DEPTH_MAX
+
+WIDTH = 4  # children per node: four boxes per step; eight would need a sort of eight in the kernel
+WIDE_FLOATS = 28  # 24 box floats + 4 links (112 bytes, under two cache lines)
+WIDE_LINKS = 24  # the column where the four links start
+EMPTY = np.int32(-(2**31))  # an unused child slot
+LEAF_COUNT_BITS = 3  # a leaf link holds its count in the low bits (meshrender.bvh.LEAF_TRIS_MAX <= 7)
+LEAF_TRIS_LINKED = 2**LEAF_COUNT_BITS - 1  # the most triangles a leaf link can hold
+FIRST_TRI_MAX = 2 ** (31 - LEAF_COUNT_BITS) - 1  # the largest first triangle a leaf link can name
+STACK_DEPTH = 96  # the kernel's traversal stack, in entries: see "Stack bound" above
+
+
+def leaf_link(first: np.ndarray, count: np.ndarray) -> np.ndarray:
+    return ~((first.astype(np.int64) << LEAF_COUNT_BITS) | count).astype(np.int32)
+
+
+def wide_nodes(bounds: np.ndarray, links: np.ndarray) -> np.ndarray:
+    """(M, WIDE_FLOATS) float32 rows of the wide tree made from a binary one (meshrender.bvh.BVH's
+    bounds and links, as check_arrays accepts them); row 0 is the root. A tree of no nodes gives one
+    row with every slot EMPTY; a root that is a leaf gives a root with that leaf as its one child."""
+    n = len(links)
+    first_or_right = links[:, 0].astype(np.int64)
+    count = links[:, 1].astype(np.int64)
+    if n and (count.max() > LEAF_TRIS_LINKED or first_or_right[count > 0].max(initial=0) > FIRST_TRI_MAX):
+        raise ValueError("bvh: a leaf too large, or a triangle index too high, for the kernel's leaf links")
+    row = np.zeros((1, WIDE_FLOATS), np.float32)
+    row[0, WIDE_LINKS:].view(np.int32)[:] = EMPTY
+    if n == 0:
+        return row
+    if count[0] > 0:  # the root is a leaf: one wide node with it as its only child
+        row[0, 0:24:WIDTH] = bounds[0]
+        row[0, WIDE_LINKS:].view(np.int32)[0] = leaf_link(first_or_right[:1], count[:1])[0]
+        return row
+    is_leaf = np.append(count > 0, True)  # index n: the EMPTY slot (-1) reads as a leaf, never expanded
+    ext = (bounds[:, 3:] - bounds[:, :3]).astype(np.float64)
+    area = np.append(ext[:, 0] * ext[:, 1] + ext[:, 1] * ext[:, 2] + ext[:, 2] * ext[:, 0], -1.0)
+    left = np.arange(1, n + 1, dtype=np.int64)
+    right = first_or_right
+
+    levels = []
+    frontier = np.zeros(1, np.int64)  # binary interior nodes: the wide nodes of this level, in id order
+    need = np.ones(1, np.int64)  # the stack entries that a level's node's children may need, less its own
+    depth = np.zeros(1, np.int64)  # binary depth of each frontier node
+    base = 0  # the wide id of the frontier's first node
+    for _ in range(DEPTH_MAX + 2):
+        if not len(frontier):
+            break
+        f = len(frontier)
+        kids = np.full((f, WIDTH), -1, np.int64)  # binary node ids, -1 for an unused slot
+        kid_depth = np.zeros((f, WIDTH), np.int64)
+        kids[:, 0], kids[:, 1] = left[frontier], right[frontier]
+        kid_depth[:, :2] = depth[:, None] + 1
+        may_widen = need + 3 + (DEPTH_MAX - depth) <= STACK_DEPTH
+        rows = np.arange(f)
+        for slot in range(2, WIDTH):
+            a = np.where(is_leaf[kids[:, :slot]], -1.0, area[kids[:, :slot]])
+            j = np.argmax(a, axis=1)  # ties: the lowest slot
+            ok = may_widen & (a[rows, j] >= 0)
+            r, jj = rows[ok], j[ok]
+            split = kids[r, jj]
+            kids[r, jj], kids[r, slot] = left[split], right[split]
+            kid_depth[r, jj] += 1
+            kid_depth[r, slot] = kid_depth[r, jj]
+        used = kids >= 0
+        inner = used & ~is_leaf[kids]
+        next_base = base + f
+        wide_id = np.full((f, WIDTH), -1, np.int64)
+        wide_id[inner] = next_base + np.arange(int(inner.sum()))
+        k = np.where(used, kids, 0)
+        link = np.where(inner, wide_id, leaf_link(first_or_right[k], count[k])).astype(np.int32)
+        link[~used] = EMPTY
+        out = np.zeros((f, WIDE_FLOATS), np.float32)
+        box = np.where(used[:, :, None], bounds[k], 0.0).astype(np.float32)  # (f, WIDTH, 6)
+        out[:, :24] = box.transpose(0, 2, 1).reshape(f, 24)  # axis-major: lo x 0-3, lo y 0-3, ...
+        out[:, WIDE_LINKS:] = link.view(np.float32)
+        levels.append(out)
+        child_need = need[:, None] + used.sum(axis=1, keepdims=True) - 1
+        frontier, need, depth = kids[inner], np.broadcast_to(child_need, kids.shape)[inner], kid_depth[inner]
+        base = next_base
+    else:
+        raise ValueError(f"bvh: deeper than {DEPTH_MAX} levels")
+    return np.concatenate(levels)
+
+
+def stack_need(nodes: np.ndarray) -> int:
+    """The most traversal stack entries a walk of `nodes` can hold at once (for tests and checks)."""
+    links = nodes[:, WIDE_LINKS:].view(np.int32)
+    need = np.zeros(len(nodes), np.int64)
+    need[0] = 1
+    most = 1
+    for i in range(len(nodes)):  # a parent's row comes before its children's (breadth first)
+        used = links[i] != EMPTY
+        child = need[i] - 1 + int(used.sum())
+        most = max(most, child)
+        inner = links[i][used & (links[i] >= 0)]
+        need[inner] = child
+    return most

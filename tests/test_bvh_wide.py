@@ -1,0 +1,230 @@
+"""The kernel's 4-wide tree (meshrender.bvh_wide) and the kernel's walk of it.
+
+The structural checks read the wide rows on their own: every triangle under exactly one leaf
+link, each child's box the box of the binary node it stands for, and the traversal stack bound,
+also on the deepest trees check_arrays accepts. The kernel checks run kernels.tracer.intersect
+itself, in a small kernel of their own, against a loop over every triangle with the kernel's own
+triangle test: the walk may only skip boxes that hold nothing nearer, so the t is the same bits.
+"""
+
+import numpy as np  # no "from __future__ import annotations": Taichi reads the kernels' annotations
+import pytest
+import taichi as ti
+from taichi.math import vec3
+from test_bvh import bunny, random_soup, rays_at
+
+from kernels.tracer import intersect, tri_hit
+from meshrender.bvh import DEPTH_MAX, build_bvh
+from meshrender.bvh_wide import EMPTY, STACK_DEPTH, WIDE_FLOATS, WIDE_LINKS, stack_need, wide_nodes
+from meshrender.compiled import check_arrays
+from meshrender.render import traversal_arrays
+
+# ---------------------------------------------------------------- structure
+
+
+def binary_of_box(bounds):
+    """Binary node id by box bytes (boxes of distinct nodes can coincide: then any of them)."""
+    return {bounds[i].tobytes(): i for i in range(len(bounds))}
+
+
+def check_wide(bounds, links, n_tris) -> np.ndarray:
+    nodes = wide_nodes(bounds, links)
+    assert nodes.dtype == np.float32 and nodes.shape[1] == WIDE_FLOATS
+    kid = nodes[:, WIDE_LINKS:].view(np.int32)
+    used = kid != EMPTY
+    assert np.all(used.sum(axis=1) >= 1)
+    inner = kid[used & (kid >= 0)]
+    # a tree: every wide node but the root is named once, by an earlier row (breadth first)
+    np.testing.assert_array_equal(np.sort(inner), np.arange(1, len(nodes)))
+    parent_row = np.repeat(np.arange(len(nodes))[:, None], 4, axis=1)[used & (kid >= 0)]
+    assert np.all(parent_row < inner)
+    # leaves: each triangle exactly once, in runs of 1..7
+    code = ~kid[used & (kid < 0)]
+    first, count = code >> 3, code & 7
+    cover = np.zeros(n_tris, np.int64)
+    for f, c in zip(first, count, strict=True):
+        assert c >= 1
+        cover[f : f + c] += 1
+    np.testing.assert_array_equal(cover, 1)
+    # each child's box is a binary node's box, bit for bit, and a leaf link's is that leaf's
+    by_box = binary_of_box(bounds)
+    boxes = nodes[:, :24].reshape(-1, 6, 4).transpose(0, 2, 1)  # (row, child, lo xyz hi xyz)
+    for r, c in zip(*np.nonzero(used), strict=True):
+        b = by_box.get(np.ascontiguousarray(boxes[r, c]).tobytes())
+        assert b is not None, f"row {r} child {c}: a box that is no binary node's"
+        if kid[r, c] < 0:
+            assert links[b, 1] > 0 and (~kid[r, c]) >> 3 == links[b, 0]
+    assert stack_need(nodes) <= STACK_DEPTH
+    # widened wherever it could be: a node of fewer than four children has only leaves among them
+    # (none of these trees comes near the stack bound, which would keep nodes two wide)
+    narrow = used.sum(axis=1) < 4
+    assert not np.any((kid[narrow] >= 0) & used[narrow])
+    return nodes
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 300, 4000])
+def test_soup_collapses_into_a_tree_of_four(n):
+    soup = random_soup(n, seed=n)
+    bvh = build_bvh(*soup)
+    nodes = check_wide(bvh.bounds, bvh.links, n)
+    if n >= 300:
+        kid = nodes[:, WIDE_LINKS:].view(np.int32)
+        assert np.mean(np.sum(kid != EMPTY, axis=1)) > 3
+        assert len(nodes) < 0.5 * (bvh.node_count - bvh.leaf_count)
+
+
+def test_bunny_collapses_into_a_tree_of_four():
+    bvh = build_bvh(*bunny())
+    nodes = check_wide(bvh.bounds, bvh.links, len(bunny()[0]))
+    kid = nodes[:, WIDE_LINKS:].view(np.int32)
+    assert np.mean(np.sum(kid != EMPTY, axis=1)) > 3
+
+
+def test_no_triangles_and_a_root_leaf():
+    empty = wide_nodes(np.zeros((0, 6), np.float32), np.zeros((0, 2), np.int32))
+    assert empty.shape == (1, WIDE_FLOATS) and np.all(empty[:, WIDE_LINKS:].view(np.int32) == EMPTY)
+    bvh = build_bvh(*random_soup(1, seed=3))
+    one = check_wide(bvh.bounds, bvh.links, 1)
+    assert len(one) == 1
+
+
+def synthetic_tree(shape: str, depth: int):
+    """A binary tree in check_arrays' layout of exactly `depth` levels below the root: a caterpillar
+    (each interior node's right child a leaf) or a zig-zag (the leaf alternately left and right).
+    Every node's box differs (they shrink with the node's index)."""
+    links, bounds, tri = [], [], 0
+
+    def box():
+        s = 1.0 / (len(links) + 1)
+        return [-s, -s, -s, s, s, s]
+
+    def leaf(d):
+        nonlocal tri
+        links.append([tri, 1])
+        bounds.append(box())
+        tri += 1
+
+    def node(d):  # pre-order: this node, then its left subtree, then its right
+        if d == depth:
+            return leaf(d)
+        me = len(links)
+        links.append([0, 0])
+        bounds.append(box())
+        if shape == "caterpillar" or d % 2 == 0:
+            node(d + 1)
+            links[me][0] = len(links)
+            leaf(d + 1)
+        else:
+            leaf(d + 1)
+            links[me][0] = len(links)
+            node(d + 1)
+
+    node(0)
+    return np.array(bounds, np.float32), np.array(links, np.int32), tri
+
+
+@pytest.mark.parametrize("shape", ["caterpillar", "zigzag"])
+def test_deepest_accepted_trees_keep_within_the_stack(shape):
+    bounds, links, n_tris = synthetic_tree(shape, DEPTH_MAX)
+    check_wide(bounds, links, n_tris)
+
+
+def test_a_tree_deeper_than_the_kernel_walks_is_refused():
+    # a compiled scene from a peer names its own tree: check_arrays (run on every CompiledScene,
+    # from the network or the store) takes one as deep as DEPTH_MAX and not a level more
+    from meshrender.scene.compile import compile_scene
+    from meshrender.scene.load import load_scene
+
+    arrays = dict(compile_scene(load_scene("cornell")).arrays)
+    for depth, ok in ((DEPTH_MAX, True), (DEPTH_MAX + 1, False)):
+        bounds, links, _ = synthetic_tree("zigzag", depth)
+        links[links[:, 1] > 0, 0] = 0  # every leaf names triangle 0: the scene's one is enough
+        arrays["bvh_bounds"], arrays["bvh_links"] = bounds, links
+        if ok:
+            check_arrays(arrays)
+        else:
+            with pytest.raises(ValueError, match=f"bvh_links.*deeper than {DEPTH_MAX} levels"):
+                check_arrays(arrays)
+    bounds, links, _ = synthetic_tree("zigzag", 3)
+    links[links[:, 1] > 0] = [0, 8]  # leaves of 8 triangles: more than a leaf link holds
+    arrays["bvh_bounds"], arrays["bvh_links"] = bounds, links
+    with pytest.raises(ValueError, match="bvh_links.*a leaf of more than 7 triangles"):
+        check_arrays(arrays)
+
+
+# ---------------------------------------------------------------- the kernel's walk
+
+NODES_T = ti.types.ndarray(dtype=ti.types.vector(WIDE_FLOATS, ti.f32), ndim=1)
+TRIS_T = ti.types.ndarray(dtype=ti.types.vector(9, ti.f32), ndim=1)
+F32_2D = ti.types.ndarray(dtype=ti.f32, ndim=2)
+
+
+@ti.kernel
+def _walk_k(nodes: NODES_T, tri_pe: TRIS_T, n_tris: ti.i32, rays: F32_2D, out: F32_2D):
+    """rays rows: o (3), d (3), t_max; out rows: walk t, walk tri, any-hit tri, every-triangle t."""
+    for r in range(rays.shape[0]):
+        o = vec3(rays[r, 0], rays[r, 1], rays[r, 2])
+        d = vec3(rays[r, 3], rays[r, 4], rays[r, 5])
+        t_max = rays[r, 6]
+        h = intersect(tri_pe, nodes, o, d, t_max, 0)
+        a = intersect(tri_pe, nodes, o, d, t_max, 1)
+        best = t_max
+        for k in range(n_tris):
+            t, u, v = tri_hit(tri_pe, k, o, d)
+            if t < best:
+                best = t
+        out[r, 0] = h.t
+        out[r, 1] = ti.f32(h.tri)
+        out[r, 2] = ti.f32(a.tri)
+        out[r, 3] = best
+
+
+def walk(v0, v1, v2, origins, directions, t_max):
+    from kernels.backend import init_backend
+
+    init_backend("cpu")
+    bvh = build_bvh(v0, v1, v2)
+    corners = np.stack([v0, v1, v2], axis=1)[bvh.order].astype(np.float32)
+    arrays = {
+        "positions": corners.reshape(-1, 3),
+        "indices": np.arange(3 * len(v0), dtype=np.int32).reshape(-1, 3),
+        "bvh_bounds": bvh.bounds,
+        "bvh_links": bvh.links,
+    }
+    ta = traversal_arrays(arrays)
+    nodes = ti.ndarray(ti.types.vector(WIDE_FLOATS, ti.f32), shape=len(ta["bvh_node"]))
+    nodes.from_numpy(ta["bvh_node"])
+    tris = ti.ndarray(ti.types.vector(9, ti.f32), shape=len(ta["tri_pe"]))
+    tris.from_numpy(ta["tri_pe"])
+    rays = np.zeros((len(origins), 7), np.float32)
+    rays[:, 0:3], rays[:, 3:6], rays[:, 6] = origins, directions, t_max
+    out = np.zeros((len(origins), 4), np.float32)
+    _walk_k(nodes, tris, len(v0), rays, out)
+    return out
+
+
+def assert_walk_finds_the_nearest(out, t_max):
+    walk_t, walk_tri, any_tri, every_t = out.T
+    np.testing.assert_array_equal(walk_t, every_t)  # bit for bit: the same test on the same triangle
+    hit = every_t < t_max
+    np.testing.assert_array_equal(walk_tri >= 0, hit)
+    np.testing.assert_array_equal(any_tri >= 0, hit)  # any-hit: a hit whenever there is one
+    return int(hit.sum())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kernel_walk_finds_the_nearest_hit_in_a_soup(seed):
+    soup = random_soup(2000, seed=seed)
+    origins, directions = rays_at([0, 0, 0], [1, 1, 1], 3000, seed=seed + 10)
+    t_max = np.where(np.arange(3000) % 3 == 0, 0.5, np.inf)  # some segments end before the hits
+    out = walk(*soup, origins, directions, t_max)
+    assert assert_walk_finds_the_nearest(out, t_max) > 1000
+
+
+def test_kernel_walk_finds_the_nearest_hit_on_the_bunny():
+    v0, v1, v2 = bunny()
+    lo = np.minimum(v0.min(0), v1.min(0))
+    hi = np.maximum(v0.max(0), v1.max(0))
+    origins, directions = rays_at(lo, hi, 2000, seed=7)
+    out = walk(v0, v1, v2, origins, directions, np.inf)
+    assert assert_walk_finds_the_nearest(out, np.inf) > 500
