@@ -20,6 +20,7 @@ from kernels.features import features_of
 from .bvh_wide import wide_nodes
 from .compiled import LIGHT_ANGLE, LIGHT_KIND, LIGHT_SUN, CompiledScene
 from .film import Film
+from .heap import release_free_memory
 from .scene.compile import camera_at, camera_tangents
 from .settings import RenderSettings
 from .units import AOV_CHANNELS, UnitResult, WorkUnit, frame_units
@@ -102,6 +103,7 @@ class Renderer:
         lut = ti.ndarray(dtype=ti.f32, shape=(256,))
         lut.from_numpy(SRGB_TO_LINEAR)
         self._dev["srgb_lut"] = lut
+        release_free_memory()  # traversal_arrays' temporaries (meshrender.heap)
 
     def _fall_back(self, exc: RuntimeError) -> None:
         """Re-raise `exc` unless it is the device running out of memory; else restart Taichi on

@@ -84,6 +84,7 @@ from ..compiled import (
     CompiledScene,
 )
 from ..errors import SceneError
+from ..heap import release_free_memory
 from .materials import coat_tables
 from .types import (
     CameraDesc,
@@ -450,7 +451,7 @@ def compile_scene(scene: LoadedScene) -> CompiledScene:
             camera_at(arrays, frame, source=scene.source)
     if scene.frames is not None:
         arrays["frames"] = np.asarray(scene.frames, np.int32)
-    return CompiledScene(
+    compiled = CompiledScene(
         source=scene.source,
         arrays=arrays,
         settings=scene.settings,
@@ -458,6 +459,8 @@ def compile_scene(scene: LoadedScene) -> CompiledScene:
         material_names=material_names,
         texture_names=texture_names,
     )
+    release_free_memory()  # the BVH build's temporaries: glibc would keep their pages (meshrender.heap)
+    return compiled
 
 
 def _emitters(
