@@ -7,13 +7,14 @@ rough glass sphere of tests/data/mitsuba at 256x256, and the same with the spher
 triangles meshrender makes of it, since Mitsuba intersects a `sphere` exactly), and both
 renderers read those files:
 Mitsuba's `llvm_ad_rgb` on THREADS threads in a subprocess of the Python that has pip mitsuba
-(`--mitsuba-python`), meshrender in this process on the CPU backend with THREADS threads and a
-warm kernel cache. For each scene both first render once untimed (Dr.Jit's and Taichi's kernels
-compile or load from their caches), then the timed runs alternate, Mitsuba then meshrender,
-`--repeats` times; the best of each is reported, as Msamples/s (width x height x spp / s) and
-meshrender/Mitsuba. Besides: Taichi kernel compile time, cold (empty offline cache, a fresh
-process) and warm (from the disk cache), the host BVH build for the 1.1M triangles, and peak
-memory (peak RSS of this process after each scene, and of each Mitsuba process).
+(`--mitsuba-python`), meshrender in a subprocess of this Python on the CPU backend with THREADS
+threads and a warm kernel cache (one process per renderer and scene, so each peak RSS is that
+renderer's own, not the scene writing's or another scene's). For each scene both first render
+once untimed (Dr.Jit's and Taichi's kernels compile or load from their caches), then the timed
+runs alternate, Mitsuba then meshrender, `--repeats` times; the best of each is reported, as
+Msamples/s (width x height x spp / s) and meshrender/Mitsuba. Besides: Taichi kernel compile
+time, cold (empty offline cache, a fresh process) and warm (from the disk cache), the host BVH
+build for the 1.1M triangles, and peak memory (VmHWM of each renderer's process).
 
     DRJIT_LIBLLVM_PATH=/usr/lib/x86_64-linux-gnu/libLLVM-19.so \\
         .venv/bin/python bench/kernel_speed.py [--spp 64] [--repeats 3] [--only cornell bunny ...]
@@ -25,7 +26,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -33,7 +33,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import msgspec
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
@@ -67,6 +66,7 @@ def once():
     dr.sync_thread()
     return time.perf_counter() - t
 first = once()
+print(json.dumps({"ready": first}), flush=True)
 for _ in range(repeats):
     line = sys.stdin.readline()  # the parent says when: runs alternate with meshrender's
     if not line:
@@ -74,14 +74,6 @@ for _ in range(repeats):
     hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
     print(json.dumps({"seconds": once(), "first_s": first, "max_rss_mb": int(hwm) / 1024}), flush=True)
 """
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM: unlike ru_maxrss, a child's own after exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def write_scenes(work: Path, only: list[str] | None) -> dict[str, Path]:
@@ -153,65 +145,97 @@ def write_bunny_1m(path: Path) -> None:
     PlyData([PlyElement.describe(verts, "vertex"), PlyElement.describe(faces, "face")]).write(str(path))
 
 
-def bench_scene(name: str, xml: Path, args) -> dict:
-    from meshrender.render import Renderer, render_frame
-    from meshrender.scene.compile import compile_scene
-    from meshrender.scene.load import load_scene
-    from meshrender.units import whole_frame_unit
+MESHRENDER_RUN = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[4])
+import msgspec
+from meshrender.render import Renderer, render_frame
+from meshrender.scene.compile import compile_scene
+from meshrender.scene.load import load_scene
+from meshrender.units import whole_frame_unit
+t0 = time.perf_counter()
+scene = compile_scene(load_scene(sys.argv[1]))
+load_s = time.perf_counter() - t0
+settings = msgspec.structs.replace(scene.settings, spp=int(sys.argv[3]), pass_spp=int(sys.argv[3]))
+r = Renderer(scene, backend="cpu", threads=int(sys.argv[2]))
+r.warm_up()
+def once():
+    t = time.perf_counter()
+    render_frame(r, settings, units=[whole_frame_unit(settings)])
+    return time.perf_counter() - t
+first = once()  # untimed: the first launch on this scene
+info = {"triangles": scene.triangle_count, "resolution": [settings.width, settings.height],
+        "spp": settings.spp, "max_depth": settings.max_depth, "load_compile_scene_s": load_s}
+print(json.dumps({"ready": first}), flush=True)
+for line in sys.stdin:  # the parent says when: runs alternate with Mitsuba's
+    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+    rec = {"seconds": once(), "first_s": first, "max_rss_mb": int(hwm) / 1024, **info}
+    print(json.dumps(rec), flush=True)
+"""
 
-    t0 = time.perf_counter()
-    scene = compile_scene(load_scene(xml))
-    load_s = time.perf_counter() - t0
-    settings = msgspec.structs.replace(scene.settings, spp=args.spp, pass_spp=args.spp)
-    samples = settings.width * settings.height * settings.spp
-    r = Renderer(scene, backend="cpu", threads=THREADS)
-    r.warm_up()
 
-    def ours() -> float:
-        t = time.perf_counter()
-        render_frame(r, settings, units=[whole_frame_unit(settings)])
-        return time.perf_counter() - t
+class Side:
+    """One renderer in its own process: it loads the scene and renders once (untimed; the
+    constructor waits for that, so the two sides never overlap), then renders once more for each
+    `run()`, and answers with a JSON line (seconds, its peak RSS)."""
 
-    ours()  # untimed: first launch on this scene
-    env = {**os.environ, "DRJIT_LIBLLVM_PATH": os.environ.get("DRJIT_LIBLLVM_PATH", args.libllvm)}
-    mi = subprocess.Popen(
-        [args.mitsuba_python, "-c", MITSUBA_RUN, str(xml), str(THREADS), str(args.spp), str(args.repeats)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    theirs, mine, mi_rss, first = [], [], 0.0, None
-    for _ in range(args.repeats):
-        mi.stdin.write("go\n")
-        mi.stdin.flush()
-        line = mi.stdout.readline()
-        while line and not line.startswith("{"):  # Mitsuba's own log lines
-            line = mi.stdout.readline()
+    def __init__(self, argv: list[str], env: dict[str, str], name: str):
+        self.name = name
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self._answer()  # {"ready"}: its load and first render are over before the other side starts
+
+    def run(self) -> dict:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        return self._answer()
+
+    def _answer(self) -> dict:
+        line = self.proc.stdout.readline()
+        while line and not line.startswith("{"):  # the renderer's own log lines
+            line = self.proc.stdout.readline()
         if not line:
-            raise SystemExit(f"bench: the Mitsuba run of {xml} ended early (exit {mi.wait()})")
-        rec = json.loads(line)
-        theirs.append(rec["seconds"])
-        mi_rss, first = rec["max_rss_mb"], rec["first_s"]
-        mine.append(ours())
-    mi.stdin.close()
-    mi.wait(timeout=60)
-    ms_ours, ms_theirs = samples / min(mine) / 1e6, samples / min(theirs) / 1e6
+            raise SystemExit(f"bench: the {self.name} process ended early (exit {self.proc.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def bench_scene(name: str, xml: Path, args) -> dict:
+    """Mitsuba and meshrender each in a process of their own (so each one's peak RSS is its own),
+    the timed runs alternating."""
+    env = {**os.environ, "DRJIT_LIBLLVM_PATH": os.environ.get("DRJIT_LIBLLVM_PATH", args.libllvm)}
+    spp, reps = str(args.spp), str(args.repeats)
+    mi = Side([args.mitsuba_python, "-c", MITSUBA_RUN, str(xml), str(THREADS), spp, reps], env, "Mitsuba")
+    me = [sys.executable, "-c", MESHRENDER_RUN, str(xml), str(THREADS), spp, str(REPO)]
+    ours = Side(me, env, "meshrender")
+    theirs, mine = [], []
+    for _ in range(args.repeats):
+        theirs.append(mi.run())
+        mine.append(ours.run())
+    mi.close()
+    ours.close()
+    rec = mine[-1]
+    samples = rec["resolution"][0] * rec["resolution"][1] * rec["spp"]
+    best_ours, best_theirs = min(r["seconds"] for r in mine), min(r["seconds"] for r in theirs)
+    ms_ours, ms_theirs = samples / best_ours / 1e6, samples / best_theirs / 1e6
     return {
         "scene": name,
-        "triangles": scene.triangle_count,
-        "resolution": [settings.width, settings.height],
-        "spp": settings.spp,
-        "max_depth": settings.max_depth,
+        "triangles": rec["triangles"],
+        "resolution": rec["resolution"],
+        "spp": rec["spp"],
+        "max_depth": rec["max_depth"],
         "meshrender_Msamples_s": round(ms_ours, 3),
         "mitsuba_Msamples_s": round(ms_theirs, 3),
         "ratio": round(ms_ours / ms_theirs, 3),
-        "meshrender_runs_s": [round(x, 3) for x in mine],
-        "mitsuba_runs_s": [round(x, 3) for x in theirs],
-        "mitsuba_first_render_s": round(first, 3),
-        "meshrender_load_compile_scene_s": round(load_s, 3),
-        "meshrender_max_rss_mb": round(peak_rss_mb(), 1),
-        "mitsuba_max_rss_mb": round(mi_rss, 1),
+        "meshrender_runs_s": [round(r["seconds"], 3) for r in mine],
+        "mitsuba_runs_s": [round(r["seconds"], 3) for r in theirs],
+        "meshrender_first_render_s": round(rec["first_s"], 3),
+        "mitsuba_first_render_s": round(theirs[-1]["first_s"], 3),
+        "meshrender_load_compile_scene_s": round(rec["load_compile_scene_s"], 3),
+        "meshrender_max_rss_mb": round(rec["max_rss_mb"], 1),
+        "mitsuba_max_rss_mb": round(theirs[-1]["max_rss_mb"], 1),
     }
 
 
@@ -268,7 +292,7 @@ def main() -> int:
         scenes = write_scenes(Path(work), args.only)
         for name, xml in scenes.items():
             print(json.dumps(bench_scene(name, xml, args)), flush=True)
-        if "bunny_1m" in scenes:  # last: its peak memory would hide the scenes' own
+        if "bunny_1m" in scenes:
             print(json.dumps(bvh_build_s(Path(work) / "bunny_1m.ply", args.repeats)), flush=True)
     return 0
 
