@@ -39,7 +39,10 @@ from sim.scenario import Event, FrameSpec, NetworkSpec, PeerClass, Scenario
 
 pytestmark = pytest.mark.slow
 
-ARGS = ["--res", "64x64", "--spp", "512", "--pass-spp", "32", "--max-depth", "4", "--tile", "16"]
+# 256 units of 16x16 pixels x 128 samples: a frame of a few seconds a peer even with a fast kernel,
+# so the members' staggered starts (up to 2 s apart) are a small part of it. At 32 samples a unit
+# (10 ms) the whole frame took 2.5 s, and the first member had leased most of it alone.
+ARGS = ["--res", "64x64", "--spp", "2048", "--pass-spp", "128", "--max-depth", "4", "--tile", "16"]
 PEERS = 3  # members that render; the coordinator (a fourth peer) only coordinates
 SHARE_TOL = 0.15  # a constant-speed party, 256 units of unequal cost: shares agree to a few units
 NOISE = 0.1  # log-normal sigma of each simulated unit's time (the real units' cost spread is per unit)
