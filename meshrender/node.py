@@ -63,7 +63,7 @@ from .peer.joining import (
 )
 from .peer.liveness import LIVENESS_TIMEOUT_S, PING_BYTES, PING_INTERVAL_S, REDIAL_FOR_S, Liveness
 from .peer.membership import gossip_topic
-from .peer.presence import HAVE_REPEAT_S, STATUS_INTERVAL_S, Presence
+from .peer.presence import HAVE_REPEAT_S, STATUS_INTERVAL_S, Presence, sent_ms
 from .peer.rendering import Rendering
 from .peer.streams import Streams
 from .protocol import Chunk, ChunkMap, NotFound, RemoteProtocolError, Status
@@ -258,6 +258,7 @@ class Peer:
             scenes=len(self.held_scenes()),
             renders=self.render,
             activity="rendering" if busy else "fetching" if self.chunks.fetching else "",
+            sent_ms=sent_ms(),
             **self.rendering.status_fields(),
         )
 

@@ -322,6 +322,13 @@ HAVE_SCENES_MAX = 100  # scene ids in one have-announcement (a peer holding more
 Label = Annotated[str, Meta(max_length=32)]
 
 
+# A gossip message's publish time on its sender's wall clock, in ms (0: not told, from an older
+# peer). It orders one sender's messages: GossipSub hands a peer that just joined the messages
+# still in its neighbours' caches, a few seconds' worth, in no set order, so an old Status
+# ("compiling") can arrive after the newer one ("ready"). meshrender.peer.presence keeps the newest.
+SentMs = Annotated[int, Meta(ge=0, le=2**53)]
+
+
 class Status(Msg, tag="status"):
     """What a peer tells the party about itself, every few seconds."""
 
@@ -344,12 +351,14 @@ class Status(Msg, tag="status"):
     renderer: Label = ""
     renderer_note: Reason = ""  # in words: "renderer compiling kernels (first run, cold cache), 40 s so far"
     fallback: Label = ""  # why it fell back to the CPU, for programs: "no-gpu", "gpu-oom" (out of GPU memory)
+    sent_ms: SentMs = 0  # the sender's clock when it published this (see SentMs)
 
 
 class Have(Msg, tag="have"):
     """Scenes the sender holds whole (its newest, when it holds more than HAVE_SCENES_MAX)."""
 
     scene_ids: Annotated[list[Hash], Meta(max_length=HAVE_SCENES_MAX)]
+    sent_ms: SentMs = 0
 
 
 GossipMsg = Status | Have

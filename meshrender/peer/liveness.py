@@ -109,6 +109,7 @@ class Liveness:
         p.chunks.forget(peer)
         p.statuses.pop(peer, None)
         p.have_of.pop(peer, None)
+        p.presence.forget(peer)
         self.alive_at.pop(peer, None)
         member = p.members.pop(peer, None)
         if member is not None:

@@ -9,7 +9,12 @@ How it works
     after a change: `soon`), and the scenes held whole when they change, when a member joins
     (gossip keeps no history for newcomers), and every HAVE_REPEAT_S regardless.
   * `on_gossip` keeps each member's latest Status and have-list (in the peer's `statuses` and
-    `have_of`) and tells of changes; gossip from a non-member is ignored.
+    `have_of`) and tells of changes; gossip from a non-member is ignored. Latest by the sender's
+    own stamp (`sent_ms`), not by arrival: a peer that has just joined is handed what its
+    neighbours still cache, in no set order, and an old "compiling" landing after "ready" kept a
+    demo's coordinator from offering that member work until its next status, 2 s on (the member
+    rendered 1 of 128 units). A stamp more than REORDER_MAX_S behind the newest is taken as the
+    sender's clock having been set back, and accepted.
 """
 
 from __future__ import annotations
@@ -33,6 +38,12 @@ log = logging.getLogger("meshrender.node")
 
 STATUS_INTERVAL_S = 2.0  # a status gossip this often (and at once after a change)
 HAVE_REPEAT_S = 10.0  # the have-list is re-announced at least this often
+REORDER_MAX_S = 30.0  # gossip caches hold a few seconds: older than the newest by more is a clock change
+
+
+def sent_ms() -> int:
+    """The stamp a gossip message carries (protocol.SentMs)."""
+    return int(time.time() * 1000)
 
 
 class Presence:
@@ -42,6 +53,7 @@ class Presence:
         self.peer = peer
         self._now = trio.Event()  # set: announce without waiting for the interval
         self._held: list[str] | None = None  # scenes held whole, newest last (None: to be counted)
+        self._newest: dict[tuple[str, str], int] = {}  # (author, message kind): the newest sent_ms taken
 
     def soon(self) -> None:
         """Something others should know changed: announce it now, not at the next interval."""
@@ -109,7 +121,7 @@ class Presence:
                 held = self.held_scenes()[-HAVE_SCENES_MAX:]
                 joined = len(p.members) > members_seen
                 if held != last_have or joined or now - last_have_t >= HAVE_REPEAT_S:
-                    await p.gossip.publish(Have(scene_ids=held))
+                    await p.gossip.publish(Have(scene_ids=held, sent_ms=sent_ms()))
                     last_have, last_have_t = held, now
                 members_seen = len(p.members)
             except trio.Cancelled:
@@ -117,9 +129,25 @@ class Presence:
             except Exception as exc:  # a pubsub hiccup must not end the peer
                 log.info("gossip publish failed: %s: %s", type(exc).__name__, exc)
 
+    def _stale(self, author: str, msg: Status | Have) -> bool:
+        """Whether `msg` is older than one already taken from `author` (and not by a clock change)."""
+        if not msg.sent_ms:  # an older peer's: arrival order is all there is
+            return False
+        key = (author, type(msg).__name__)
+        newest = self._newest.get(key, 0)
+        if msg.sent_ms < newest and newest - msg.sent_ms <= REORDER_MAX_S * 1000:
+            return True
+        self._newest[key] = msg.sent_ms
+        return False
+
+    def forget(self, author: str) -> None:
+        """`author` left the party: its stamps go with it (bounded by the members)."""
+        for kind in ("Status", "Have"):
+            self._newest.pop((author, kind), None)
+
     def on_gossip(self, author: str, msg: Status | Have) -> None:
         p = self.peer
-        if author not in p.members:
+        if author not in p.members or self._stale(author, msg):
             return
         if isinstance(msg, Status):
             status = msgspec.structs.asdict(msg)
