@@ -53,7 +53,7 @@ class Presence:
         self.peer = peer
         self._now = trio.Event()  # set: announce without waiting for the interval
         self._held: list[str] | None = None  # scenes held whole, newest last (None: to be counted)
-        self._newest: dict[tuple[str, str], int] = {}  # (author, message kind): the newest sent_ms taken
+        self._sent_ms: dict[str, dict[type, int]] = {}  # author: message kind: the newest sent_ms taken
 
     def soon(self) -> None:
         """Something others should know changed: announce it now, not at the next interval."""
@@ -129,25 +129,25 @@ class Presence:
             except Exception as exc:  # a pubsub hiccup must not end the peer
                 log.info("gossip publish failed: %s: %s", type(exc).__name__, exc)
 
-    def _stale(self, author: str, msg: Status | Have) -> bool:
-        """Whether `msg` is older than one already taken from `author` (and not by a clock change)."""
+    def _newest(self, author: str, msg: Status | Have) -> bool:
+        """Whether `msg` is the newest of its kind from `author` so far (then it is recorded as
+        such): not older than one already taken, unless by more than a clock change."""
         if not msg.sent_ms:  # an older peer's: arrival order is all there is
-            return False
-        key = (author, type(msg).__name__)
-        newest = self._newest.get(key, 0)
-        if msg.sent_ms < newest and newest - msg.sent_ms <= REORDER_MAX_S * 1000:
             return True
-        self._newest[key] = msg.sent_ms
-        return False
+        taken = self._sent_ms.setdefault(author, {})
+        newest = taken.get(type(msg), 0)
+        if msg.sent_ms < newest and newest - msg.sent_ms <= REORDER_MAX_S * 1000:
+            return False
+        taken[type(msg)] = msg.sent_ms
+        return True
 
     def forget(self, author: str) -> None:
         """`author` left the party: its stamps go with it (bounded by the members)."""
-        for kind in ("Status", "Have"):
-            self._newest.pop((author, kind), None)
+        self._sent_ms.pop(author, None)
 
     def on_gossip(self, author: str, msg: Status | Have) -> None:
         p = self.peer
-        if author not in p.members or self._stale(author, msg):
+        if author not in p.members or not self._newest(author, msg):
             return
         if isinstance(msg, Status):
             status = msgspec.structs.asdict(msg)
