@@ -342,7 +342,7 @@ def intersect(
                         cs[a] = cs[b]
                         cs[b] = cc
             for c in ti.static(range(4)):
-                if ts[c] != ti.math.inf:  # room by construction (meshrender.bvh_wide's stack bound)
+                if ts[c] != ti.math.inf:  # room: meshrender.bvh_wide checks the tree's stack need
                     stack[sp] = cs[c]
                     sp += 1
     return hit

@@ -80,6 +80,17 @@ def test_bunny_collapses_into_a_tree_of_four():
     assert np.mean(np.sum(kid != EMPTY, axis=1)) > 3
 
 
+def test_a_tree_the_kernel_stack_cannot_walk_is_refused_at_upload(monkeypatch):
+    # the widening rule keeps every accepted tree within STACK_DEPTH; the upload checks it anyway,
+    # since the kernel pushes without a test: with a stack of 5 the bunny's tree cannot be walked
+    import meshrender.bvh_wide as bvh_wide
+
+    bvh = build_bvh(*bunny())
+    monkeypatch.setattr(bvh_wide, "STACK_DEPTH", 5)
+    with pytest.raises(ValueError, match="stack entries, the kernel has 5"):
+        bvh_wide.wide_nodes(bvh.bounds, bvh.links)
+
+
 def test_no_triangles_and_a_root_leaf():
     empty = wide_nodes(np.zeros((0, 6), np.float32), np.zeros((0, 2), np.int32))
     assert empty.shape == (1, WIDE_FLOATS) and np.all(empty[:, WIDE_LINKS:].view(np.int32) == EMPTY)
