@@ -115,18 +115,3 @@ def wide_nodes(bounds: np.ndarray, links: np.ndarray) -> np.ndarray:
     if most > STACK_DEPTH:  # never, by the widening rule: checked here, so the kernel need not check
         raise ValueError(f"bvh: a walk would need {most} stack entries, the kernel has {STACK_DEPTH}")
     return np.concatenate(levels)
-
-
-def stack_need(nodes: np.ndarray) -> int:
-    """The most traversal stack entries a walk of `nodes` can hold at once (for tests and checks)."""
-    links = nodes[:, WIDE_LINKS:].view(np.int32)
-    need = np.zeros(len(nodes), np.int64)
-    need[0] = 1
-    most = 1
-    for i in range(len(nodes)):  # a parent's row comes before its children's (breadth first)
-        used = links[i] != EMPTY
-        child = need[i] - 1 + int(used.sum())
-        most = max(most, child)
-        inner = links[i][used & (links[i] >= 0)]
-        need[inner] = child
-    return most

@@ -4,8 +4,8 @@ glibc serves an allocation from its heap, not from a fresh mapping, once its dyn
 threshold has grown past that size (it grows each time a mapped block is freed), and it keeps
 the freed heap pages resident. The BVH build's level arrays do exactly that: compiling the
 1.1M-triangle bunny left 538 MB resident for 75 MB of live arrays, and a renderer uploading it
-then peaked at 720 MB. malloc_trim(0) hands the free pages back (141 MB resident after the
-compile). It costs a walk of the free lists (milliseconds). Where the C library has no
+then peaked at 720 MB. malloc_trim(0) hands the free pages back (180 MB resident after
+compile_scene). It costs a walk of the free lists (milliseconds). Where the C library has no
 malloc_trim (musl, macOS, Windows) this does nothing.
 """
 

@@ -15,7 +15,7 @@ from test_bvh import bunny, random_soup, rays_at
 
 from kernels.tracer import intersect, tri_hit
 from meshrender.bvh import DEPTH_MAX, build_bvh
-from meshrender.bvh_wide import EMPTY, STACK_DEPTH, WIDE_FLOATS, WIDE_LINKS, stack_need, wide_nodes
+from meshrender.bvh_wide import EMPTY, STACK_DEPTH, WIDE_FLOATS, WIDE_LINKS, wide_nodes
 from meshrender.compiled import check_arrays
 from meshrender.render import traversal_arrays
 
@@ -25,6 +25,22 @@ from meshrender.render import traversal_arrays
 def binary_of_box(bounds):
     """Binary node id by box bytes (boxes of distinct nodes can coincide: then any of them)."""
     return {bounds[i].tobytes(): i for i in range(len(bounds))}
+
+
+def stack_need(nodes: np.ndarray) -> int:
+    """The most traversal stack entries a walk of `nodes` can hold at once, found by reading the
+    rows on their own (wide_nodes keeps its own count, and refuses a tree over STACK_DEPTH)."""
+    links = nodes[:, WIDE_LINKS:].view(np.int32)
+    need = np.zeros(len(nodes), np.int64)
+    need[0] = 1
+    most = 1
+    for i in range(len(nodes)):  # a parent's row comes before its children's (breadth first)
+        used = links[i] != EMPTY
+        child = need[i] - 1 + int(used.sum())
+        most = max(most, child)
+        inner = links[i][used & (links[i] >= 0)]
+        need[inner] = child
+    return most
 
 
 def check_wide(bounds, links, n_tris) -> np.ndarray:
