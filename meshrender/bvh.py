@@ -33,10 +33,15 @@ How it works
     each rounded outward to float32 (a no-op for float32 corners). So a float32 box always contains its
     triangles. Then the breadth-first node table is renumbered into depth-first pre-order (left child
     at i + 1): filled in breadth-first order, where writes run in sequence, and moved a row at a time.
-  * Deterministic: no randomness, no threads, ties go to the lowest bin and then the lowest axis (the
-    lowest split mask for small nodes), partitions and sorts are stable, and the only float work is
-    elementwise IEEE arithmetic and min/max (no sums whose order could vary, no fused multiply-adds).
-    The same input gives byte-identical arrays on any machine, from float32 or float64 corners alike.
+  * Two cores where there are two: the biggest gathers and elementwise passes of a level (the
+    partition's row gathers, the bin keys, the go-left test) are split between the calling thread and
+    one helper, as numpy drops the GIL inside them. Each half writes its own slice or rows, so the
+    result is the same as in sequence; the scatters into bins hold the GIL and stay on one thread.
+  * Deterministic: no randomness, no output shared by threads, ties go to the lowest bin and then the
+    lowest axis (the lowest split mask for small nodes), partitions and sorts are stable, and the only
+    float work is elementwise IEEE arithmetic and min/max (no sums whose order could vary, no fused
+    multiply-adds). The same input gives byte-identical arrays on any machine, from float32 or float64
+    corners alike.
 
 `intersect_closest` is a pure-numpy reference that walks the flattened arrays with a stack, as the
 kernel does. Tests use it to check the layout. `bench/bvh.py` measures the build and the tree.
@@ -44,7 +49,10 @@ kernel does. Tests use it to check the layout. `bench/bvh.py` measures the build
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -63,6 +71,8 @@ _BIN_ALL_SHARE = 8
 # Items of a chunk's prefix (or suffix) scan in _best_splits: 2**20 floats (4 MiB) keep it and its extents
 # in cache; much smaller chunks pay numpy's per-call cost on too few nodes.
 _SCAN_CHUNK_ITEMS = 2**20
+# Arrays shorter than this do their work on one thread: handing half of it to the helper costs more.
+_PARALLEL_MIN = 2**17
 _BIN_WIDTHS = tuple(w for w in (2, 4, 8, 16) if w < BINS) + (BINS,)
 _EXT_MIN = 2.0**-100  # a centroid spread below this (normalised) counts as none; keeps bins/extent finite
 _GAMMA3 = 3 * np.finfo(np.float64).eps / (1 - 3 * np.finfo(np.float64).eps)  # error bound of 3 roundings
@@ -155,6 +165,34 @@ def _exclusive_cumsum(x: np.ndarray) -> np.ndarray:
     return out
 
 
+_helper: list[ThreadPoolExecutor] = []  # one worker, made on first use
+
+
+def _cores() -> int:
+    """The cores this process may run on (all of the machine's where the OS cannot say)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on macOS or Windows
+        return os.cpu_count() or 1
+
+
+def _in_two(m: int, here, there) -> None:
+    """Run there() on the helper thread while here() runs on this one, when there are two cores and
+    m (the length of the arrays they work on) makes it pay; else both here, there() first. The two must
+    write disjoint arrays (they then give what they give in sequence)."""
+    if m < _PARALLEL_MIN or _cores() < 2:
+        there()
+        here()
+        return
+    if not _helper:
+        _helper.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="bvh-build"))
+    done = _helper[0].submit(there)
+    try:
+        here()
+    finally:
+        done.result()
+
+
 def _scans(b: np.ndarray, op, side: str = "both", out: np.ndarray | None = None):
     """Prefix and suffix reductions over the bins (first axis) of b, shape (w, ...): prefix[i] covers
     bins 0..i and suffix[i] covers bins i+1..w-1, for the w - 1 split positions. side "prefix" or
@@ -190,6 +228,20 @@ def _node_min_max(x: np.ndarray, off: np.ndarray, seg: np.ndarray) -> tuple[np.n
         np.minimum.at(lo[r], seg, x[r])
         np.maximum.at(hi[r], seg, x[r])
     return lo, hi
+
+
+def _bin_keys(axes, at, keys, q) -> None:
+    """keys[a] for a in axes: each triangle's slot in the bin tables of axis a (its bin times the
+    table's stride, plus its node's slot). at = (csum, cmin, scale, seg, stride, base); q: a float32
+    buffer as long as the keys."""
+    csum, cmin, scale, seg, stride, base = at
+    for a in axes:
+        np.subtract(csum[a], cmin[a][seg], out=q)  # >= 0: cmin is their minimum
+        q *= scale[a][seg]
+        key = keys[a]
+        key[...] = q  # truncation is floor here
+        key *= stride
+        key += base
 
 
 def _best_splits(csum, lo, hi, off, counts, work: _Work, seg=None):
@@ -237,21 +289,17 @@ def _best_splits(csum, lo, hi, off, counts, work: _Work, seg=None):
     else:
         stride_t = np.take(stride, seg, out=work.i[0][:m])
         base_t = np.take(base, seg, out=work.i[1][:m])
-    b = work.i[3][:m]
-    key = work.i[4][:m]
-    q = work.f[0][:m]
+    keys = [work.i[2 + a][:m] for a in range(3)]
+    at = (csum, cmin, scale, seg, stride_t, base_t)
+    _in_two(m, partial(_bin_keys, (0, 1), at, keys, work.f[0][:m]),
+            partial(_bin_keys, (2,), at, keys, work.f[1][:m]))  # fmt: skip
     neg_lo = np.negative(lo, out=work.neg[:, :m])
     # Box table rows (axis, side, xyz), side 0 holding max(-lo) = -min(lo) and side 1 max(hi): one
     # maximum down the bins serves both sides, and an extent is the sum of the two (exactly hi - lo).
     table = work.table(18 * clen).reshape(18, clen)
     table.fill(-np.inf)
     cnts = []
-    for a in range(3):
-        np.subtract(csum[a], cmin[a][seg], out=q)  # >= 0: cmin is their minimum
-        q *= scale[a][seg]
-        b[...] = q  # truncation is floor here
-        np.multiply(b, stride_t, out=key)
-        key += base_t
+    for a, key in enumerate(keys):
         cnts.append(np.bincount(key, minlength=clen))
         for j in range(3):
             np.maximum.at(table[6 * a + j], key, neg_lo[j])
@@ -455,8 +503,8 @@ def _split_levels(lo: np.ndarray, hi: np.ndarray):
             whole = (counts > 1) & ((counts <= LEAF_TRIS_MAX) | (counts < 2 * SAMPLE_TRIS))  # not sampled
             if box is None and whole.any():
                 box = work.box[:, :m]
-                for r in range(6):
-                    np.take(box0[r], ids, out=box[r])
+                _in_two(m, partial(_take_rows, ids, box0[:3], box[:3]),
+                        partial(_take_rows, ids, box0[3:], box[3:]))  # fmt: skip
             if box is not None:
                 csum = work.csum[:, :m]
                 np.add(box[:3], box[3:], out=csum)
@@ -479,8 +527,8 @@ def _split_levels(lo: np.ndarray, hi: np.ndarray):
                         pos = pos_many if pos is None else pos_many[pos]
                     src_box, at = (box0, ids[pos]) if box is None else (box, pos)
                     bs = work.box_next[:, : len(pos)]  # free until the partition below
-                    for r in range(6):
-                        np.take(src_box[r], at, out=bs[r])
+                    _in_two(len(at), partial(_take_rows, at, src_box[:3], bs[:3]),
+                            partial(_take_rows, at, src_box[3:], bs[3:]))  # fmt: skip
                     r = _best_splits(bs[:3] + bs[3:], bs[:3], bs[3:], s_off, s_counts, work)
                 sah[nodes], axis[nodes], k[nodes], cmin[:, nodes], scale[:, nodes] = r
             small = []  # (first positions of nodes of n_small triangles, n_small, their left masks)
@@ -499,20 +547,13 @@ def _split_levels(lo: np.ndarray, hi: np.ndarray):
             middle = ~leaf & (~np.isfinite(sah) | (depth + need >= DEPTH_MAX))
 
             # Go left: the expression that binned the node's triangles, on the chosen axis, for all of them.
-            ax_t = np.take(axis, seg, out=work.i[0][:m])
-            cx = work.f[1][:m]
-            if box is None:
-                ax_t *= n_tris
-                ax_t += ids
-                np.take(csum0.reshape(-1), ax_t, out=cx)
-            else:
-                np.copyto(cx, csum[0])
-                np.copyto(cx, csum[1], where=ax_t == 1)
-                np.copyto(cx, csum[2], where=ax_t == 2)
             nodes_all = np.arange(nseg)
-            cx -= cmin[axis, nodes_all][seg]
-            cx *= scale[axis, nodes_all][seg]
-            go_left = np.less(cx, k.astype(np.float32)[seg], out=work.t[0][:m])
+            side = (seg, axis, cmin[axis, nodes_all], scale[axis, nodes_all], k.astype(np.float32))
+            go_left = work.t[0][:m]
+            src = (csum0, ids) if box is None else csum
+            h = m // 2
+            _in_two(m, partial(_goes_left, slice(0, h), side, src, work, go_left),
+                    partial(_goes_left, slice(h, m), side, src, work, go_left))  # fmt: skip
             for first, n_small, mask in small:
                 bit = np.arange(n_small)
                 go_left[first[:, None] + bit] = (mask[:, None] >> bit) & 1
@@ -554,19 +595,50 @@ def _split_levels(lo: np.ndarray, hi: np.ndarray):
                 lc = counts[leaves]
                 leaf_first = np.repeat(start[leaves] - _exclusive_cumsum(lc), lc)
                 order[leaf_first + work.arange[: m - m_new]] = ids[np.flatnonzero(~split_t)]
+            ids_next = work.ids_next[:m_new]
             if box is not None:
                 box_next = work.box_next[:, :m_new]
-                for r in range(6):
-                    np.take(box[r], src, out=box_next[r])
+
+                _in_two(m_new, partial(_take_rows, src, box[:3], box_next[:3]),
+                        partial(_take_rows, src, (*box[3:], ids), (*box_next[3:], ids_next)))  # fmt: skip
                 box = box_next
                 work.box, work.box_next = work.box_next, work.box
-            ids_next = np.take(ids, src, out=work.ids_next[:m_new])
+            else:
+                np.take(ids, src, out=ids_next)
             work.ids_next = ids.base if ids.base is not None else ids
             ids = ids_next
             start, counts = new_start, new_counts
             depth += 1
 
     return levels, level_base, order
+
+
+def _goes_left(sl: slice, side, src, work: _Work, out: np.ndarray) -> None:
+    """out[sl]: whether each triangle of the level in slice sl goes left, by the expression that binned
+    it on its node's chosen axis. side = (seg, axis, cmin, scale, k): each triangle's node, and per node
+    the axis and its bin origin, scale and split bin; src: the level's centroid sums (3, m), or
+    (csum0, ids) when the level holds only ids (the sums then come from the input-order csum0)."""
+    seg, axis, cmin, scale, k = side
+    s_t = seg[sl]
+    ax_t = np.take(axis, s_t, out=work.i[0][sl])
+    cx = work.f[1][sl]
+    if isinstance(src, tuple):
+        csum0, ids = src
+        ax_t *= csum0.shape[1]
+        ax_t += ids[sl]
+        np.take(csum0.reshape(-1), ax_t, out=cx)
+    else:
+        np.copyto(cx, src[0, sl])
+        np.copyto(cx, src[1, sl], where=ax_t == 1)
+        np.copyto(cx, src[2, sl], where=ax_t == 2)
+    cx -= cmin[s_t]
+    cx *= scale[s_t]
+    np.less(cx, k[s_t], out=out[sl])
+
+
+def _take_rows(idx: np.ndarray, rows, out) -> None:
+    for row, dst in zip(rows, out, strict=True):
+        np.take(row, idx, out=dst)
 
 
 def _round_down(x: np.ndarray) -> np.ndarray:

@@ -370,18 +370,23 @@ def test_build_is_deterministic():
 
 @pytest.mark.parametrize(
     ("knob", "values"),
-    [("_BIN_ALL_SHARE", (0, 10**9)), ("_SCAN_CHUNK_ITEMS", (2**10, 2**40))],
+    [("_BIN_ALL_SHARE", (0, 10**9)), ("_SCAN_CHUNK_ITEMS", (2**10, 2**40)), ("_PARALLEL_MIN", (0, 2**62))],
 )
 def test_speed_choices_leave_the_tree_alone(knob, values):
-    # Whether a level bins its few small nodes along with the rest or gathers the rest out, and how many
-    # nodes a chunk of the SAH sweep holds (one, or all of a width), are choices of speed alone: the
-    # tree comes out byte for byte the same.
+    # Whether a level bins its few small nodes along with the rest or gathers the rest out, how many
+    # nodes a chunk of the SAH sweep holds (one, or all of a width), and whether a level's gathers and
+    # elementwise passes are split with a helper thread (every one of them, or none) are choices of
+    # speed alone: the tree comes out byte for byte the same.
     for soup in (random_soup(3000, seed=10), bunny()):
         built = []
         for value in values:
             with pytest.MonkeyPatch.context() as mp:
                 mp.setattr(bvh_module, knob, value)
+                mp.setattr(bvh_module, "_cores", lambda: 2)  # the split even on a machine of one core
+                mp.setattr(bvh_module, "_helper", [])
                 built.append(build_bvh(*soup))
+                if knob == "_PARALLEL_MIN":
+                    assert bool(bvh_module._helper) == (value == 0)  # the helper ran, or never started
         for name in ("bounds", "links", "order"):
             assert getattr(built[0], name).tobytes() == getattr(built[1], name).tobytes(), name
         if knob == "_SCAN_CHUNK_ITEMS":
