@@ -13,9 +13,12 @@ How it works
     tree at a time, in numpy: no Python work per node.
   * Row layout, WIDE_FLOATS float32 per node: lo x of children 0-3, lo y 0-3, lo z 0-3, then hi x, y, z
     the same way (each axis' four values side by side), then the four children's links as int32 bits:
-    a wide node's index (>= 0), a leaf as ~(first triangle << 3 | count) (< 0; count <= 7), or EMPTY.
-    The boxes are the binary nodes' own float32 boxes, so a wide walk finds what the binary walk
-    finds, bit for bit (the same triangle tests on the same boxes' contents).
+    a wide node's index (>= 0), a leaf as ~(first triangle << 3 | count) (< 0; count <= 7), or EMPTY;
+    then four floats of padding. 32 floats a row make the kernel's row offset a multiple of 32, so
+    LLVM sees the row's floats as consecutive and loads each axis' four in one instruction (with 28,
+    each float got its own index arithmetic: the walk was 3-4% slower, bench/traversal.py). The
+    boxes are the binary nodes' own float32 boxes, so a wide walk finds what the binary walk finds,
+    bit for bit (the same triangle tests on the same boxes' contents).
   * Stack bound: the kernel pops a node and pushes its hit children, so a node's children can need
     the stack to hold need(node) - 1 + children entries (need(root) = 1). A node is widened only while
     need + 3 + (DEPTH_MAX - its binary depth) <= STACK_DEPTH; past that it keeps its two children, as
@@ -32,8 +35,9 @@ import numpy as np
 from meshrender.bvh import DEPTH_MAX
 
 WIDTH = 4  # children per node: four boxes per step; eight would need a sort of eight in the kernel
-WIDE_FLOATS = 28  # 24 box floats + 4 links (112 bytes, under two cache lines)
+WIDE_FLOATS = 32  # 24 box floats + 4 links + 4 of padding: 128 bytes, two cache lines
 WIDE_LINKS = 24  # the column where the four links start
+LINK_COLUMNS = slice(WIDE_LINKS, WIDE_LINKS + WIDTH)
 EMPTY = np.int32(-(2**31))  # an unused child slot
 LEAF_COUNT_BITS = 3  # a leaf link holds its count in the low bits (meshrender.bvh.LEAF_TRIS_MAX <= 7)
 LEAF_TRIS_LINKED = 2**LEAF_COUNT_BITS - 1  # the most triangles a leaf link can hold
@@ -55,12 +59,12 @@ def wide_nodes(bounds: np.ndarray, links: np.ndarray) -> np.ndarray:
     if n and (count.max() > LEAF_TRIS_LINKED or first_or_right[count > 0].max(initial=0) > FIRST_TRI_MAX):
         raise ValueError("bvh: a leaf too large, or a triangle index too high, for the kernel's leaf links")
     row = np.zeros((1, WIDE_FLOATS), np.float32)
-    row[0, WIDE_LINKS:].view(np.int32)[:] = EMPTY
+    row[0, LINK_COLUMNS].view(np.int32)[:] = EMPTY
     if n == 0:
         return row
     if count[0] > 0:  # the root is a leaf: one wide node with it as its only child
         row[0, 0:24:WIDTH] = bounds[0]
-        row[0, WIDE_LINKS:].view(np.int32)[0] = leaf_link(first_or_right[:1], count[:1])[0]
+        row[0, LINK_COLUMNS].view(np.int32)[0] = leaf_link(first_or_right[:1], count[:1])[0]
         return row
     is_leaf = np.append(count > 0, True)  # index n: the EMPTY slot (-1) reads as a leaf, never expanded
     ext = (bounds[:, 3:] - bounds[:, :3]).astype(np.float64)
@@ -104,7 +108,7 @@ def wide_nodes(bounds: np.ndarray, links: np.ndarray) -> np.ndarray:
         out = np.zeros((f, WIDE_FLOATS), np.float32)
         box = np.where(used[:, :, None], bounds[k], 0.0).astype(np.float32)  # (f, WIDTH, 6)
         out[:, :24] = box.transpose(0, 2, 1).reshape(f, 24)  # axis-major: lo x 0-3, lo y 0-3, ...
-        out[:, WIDE_LINKS:] = link.view(np.float32)
+        out[:, LINK_COLUMNS] = link.view(np.float32)
         levels.append(out)
         child_need = need[:, None] + used.sum(axis=1, keepdims=True) - 1
         most = max(most, int(child_need.max()))

@@ -15,7 +15,7 @@ from test_bvh import bunny, random_soup, rays_at
 
 from kernels.tracer import intersect, tri_hit
 from meshrender.bvh import DEPTH_MAX, build_bvh
-from meshrender.bvh_wide import EMPTY, STACK_DEPTH, WIDE_FLOATS, WIDE_LINKS, wide_nodes
+from meshrender.bvh_wide import EMPTY, LINK_COLUMNS, STACK_DEPTH, WIDE_FLOATS, wide_nodes
 from meshrender.compiled import check_arrays
 from meshrender.render import traversal_arrays
 
@@ -30,7 +30,7 @@ def binary_of_box(bounds):
 def stack_need(nodes: np.ndarray) -> int:
     """The most traversal stack entries a walk of `nodes` can hold at once, found by reading the
     rows on their own (wide_nodes keeps its own count, and refuses a tree over STACK_DEPTH)."""
-    links = nodes[:, WIDE_LINKS:].view(np.int32)
+    links = nodes[:, LINK_COLUMNS].view(np.int32)
     need = np.zeros(len(nodes), np.int64)
     need[0] = 1
     most = 1
@@ -46,7 +46,7 @@ def stack_need(nodes: np.ndarray) -> int:
 def check_wide(bounds, links, n_tris) -> np.ndarray:
     nodes = wide_nodes(bounds, links)
     assert nodes.dtype == np.float32 and nodes.shape[1] == WIDE_FLOATS
-    kid = nodes[:, WIDE_LINKS:].view(np.int32)
+    kid = nodes[:, LINK_COLUMNS].view(np.int32)
     used = kid != EMPTY
     assert np.all(used.sum(axis=1) >= 1)
     inner = kid[used & (kid >= 0)]
@@ -84,7 +84,7 @@ def test_soup_collapses_into_a_tree_of_four(n):
     bvh = build_bvh(*soup)
     nodes = check_wide(bvh.bounds, bvh.links, n)
     if n >= 300:
-        kid = nodes[:, WIDE_LINKS:].view(np.int32)
+        kid = nodes[:, LINK_COLUMNS].view(np.int32)
         assert np.mean(np.sum(kid != EMPTY, axis=1)) > 3
         assert len(nodes) < 0.5 * (bvh.node_count - bvh.leaf_count)
 
@@ -92,7 +92,7 @@ def test_soup_collapses_into_a_tree_of_four(n):
 def test_bunny_collapses_into_a_tree_of_four():
     bvh = build_bvh(*bunny())
     nodes = check_wide(bvh.bounds, bvh.links, len(bunny()[0]))
-    kid = nodes[:, WIDE_LINKS:].view(np.int32)
+    kid = nodes[:, LINK_COLUMNS].view(np.int32)
     assert np.mean(np.sum(kid != EMPTY, axis=1)) > 3
 
 
@@ -109,7 +109,7 @@ def test_a_tree_the_kernel_stack_cannot_walk_is_refused_at_upload(monkeypatch):
 
 def test_no_triangles_and_a_root_leaf():
     empty = wide_nodes(np.zeros((0, 6), np.float32), np.zeros((0, 2), np.int32))
-    assert empty.shape == (1, WIDE_FLOATS) and np.all(empty[:, WIDE_LINKS:].view(np.int32) == EMPTY)
+    assert empty.shape == (1, WIDE_FLOATS) and np.all(empty[:, LINK_COLUMNS].view(np.int32) == EMPTY)
     bvh = build_bvh(*random_soup(1, seed=3))
     one = check_wide(bvh.bounds, bvh.links, 1)
     assert len(one) == 1
