@@ -280,6 +280,9 @@ def intersect(
     ray (any_hit is a runtime flag so the shadow ray's alpha walk can share it)."""
     hit = Hit(t=t_max, u=0.0, v=0.0, tri=-1)
     inv_d = safe_inv(d)
+    neg_x = inv_d.x < 0.0
+    neg_y = inv_d.y < 0.0
+    neg_z = inv_d.z < 0.0
     stack = ti.Vector([0] * STACK_DEPTH, dt=ti.i32)
     sp = 1  # stack[0] = 0: the root
     while sp > 0:
@@ -302,22 +305,19 @@ def intersect(
             ts = vec4(0.0)
             cs = ti.Vector([0, 0, 0, 0], dt=ti.i32)
             for c in ti.static(range(4)):
-                # the slab test; min and max as selects, not ti.min / ti.max: those are IEEE
-                # minNum / maxNum, whose NaN rule costs a compare and a blend each, where a select
-                # is one minss / maxss (the same numbers for any ray that is not NaN: inv_d is
-                # finite, and a NaN ray's sample is dropped)
-                tx0 = (r[c] - o.x) * inv_d.x
-                tx1 = (r[12 + c] - o.x) * inv_d.x
-                ty0 = (r[4 + c] - o.y) * inv_d.y
-                ty1 = (r[16 + c] - o.y) * inv_d.y
-                tz0 = (r[8 + c] - o.z) * inv_d.z
-                tz1 = (r[20 + c] - o.z) * inv_d.z
-                nx = ti.select(tx0 < tx1, tx0, tx1)
-                fx = ti.select(tx0 > tx1, tx0, tx1)
-                ny = ti.select(ty0 < ty1, ty0, ty1)
-                fy = ti.select(ty0 > ty1, ty0, ty1)
-                nz = ti.select(tz0 < tz1, tz0, tz1)
-                fz = ti.select(tz0 > tz1, tz0, tz1)
+                # the slab test, each axis' near and far plane chosen by the sign of the ray's
+                # direction there (the same numbers as the min and max of the two distances:
+                # (lo - o) * inv <= (hi - o) * inv where inv > 0, in any rounding); min and max
+                # as selects, not ti.min / ti.max: those are IEEE minNum / maxNum, whose NaN rule
+                # costs a compare and a blend each, where a select is one minss / maxss (the same
+                # numbers for any ray that is not NaN: inv_d is finite, and a NaN ray's sample is
+                # dropped)
+                nx = (ti.select(neg_x, r[4 + c], r[c]) - o.x) * inv_d.x
+                fx = (ti.select(neg_x, r[c], r[4 + c]) - o.x) * inv_d.x
+                ny = (ti.select(neg_y, r[12 + c], r[8 + c]) - o.y) * inv_d.y
+                fy = (ti.select(neg_y, r[8 + c], r[12 + c]) - o.y) * inv_d.y
+                nz = (ti.select(neg_z, r[20 + c], r[16 + c]) - o.z) * inv_d.z
+                fz = (ti.select(neg_z, r[16 + c], r[20 + c]) - o.z) * inv_d.z
                 nz = ti.select(nz > 0.0, nz, 0.0)
                 fz = ti.select(fz < hit.t, fz, hit.t)
                 nxy = ti.select(nx > ny, nx, ny)
@@ -350,10 +350,11 @@ def intersect(
                         cc = cs[a]
                         cs[a] = cs[b]
                         cs[b] = cc
-            for c in ti.static(range(4)):
-                if ts[c] != ti.math.inf:  # room: meshrender.bvh_wide checks the tree's stack need
-                    stack[sp] = cs[c]
-                    sp += 1
+            if n_hit > 0:
+                for c in ti.static(range(4)):
+                    if ts[c] != ti.math.inf:  # room: meshrender.bvh_wide checks the tree's stack need
+                        stack[sp] = cs[c]
+                        sp += 1
     return hit
 
 

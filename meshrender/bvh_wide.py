@@ -38,6 +38,7 @@ WIDTH = 4  # children per node: four boxes per step; eight would need a sort of 
 WIDE_FLOATS = 32  # 24 box floats + 4 links + 4 of padding: 128 bytes, two cache lines
 WIDE_LINKS = 24  # the column where the four links start
 LINK_COLUMNS = slice(WIDE_LINKS, WIDE_LINKS + WIDTH)
+BOX_COLUMNS = [0, 3, 1, 4, 2, 5]  # the row's six runs of four: lo x, hi x, lo y, hi y, lo z, hi z (bounds' columns)
 EMPTY = np.int32(-(2**31))  # an unused child slot
 LEAF_COUNT_BITS = 3  # a leaf link holds its count in the low bits (meshrender.bvh.LEAF_TRIS_MAX <= 7)
 LEAF_TRIS_LINKED = 2**LEAF_COUNT_BITS - 1  # the most triangles a leaf link can hold
@@ -63,7 +64,7 @@ def wide_nodes(bounds: np.ndarray, links: np.ndarray) -> np.ndarray:
     if n == 0:
         return row
     if count[0] > 0:  # the root is a leaf: one wide node with it as its only child
-        row[0, 0:24:WIDTH] = bounds[0]
+        row[0, 0:24:WIDTH] = bounds[0, BOX_COLUMNS]
         row[0, LINK_COLUMNS].view(np.int32)[0] = leaf_link(first_or_right[:1], count[:1])[0]
         return row
     is_leaf = np.append(count > 0, True)  # index n: the EMPTY slot (-1) reads as a leaf, never expanded
@@ -107,7 +108,7 @@ def wide_nodes(bounds: np.ndarray, links: np.ndarray) -> np.ndarray:
         link[~used] = EMPTY
         out = np.zeros((f, WIDE_FLOATS), np.float32)
         box = np.where(used[:, :, None], bounds[k], 0.0).astype(np.float32)  # (f, WIDTH, 6)
-        out[:, :24] = box.transpose(0, 2, 1).reshape(f, 24)  # axis-major: lo x 0-3, lo y 0-3, ...
+        out[:, :24] = box[:, :, BOX_COLUMNS].transpose(0, 2, 1).reshape(f, 24)  # lo x 0-3, hi x 0-3, lo y ...
         out[:, LINK_COLUMNS] = link.view(np.float32)
         levels.append(out)
         child_need = need[:, None] + used.sum(axis=1, keepdims=True) - 1

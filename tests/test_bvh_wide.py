@@ -15,7 +15,7 @@ from test_bvh import bunny, random_soup, rays_at
 
 from kernels.tracer import intersect, tri_hit
 from meshrender.bvh import DEPTH_MAX, build_bvh
-from meshrender.bvh_wide import EMPTY, LINK_COLUMNS, STACK_DEPTH, WIDE_FLOATS, wide_nodes
+from meshrender.bvh_wide import BOX_COLUMNS, EMPTY, LINK_COLUMNS, STACK_DEPTH, WIDE_FLOATS, wide_nodes
 from meshrender.compiled import check_arrays
 from meshrender.render import traversal_arrays
 
@@ -64,7 +64,8 @@ def check_wide(bounds, links, n_tris) -> np.ndarray:
     np.testing.assert_array_equal(cover, 1)
     # each child's box is a binary node's box, bit for bit, and a leaf link's is that leaf's
     by_box = binary_of_box(bounds)
-    boxes = nodes[:, :24].reshape(-1, 6, 4).transpose(0, 2, 1)  # (row, child, lo xyz hi xyz)
+    boxes = np.empty((len(nodes), 4, 6), np.float32)  # (row, child, lo xyz hi xyz)
+    boxes[:, :, BOX_COLUMNS] = nodes[:, :24].reshape(-1, 6, 4).transpose(0, 2, 1)
     for r, c in zip(*np.nonzero(used), strict=True):
         b = by_box.get(np.ascontiguousarray(boxes[r, c]).tobytes())
         assert b is not None, f"row {r} child {c}: a box that is no binary node's"
