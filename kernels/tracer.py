@@ -273,8 +273,7 @@ def intersect(
     """Closest hit along o + t d for t in (0, t_max); with any_hit != 0, stop at the first one.
     Walks the 4-wide tree (meshrender.bvh_wide has the rows): a step pops a node, tests its four
     boxes against the ray up to the nearest hit so far, and pushes the children it enters, farthest
-    first, so the nearest is walked next (any-hit: in slot order); a leaf link popped is a run of
-    triangles.
+    first, so the nearest is walked next; a leaf link popped is a run of triangles.
     Every call site inlines the whole traversal (Taichi inlines ti.funcs) and adds to the
     kernel's compile time: the bounce loop keeps one for its path ray and one for its shadow
     ray (any_hit is a runtime flag so the shadow ray's alpha walk can share it)."""
@@ -329,19 +328,19 @@ def intersect(
                 # 1 + 2 ulp-ish slack so a ray grazing a face of a flat box is not lost to rounding
                 ts[c] = ti.select((t_near <= t_far * 1.00000024) & (link != LINK_EMPTY), t_near, ti.math.inf)
             # farthest first: a sorting network, descending (branches, which measured faster than
-            # selects here). An any-hit query takes the children in slot order: any hit ends it,
-            # and which hit comes first does not change whether a shadow ray is blocked (the
-            # alpha walk goes on in order); the sort cost 5-8% of a bunny render there.
-            # n_hit, a sum over the four slots, does two things: at most one child hit needs no
-            # sort; and a sum over four lanes is what LLVM's SLP vectorizer starts from to build the
-            # four box tests above as one 4-wide computation (without it, it started from the sort's
-            # first compares and paired the lanes, 2-wide): with the 32-float rows, 1.13x the rays
-            # per second on the Cornell box, 1.2x on the bunny and a 20k-triangle sphere
-            # (bench/traversal.py; issue 16's notes)
+            # selects here), any-hit queries too. n_hit, a sum over the four slots, does two
+            # things: at most one child hit needs no sort; and a sum over four lanes is what LLVM's
+            # SLP vectorizer starts from to build the four box tests above as one 4-wide
+            # computation (without it, it started from the sort's first compares and paired the
+            # lanes, 2-wide; 1.13x the rays per second on the Cornell box, 1.2x on the bunny and a
+            # 20k-triangle sphere, bench/traversal.py). An any-hit walk in slot order, unsorted,
+            # left only the compares with inf to the box test, which LLVM then took apart into
+            # a 2-wide mix with gathers: sorting those too made whole renders 1.03x (Cornell box)
+            # and 1.06x (bunny) faster, 0.96x the glass sphere (issue 16's notes).
             n_hit = 0
             for c in ti.static(range(4)):
                 n_hit += ti.select(ts[c] != ti.math.inf, 1, 0)
-            if any_hit == 0 and n_hit > 1:
+            if n_hit > 1:
                 for a, b in ti.static(((0, 1), (2, 3), (0, 2), (1, 3), (1, 2))):
                     if ts[a] < ts[b]:
                         tt = ts[a]
