@@ -63,6 +63,7 @@ import taichi as ti
 from taichi.math import vec3
 
 from kernels.features import F_CONDUCTOR, F_DIELECTRIC, F_DIFFUSE, F_GLTF, F_PLASTIC
+from kernels.trig import sincos_turn
 from meshrender.compiled import (
     COAT_TABLE_SIZE,
     FRESNEL_COMPLEX,
@@ -205,9 +206,9 @@ def ggx_sample_vndf(wo: vec3, alpha: ti.f32, u1: ti.f32, u2: ti.f32) -> vec3:
         t1 = vec3(-vh.y, vh.x, 0.0) / ti.sqrt(lensq)
     t2 = vh.cross(t1)
     r = ti.sqrt(u1)
-    phi = 2.0 * PI * u2
-    p1 = r * ti.cos(phi)
-    p2 = r * ti.sin(phi)
+    cos_phi, sin_phi = sincos_turn(u2)
+    p1 = r * cos_phi
+    p2 = r * sin_phi
     s = 0.5 * (1.0 + vh.z)
     p2 = (1.0 - s) * ti.sqrt(ti.max(0.0, 1.0 - p1 * p1)) + s * p2
     nh = p1 * t1 + p2 * t2 + ti.sqrt(ti.max(0.0, 1.0 - p1 * p1 - p2 * p2)) * vh
@@ -217,8 +218,8 @@ def ggx_sample_vndf(wo: vec3, alpha: ti.f32, u1: ti.f32, u2: ti.f32) -> vec3:
 @ti.func
 def sample_cosine(u1: ti.f32, u2: ti.f32) -> vec3:
     r = ti.sqrt(u1)
-    phi = 2.0 * PI * u2
-    return vec3(r * ti.cos(phi), r * ti.sin(phi), ti.sqrt(ti.max(0.0, 1.0 - u1)))
+    cos_phi, sin_phi = sincos_turn(u2)
+    return vec3(r * cos_phi, r * sin_phi, ti.sqrt(ti.max(0.0, 1.0 - u1)))
 
 
 @ti.func

@@ -40,6 +40,7 @@ import math  # no "from __future__ import annotations": Taichi reads the annotat
 import taichi as ti
 from taichi.math import vec2, vec3
 
+from kernels.trig import sincos_turn
 from meshrender.compiled import (
     LIGHT_ANGLE,
     LIGHT_CDF,
@@ -318,8 +319,8 @@ def env_sample(
     else:
         z = 1.0 - 2.0 * u1
         r = ti.sqrt(ti.max(0.0, 1.0 - z * z))
-        phi = 2.0 * PI * u2
-        d = vec3(r * ti.cos(phi), z, r * ti.sin(phi))
+        cos_phi, sin_phi = sincos_turn(u2)
+        d = vec3(r * cos_phi, z, r * sin_phi)
     rad, pdf = env_eval(env_params, env_texels, env_info, d)
     return d, rad, pdf
 
@@ -379,9 +380,9 @@ def punctual_sample(lights: ti.template(), k: ti.i32, p: vec3, u1: ti.f32, u2: t
             dc = u1 * one_minus_cos
             cos_t = 1.0 - dc
             sin_t = ti.sqrt(ti.max(0.0, dc * (2.0 - dc)))
-            phi = 2.0 * PI * u2
+            cos_phi, sin_phi = sincos_turn(u2)
             t_axis, s_axis = frame_around(to_sun)
-            wi = (t_axis * ti.cos(phi) + s_axis * ti.sin(phi)) * sin_t + to_sun * cos_t
+            wi = (t_axis * cos_phi + s_axis * sin_phi) * sin_t + to_sun * cos_t
             li = rgb
             pdf = pick / (2.0 * PI * one_minus_cos)
             delta = 0

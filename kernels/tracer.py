@@ -82,6 +82,7 @@ from kernels.lights import (
     punctual_sample,
     suns_eval,
 )
+from kernels.trig import sincos_turn
 from meshrender.bvh_wide import EMPTY, LEAF_COUNT_BITS, STACK_DEPTH, WIDE_FLOATS, WIDE_LINKS
 from meshrender.compiled import (
     ALPHA_MASK,
@@ -598,8 +599,8 @@ def render_rect(
             if lens_r > 0.0:
                 fp = cam_pos + rd * (focus / rd.dot(cam_fwd))
                 r = lens_r * ti.sqrt(rand(key, DIM_LENS))
-                phi = 2.0 * PI * rand(key, DIM_LENS + 1)
-                ro = cam_pos + r * ti.cos(phi) * cam_right + r * ti.sin(phi) * cam_up
+                cos_phi, sin_phi = sincos_turn(rand(key, DIM_LENS + 1))
+                ro = cam_pos + r * cos_phi * cam_right + r * sin_phi * cam_up
                 rd = (fp - ro).normalized()
             # --- path
             L = vec3(0.0)
