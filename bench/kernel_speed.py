@@ -247,7 +247,7 @@ def bvh_build_s(ply: Path, repeats: int) -> dict:
 
     m = load_ply(ply)
     p = m.positions[m.indices.astype(np.int64)]
-    tris = (p[:, 0], p[:, 1], p[:, 2])
+    tris = tuple(np.ascontiguousarray(p[:, k]) for k in range(3))  # as scene.compile passes them
     try:
         from bvh import time_builds  # bench/bvh.py, the BVH work's own benchmark
 
