@@ -38,7 +38,7 @@ WIDTH = 4  # children per node: four boxes per step; eight would need a sort of 
 WIDE_FLOATS = 32  # 24 box floats + 4 links + 4 of padding: 128 bytes, two cache lines
 WIDE_LINKS = 24  # the column where the four links start
 LINK_COLUMNS = slice(WIDE_LINKS, WIDE_LINKS + WIDTH)
-BOX_COLUMNS = [0, 3, 1, 4, 2, 5]  # the row's six runs of four: lo x, hi x, lo y, hi y, lo z, hi z (bounds' columns)
+BOX_COLUMNS = [0, 3, 1, 4, 2, 5]  # bounds' columns in the row's six runs of four: lo x, hi x, lo y, ...
 EMPTY = np.int32(-(2**31))  # an unused child slot
 LEAF_COUNT_BITS = 3  # a leaf link holds its count in the low bits (meshrender.bvh.LEAF_TRIS_MAX <= 7)
 LEAF_TRIS_LINKED = 2**LEAF_COUNT_BITS - 1  # the most triangles a leaf link can hold
