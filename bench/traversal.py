@@ -11,10 +11,13 @@ tree or the walk is measured (issue 16's notes). CPU backend, --threads threads 
 least noisy on a shared machine), best of --repeats.
 
     python bench/traversal.py [--against ../base] [--spp 8] [--repeats 8] [--rounds 3]
+    python bench/traversal.py --ir [--against ../base]   # how wide LLVM vectorised the walk
 """
 
 import argparse  # no "from __future__ import annotations": Taichi reads the kernel's annotations
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,15 +28,22 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 
-def child(checkout: str, threads: int, spp: int, repeats: int, scenes: list[str]) -> None:
+def child(checkout: str, threads: int, spp: int, repeats: int, scenes: list[str], ir: bool = False) -> None:
     """Time the walk of `checkout` (its kernels and meshrender first on the path) on `scenes`;
-    prints one JSON line. A function in this file, not a -c string: Taichi reads kernel source."""
+    prints one JSON line. A function in this file, not a -c string: Taichi reads kernel source.
+    With `ir`, Taichi compiles afresh and writes its optimised LLVM IR, and the line also counts
+    the walk kernel's vector operations (ir_counts)."""
     sys.path.insert(0, checkout)
     import numpy as np
     import taichi as ti
 
     from kernels.backend import init_backend
 
+    if ir:  # Taichi writes the .ll files into the working directory
+        os.chdir(tempfile.mkdtemp(prefix="traversal-ir-"))
+        taichi_init = ti.init
+        fresh = {"print_kernel_llvm_ir_optimized": True, "offline_cache": False}
+        ti.init = lambda **kw: taichi_init(**{**kw, **fresh})
     init_backend("cpu", threads)
     from taichi.math import vec3
 
@@ -87,12 +97,29 @@ def child(checkout: str, threads: int, spp: int, repeats: int, scenes: list[str]
             trace(dev["bvh_node"], dev["tri_pe"], spp, counts)
             best = min(best, time.perf_counter() - t0)
         out[xml] = {"rays": int(counts.sum()), "best_s": best, "nodes": len(ta["bvh_node"])}
+    if ir:
+        out["ir"] = ir_counts(max(Path().glob("*.ll"), key=lambda f: f.stat().st_size).read_text())
+        shutil.rmtree(os.getcwd())
     print(json.dumps(out))
+
+
+def ir_counts(ll: str) -> dict:
+    """Vector arithmetic in a kernel's optimised LLVM IR: how wide LLVM's SLP pass made the walk.
+    The box test is 4-wide when it is as issue 16's notes describe (fsub / fmul / fcmp / select on
+    <4 x float>); pairs (<2 x float>) and gathers are what a change that upset it looked like."""
+    ops = ("fsub", "fmul", "fcmp", "select", "fdiv")
+    lines = [line for line in ll.splitlines() if any(f" {op} " in line for op in ops)]
+    return {
+        "ops_4_wide": sum("<4 x float>" in line or "<4 x i1>" in line for line in lines),
+        "ops_2_wide": sum("<2 x float>" in line or "<2 x i1>" in line for line in lines),
+        "gathers": ll.count("masked.gather"),
+    }
 
 
 def run_side(checkout: Path, scenes: list[Path], args) -> dict:
     argv = [sys.executable, __file__, "--child", str(checkout), "--threads", str(args.threads),
             "--spp", str(args.spp), "--repeats", str(args.repeats)]  # fmt: skip
+    argv += ["--ir"] if args.ir else []
     out = subprocess.run(argv + [str(s) for s in scenes], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -104,11 +131,12 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3, help="alternations of the sides")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ir", action="store_true", help="count the walk kernel's 4- and 2-wide vector ops")
     ap.add_argument("--child", help=argparse.SUPPRESS)  # a side's own process: the checkout it times
     ap.add_argument("scenes", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.threads, args.spp, args.repeats, args.scenes)
+        child(args.child, args.threads, args.spp, args.repeats, args.scenes, args.ir)
         return 0
     sys.path[:0] = [str(REPO), str(HERE)]
     from kernel_speed import write_scenes
@@ -116,6 +144,11 @@ def main() -> int:
     sides = {"this": REPO} | ({"against": args.against.resolve()} if args.against else {})
     with tempfile.TemporaryDirectory() as work:
         scenes = write_scenes(Path(work), ["cornell", "bunny", "glass_mesh"])
+        if args.ir:  # one compile per side, of the walk on the Cornell box: what LLVM made of it
+            for side, checkout in sides.items():
+                rec = run_side(checkout, [scenes["cornell"]], args)
+                print(json.dumps({"side": side, **rec["ir"]}), flush=True)
+            return 0
         best: dict[str, dict[str, dict]] = {side: {} for side in sides}
         for _ in range(args.rounds):
             for side, checkout in sides.items():
