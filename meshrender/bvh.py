@@ -166,6 +166,8 @@ def _exclusive_cumsum(x: np.ndarray) -> np.ndarray:
 
 
 _helper: list[ThreadPoolExecutor] = []  # one worker, made on first use
+if hasattr(os, "register_at_fork"):  # a forked child has no helper thread: it makes its own
+    os.register_at_fork(after_in_child=lambda: _helper.clear())
 
 
 def _cores() -> int:

@@ -6,6 +6,9 @@ with a brute-force Möller–Trumbore written here, independently, over every tr
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from functools import cache
 
 import numpy as np
@@ -391,6 +394,37 @@ def test_speed_choices_leave_the_tree_alone(knob, values):
             assert getattr(built[0], name).tobytes() == getattr(built[1], name).tobytes(), name
         if knob == "_SCAN_CHUNK_ITEMS":
             break  # chunks of one node are slow; the soup has nodes of every width
+
+
+def test_a_forked_child_builds_with_its_own_helper():
+    # The helper thread does not survive a fork; a child that found the parent's executor would
+    # queue work no thread runs, and wait for it forever.
+    soup = random_soup(3000, seed=12)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bvh_module, "_PARALLEL_MIN", 0)
+        mp.setattr(bvh_module, "_cores", lambda: 2)
+        mp.setattr(bvh_module, "_helper", bvh_module._helper)
+        want = build_bvh(*soup)
+        assert bvh_module._helper  # the parent's helper exists
+        pid = os.fork()
+        if pid == 0:  # the child: build again, and say whether it matched
+            code = 1
+            try:
+                signal.alarm(60)
+                code = 0 if build_bvh(*soup).order.tobytes() == want.order.tobytes() else 2
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the forked child's build hung")
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_single_triangle_is_a_root_leaf():
