@@ -3,7 +3,7 @@
 Every sampled direction around an axis (cosine-weighted and GGX-visible hemispheres, the lens,
 the sphere of the environment, a sun's cap) takes an angle 2 pi u for a uniform u. `sincos_turn`
 folds u to the nearest quarter turn q / 4 (r = u - q / 4 in [-1/8, 1/8] is exact: Sterbenz),
-evaluates Taylor polynomials of sin and cos at 2 pi r in [-pi/4, pi/4] (truncation under 2e-8),
+evaluates Taylor polynomials of sin and cos at 2 pi r in [-pi/4, pi/4] (truncation under 3e-8),
 and rotates by q quarter turns, which only swaps and negates. The error is a few float32 ulp,
 like libm's; the cost is a dozen multiplies and adds where libm's cosf and sinf were two calls
 with their own range reduction (5% of a Cornell box render on the CPU, in `perf`). And it is
