@@ -11,8 +11,9 @@ How it works
     children are the subtrees a ray is most likely to enter). A child that is a binary leaf stays a leaf
     reference; one that is interior becomes the next wide node. Breadth first, one level of the wide
     tree at a time, in numpy: no Python work per node.
-  * Row layout, WIDE_FLOATS float32 per node: lo x of children 0-3, lo y 0-3, lo z 0-3, then hi x, y, z
-    the same way (each axis' four values side by side), then the four children's links as int32 bits:
+  * Row layout, WIDE_FLOATS float32 per node: lo x of children 0-3, hi x 0-3, lo y 0-3, hi y 0-3,
+    lo z 0-3, hi z 0-3 (BOX_COLUMNS: each plane's four values side by side, so the kernel picks an
+    axis' near and far run by the ray's direction), then the four children's links as int32 bits:
     a wide node's index (>= 0), a leaf as ~(first triangle << 3 | count) (< 0; count <= 7), or EMPTY;
     then four floats of padding. 32 floats a row make the kernel's row offset a multiple of 32, so
     LLVM sees the row's floats as consecutive and loads each axis' four in one instruction (with 28,
