@@ -403,7 +403,6 @@ def test_a_forked_child_builds_with_its_own_helper():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(bvh_module, "_PARALLEL_MIN", 0)
         mp.setattr(bvh_module, "_cores", lambda: 2)
-        mp.setattr(bvh_module, "_helper", bvh_module._helper)
         want = build_bvh(*soup)
         assert bvh_module._helper  # the parent's helper exists
         pid = os.fork()
