@@ -42,6 +42,10 @@ class RenderStats:
 class Renderer:
     """Renders units of one compiled scene. Not thread-safe: one renderer per thread of use."""
 
+    # on the CPU the kernel reads the scene's numpy arrays in place (_upload); off, they are copied
+    # into Taichi ndarrays as for a GPU (what tests use to check that path on the CPU)
+    host_arrays = True
+
     def __init__(self, scene: CompiledScene, *, backend: str = "auto", threads: int = 0):
         from kernels.backend import init_backend
 
@@ -88,33 +92,28 @@ class Renderer:
         ti = self._ti
         injected_fault("upload")  # a test's MESHRENDER_FAULT=gpu-oom, where Taichi would raise it
         # On the CPU the kernel reads numpy arrays where they are (Taichi passes their memory), so
-        # the scene's arrays are not copied into Taichi's: 1.1M triangles kept about 150 MB twice.
-        host = not self.backend.is_gpu
+        # the scene's arrays are not copied into Taichi's: 1.1M triangles kept about 120 MB twice.
+        host = self.host_arrays and not self.backend.is_gpu
+
+        def on_device(arr: np.ndarray, dtype, shape: tuple[int, ...]):
+            if host:
+                return np.ascontiguousarray(arr)
+            nd = ti.ndarray(dtype=dtype, shape=shape)
+            nd.from_numpy(arr)
+            return nd
+
         self._dev = {}
         for name, arr in self.scene.arrays.items():
             if name in TRAVERSAL_SOURCES:  # the kernel reads traversal_arrays' rows instead
                 continue
             if arr.shape[0] == 0:  # Taichi cannot allocate empty arrays: pad, counts say what is real
                 arr = np.zeros((1, *arr.shape[1:]), arr.dtype)
-            if host:  # the camera is rewritten for an animated scene's frames: its own copy
-                self._dev[name] = arr.copy() if name == "camera" else np.ascontiguousarray(arr)
-                continue
-            nd = ti.ndarray(dtype=_TI_DTYPES[arr.dtype.str], shape=arr.shape)
-            nd.from_numpy(arr)
-            self._dev[name] = nd
-        for name, arr in traversal_arrays(self.scene.arrays).items():
-            if host:
-                self._dev[name] = arr
-                continue
-            nd = ti.ndarray(dtype=ti.types.vector(arr.shape[1], ti.f32), shape=arr.shape[:1])
-            nd.from_numpy(arr)
-            self._dev[name] = nd
-        if host:
-            self._dev["srgb_lut"] = SRGB_TO_LINEAR
-        else:
-            lut = ti.ndarray(dtype=ti.f32, shape=(256,))
-            lut.from_numpy(SRGB_TO_LINEAR)
-            self._dev["srgb_lut"] = lut
+            if host and name == "camera":  # rewritten for an animated scene's frames: its own copy
+                arr = arr.copy()
+            self._dev[name] = on_device(arr, _TI_DTYPES[arr.dtype.str], arr.shape)
+        for name, arr in traversal_arrays(self.scene.arrays).items():  # one vector per row
+            self._dev[name] = on_device(arr, ti.types.vector(arr.shape[1], ti.f32), arr.shape[:1])
+        self._dev["srgb_lut"] = on_device(SRGB_TO_LINEAR, ti.f32, SRGB_TO_LINEAR.shape)
         release_free_memory()  # traversal_arrays' temporaries (meshrender.heap)
 
     def _fall_back(self, exc: RuntimeError) -> None:

@@ -59,6 +59,23 @@ def test_sums_written_into_host_arrays_equal_the_device_buffer_path(cornell, ren
     assert np.array_equal(bits(host.aov_sums), bits(device.aov_sums))
 
 
+def test_scene_arrays_read_in_place_equal_the_uploaded_copies(cornell, monkeypatch):
+    """On the CPU the kernel reads the scene's numpy arrays; on a GPU it reads Taichi ndarrays
+    filled from them. Both ways, here on the CPU, give the same bits."""
+    from meshrender.render import Renderer
+
+    in_place = Renderer(cornell, backend="cpu")
+    monkeypatch.setattr(Renderer, "host_arrays", False)
+    copied = Renderer(cornell, backend="cpu")
+    assert isinstance(in_place._dev["positions"], np.ndarray)
+    assert not isinstance(copied._dev["positions"], np.ndarray)
+    units = frame_units(SMALL)[:8]
+    a, b = render_frame(in_place, SMALL, units=units), render_frame(copied, SMALL, units=units)
+    assert a.image().mean() > 0.0
+    assert np.array_equal(bits(a.sums), bits(b.sums))
+    assert np.array_equal(bits(a.aov_sums), bits(b.aov_sums))
+
+
 SUBPROCESS_RENDER = """
 import sys, numpy as np, msgspec
 from meshrender.scene.compile import compile_scene
