@@ -9,8 +9,8 @@ How it works
     sample's path never depends on other samples or on thread scheduling.
   * Triangles are stored in BVH leaf order; traversal is a stack walk over the scene's binary
     tree collapsed into nodes of four (meshrender.bvh_wide has the rows: four children's boxes
-    and links per row), nearest child first; each triangle is one row of p0 and its edges
-    (meshrender.render.traversal_arrays).
+    and links per row), nearest child first; each triangle is one row of p0 and its transform
+    to the unit triangle (meshrender.bvh_wide.triangle_rows), tested in that frame (tri_hit).
   * Pixels go to the CPU threads PIXELS_PER_TASK at a time, whichever thread is free
     (kernels.backend turns Taichi's one-chunk-per-thread split off); nothing a pixel gets
     depends on which thread renders it.
@@ -83,7 +83,15 @@ from kernels.lights import (
     suns_eval,
 )
 from kernels.trig import sincos_turn
-from meshrender.bvh_wide import EMPTY, LEAF_COUNT_BITS, STACK_DEPTH, WIDE_FLOATS, WIDE_LINKS
+from meshrender.bvh_wide import (
+    EMPTY,
+    LEAF_COUNT_BITS,
+    LEAF_TRIS_LINKED,
+    STACK_DEPTH,
+    TRI_FLOATS,
+    WIDE_FLOATS,
+    WIDE_LINKS,
+)
 from meshrender.compiled import (
     ALPHA_MASK,
     ALPHA_OPAQUE,
@@ -120,6 +128,7 @@ PI = math.pi
 INV_PI = 1.0 / math.pi
 LEAF_COUNT_MASK = (1 << LEAF_COUNT_BITS) - 1
 LINK_EMPTY = int(EMPTY)
+GRAZE_SLACK = 1.00000024  # a box's far distance times this: a ray grazing a face of a flat box is kept
 RAY_EPS = 1e-4  # origin offset along the normal, relative to the hit point's magnitude (>= 1)
 SHADOW_SLACK = 1e-5  # shadow segments stop this fraction short of the (already lifted) light point
 RR_Q_MAX = 0.95  # Russian roulette survival cap, as Mitsuba: bounds the path length in bright scenes
@@ -235,29 +244,35 @@ def tri_vertices(positions: ti.template(), indices: ti.template(), tri: ti.i32):
 
 @ti.func
 def face_normal(tri_pe: ti.template(), tri: ti.i32) -> vec3:
-    """The unit counter-clockwise normal (p1 - p0) x (p2 - p0), from the triangle's tri_pe row
-    (the same float32 edges the kernel would make from the positions)."""
+    """The unit counter-clockwise normal, the direction of (p1 - p0) x (p2 - p0): the third row of
+    the triangle's transform in tri_pe (meshrender.render.traversal_arrays) points that way."""
     r = tri_pe[tri]
-    return vec3(r[3], r[4], r[5]).cross(vec3(r[6], r[7], r[8])).normalized()
+    return vec3(r[6], r[10], r[14]).normalized()
 
 
 @ti.func
 def tri_hit(tri_pe: ti.template(), tri: ti.i32, o: vec3, d: vec3):
-    """Möller–Trumbore, two-sided, on the triangle's row of tri_pe (p0, p1 - p0, p2 - p0: the
-    host's float32 differences are the kernel's, bit for bit). Returns (t, u, v); t = inf on a miss."""
+    """Two-sided, on the triangle's row of tri_pe: p0 and the inverse M of the matrix whose columns
+    are e1 = p1 - p0, e2 = p2 - p0 and n = e1 x e2 (made in float64 on the host; stored by column:
+    x of M's rows 0..2, then y, then z). M takes the triangle to the unit triangle in the xy plane:
+    a = M (o - p0) and b = M d, the ray meets the plane at t = -a.z / b.z, and there
+    (u, v) = a.xy + t b.xy are the barycentrics of p1 and p2 (Woop's unit-triangle test; the
+    same lanes for a, b, so LLVM builds them as 4-wide products). Returns (t, u, v); t = inf on a
+    miss, and on every ray for a degenerate triangle (its rows are 0, so b.z is 0)."""
     r = tri_pe[tri]
-    p0 = vec3(r[0], r[1], r[2])
-    e1 = vec3(r[3], r[4], r[5])
-    e2 = vec3(r[6], r[7], r[8])
-    pv = d.cross(e2)
-    det = e1.dot(pv)
-    inv_det = 1.0 / det
-    tv = o - p0
-    u = tv.dot(pv) * inv_det
-    qv = tv.cross(e1)
-    v = d.dot(qv) * inv_det
-    tt = e2.dot(qv) * inv_det
-    ok = (ti.abs(det) > 1e-20) & (u >= 0.0) & (u <= 1.0) & (v >= 0.0) & (u + v <= 1.0) & (tt > 0.0)
+    tx = o.x - r[0]
+    ty = o.y - r[1]
+    tz = o.z - r[2]
+    a0 = tx * r[4] + ty * r[8] + tz * r[12]
+    a1 = tx * r[5] + ty * r[9] + tz * r[13]
+    a2 = tx * r[6] + ty * r[10] + tz * r[14]
+    b0 = d.x * r[4] + d.y * r[8] + d.z * r[12]
+    b1 = d.x * r[5] + d.y * r[9] + d.z * r[13]
+    b2 = d.x * r[6] + d.y * r[10] + d.z * r[14]
+    tt = -a2 / b2
+    u = a0 + tt * b0
+    v = a1 + tt * b1
+    ok = (b2 != 0.0) & (tt > 0.0) & (u >= 0.0) & (v >= 0.0) & (u + v <= 1.0)
     t = ti.select(ok, tt, ti.math.inf)
     return t, u, v
 
@@ -283,6 +298,7 @@ def intersect(
     neg_x = inv_d.x < 0.0
     neg_y = inv_d.y < 0.0
     neg_z = inv_d.z < 0.0
+    inv_f = inv_d * GRAZE_SLACK  # far planes: 1 + 2 ulp-ish, so a ray grazing a flat box is kept
     stack = ti.Vector([0] * STACK_DEPTH, dt=ti.i32)
     sp = 1  # stack[0] = 0: the root
     while sp > 0:
@@ -291,19 +307,24 @@ def intersect(
         if item < 0:  # a leaf: ~(first << 3 | count)
             code = ~item
             first = code >> LEAF_COUNT_BITS
-            for k in range(first, first + (code & LEAF_COUNT_MASK)):
-                t, u, v = tri_hit(tri_pe, k, o, d)
-                if t < hit.t:
-                    hit.t = t
-                    hit.u = u
-                    hit.v = v
-                    hit.tri = k
+            count = code & LEAF_COUNT_MASK
+            # unrolled, not a loop: a loop's row offset became an add recurrence on int32, and
+            # then each of the row's floats got its own address arithmetic (two instructions a load)
+            for j in ti.static(range(LEAF_TRIS_LINKED)):
+                if j < count:
+                    t, u, v = tri_hit(tri_pe, first + j, o, d)
+                    if t < hit.t:
+                        hit.t = t
+                        hit.u = u
+                        hit.v = v
+                        hit.tri = first + j
             if any_hit != 0 and hit.tri >= 0:
                 sp = 0
         else:
             r = nodes[item]
             ts = vec4(0.0)
             cs = ti.Vector([0, 0, 0, 0], dt=ti.i32)
+            n_hit = 0
             for c in ti.static(range(4)):
                 # the slab test, each axis' near and far plane chosen by the sign of the ray's
                 # direction there (the same numbers as the min and max of the two distances:
@@ -313,21 +334,22 @@ def intersect(
                 # numbers for any ray that is not NaN: inv_d is finite, and a NaN ray's sample is
                 # dropped)
                 nx = (ti.select(neg_x, r[4 + c], r[c]) - o.x) * inv_d.x
-                fx = (ti.select(neg_x, r[c], r[4 + c]) - o.x) * inv_d.x
+                fx = (ti.select(neg_x, r[c], r[4 + c]) - o.x) * inv_f.x
                 ny = (ti.select(neg_y, r[12 + c], r[8 + c]) - o.y) * inv_d.y
-                fy = (ti.select(neg_y, r[8 + c], r[12 + c]) - o.y) * inv_d.y
+                fy = (ti.select(neg_y, r[8 + c], r[12 + c]) - o.y) * inv_f.y
                 nz = (ti.select(neg_z, r[20 + c], r[16 + c]) - o.z) * inv_d.z
-                fz = (ti.select(neg_z, r[16 + c], r[20 + c]) - o.z) * inv_d.z
+                fz = (ti.select(neg_z, r[16 + c], r[20 + c]) - o.z) * inv_f.z
                 nz = ti.select(nz > 0.0, nz, 0.0)
-                fz = ti.select(fz < hit.t, fz, hit.t)
+                fz = ti.select(fz < hit.t * GRAZE_SLACK, fz, hit.t * GRAZE_SLACK)
                 nxy = ti.select(nx > ny, nx, ny)
                 fxy = ti.select(fx < fy, fx, fy)
                 t_near = ti.select(nxy > nz, nxy, nz)
                 t_far = ti.select(fxy < fz, fxy, fz)
                 link = ti.bit_cast(r[WIDE_LINKS + c], ti.i32)
                 cs[c] = link
-                # 1 + 2 ulp-ish slack so a ray grazing a face of a flat box is not lost to rounding
-                ts[c] = ti.select((t_near <= t_far * 1.00000024) & (link != LINK_EMPTY), t_near, ti.math.inf)
+                enter = (t_near <= t_far) & (link != LINK_EMPTY)
+                ts[c] = ti.select(enter, t_near, ti.math.inf)
+                n_hit += ti.select(enter, 1, 0)
             # farthest first: a sorting network, descending (branches, which measured faster than
             # selects here), any-hit queries too. n_hit, a sum over the four slots, does two
             # things: at most one child hit needs no sort; and a sum over four lanes is what LLVM's
@@ -337,10 +359,10 @@ def intersect(
             # 20k-triangle sphere, bench/traversal.py). An any-hit walk in slot order, unsorted,
             # left only the compares with inf to the box test, which LLVM then took apart into
             # a 2-wide mix with gathers: sorting those too made whole renders 1.03x (Cornell box)
-            # and 1.06x (bunny) faster, 0.96x the glass sphere (issue 16's notes).
-            n_hit = 0
-            for c in ti.static(range(4)):
-                n_hit += ti.select(ts[c] != ti.math.inf, 1, 0)
+            # and 1.06x (bunny) faster, 0.96x the glass sphere (issue 16's notes). The sum counts
+            # the slots entered, not the distances that are not inf (one compare fewer on the
+            # path from the row's load to the branch), and the far distances' slack is in inv_f
+            # (one multiply fewer there): 1.024x whole renders (Cornell box, bunny, glass_mesh).
             if n_hit > 1:
                 for a, b in ti.static(((0, 1), (2, 3), (0, 2), (1, 3), (1, 2))):
                     if ts[a] < ts[b]:
@@ -554,7 +576,7 @@ def render_rect(
     tri_material: I32_1D,
     materials: F32_2D,
     bvh_node: ti.types.ndarray(dtype=ti.types.vector(WIDE_FLOATS, ti.f32), ndim=1),
-    tri_pe: ti.types.ndarray(dtype=ti.types.vector(9, ti.f32), ndim=1),
+    tri_pe: ti.types.ndarray(dtype=ti.types.vector(TRI_FLOATS, ti.f32), ndim=1),
     emit_tri: I32_1D,
     emit_cdf: F32_1D,
     tri_emit_pdf: F32_1D,

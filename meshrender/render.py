@@ -17,7 +17,7 @@ import numpy as np
 
 from kernels.features import features_of
 
-from .bvh_wide import wide_nodes
+from .bvh_wide import TRI_FLOATS, triangle_rows, wide_nodes
 from .compiled import LIGHT_ANGLE, LIGHT_KIND, LIGHT_SUN, CompiledScene
 from .film import Film
 from .heap import release_free_memory
@@ -233,22 +233,21 @@ TRAVERSAL_SOURCES = frozenset({"bvh_bounds", "bvh_links"})  # not uploaded: bvh_
 def traversal_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """What the kernel's traversal reads, made at upload, each uploaded as one vector per row
     (one address computation per row in the kernel, not one per float):
-      * `tri_pe` (triangles, 9): each triangle's p0, p1 - p0, p2 - p0 in leaf order, read by the
-        triangle test and for face normals in place of indices and positions (the float32
-        differences are the ones the kernel made itself before, bit for bit). 5% more samples
-        per CPU-second on the Cornell box, up to 8% on the bunny in it.
+      * `tri_pe` (triangles, TRI_FLOATS): each triangle's p0 and the transform to the unit
+        triangle (meshrender.bvh_wide.triangle_rows) in leaf order, read by the triangle test and
+        for face normals in place of indices and positions. Rows of p0 and the two edges before
+        were 5% more samples per CPU-second than indices and positions on the Cornell box, up to
+        8% on the bunny; the transform (one product per row of it, no cross products) then 1.03x
+        on the Cornell box (issue 16's notes).
       * `bvh_node` (wide nodes, WIDE_FLOATS): the binary tree (bvh_bounds, bvh_links) collapsed
         into nodes of four children (meshrender.bvh_wide): a traversal step reads one row and tests
         four boxes. 1.2-1.25x the rays per second of the binary walk, whose rows (one box and its
         links) it replaces; before that, rows as vectors in place of floats gave 2-5%, and both
         child boxes in the parent's row gave nothing (issue 16's notes)."""
     idx = arrays["indices"]
-    tri_pe = np.zeros((max(1, len(idx)), 9), np.float32)
+    tri_pe = np.zeros((1, TRI_FLOATS), np.float32)
     if len(idx):
-        v = arrays["positions"][idx]  # (triangles, 3 corners, xyz)
-        tri_pe[:, 0:3] = v[:, 0]
-        tri_pe[:, 3:6] = v[:, 1] - v[:, 0]
-        tri_pe[:, 6:9] = v[:, 2] - v[:, 0]
+        tri_pe = triangle_rows(arrays["positions"][idx])  # (triangles, 3 corners, xyz)
     bvh_node = wide_nodes(arrays["bvh_bounds"], arrays["bvh_links"])
     return {"tri_pe": tri_pe, "bvh_node": bvh_node}
 

@@ -13,9 +13,18 @@ import taichi as ti
 from taichi.math import vec3
 from test_bvh import bunny, random_soup, rays_at
 
-from kernels.tracer import intersect, tri_hit
+from kernels.tracer import face_normal, intersect, tri_hit
 from meshrender.bvh import DEPTH_MAX, build_bvh
-from meshrender.bvh_wide import BOX_COLUMNS, EMPTY, LINK_COLUMNS, STACK_DEPTH, WIDE_FLOATS, wide_nodes
+from meshrender.bvh_wide import (
+    BOX_COLUMNS,
+    EMPTY,
+    LINK_COLUMNS,
+    STACK_DEPTH,
+    TRI_FLOATS,
+    WIDE_FLOATS,
+    triangle_rows,
+    wide_nodes,
+)
 from meshrender.compiled import check_arrays
 from meshrender.render import traversal_arrays
 
@@ -183,7 +192,7 @@ def test_a_tree_deeper_than_the_kernel_walks_is_refused():
 # ---------------------------------------------------------------- the kernel's walk
 
 NODES_T = ti.types.ndarray(dtype=ti.types.vector(WIDE_FLOATS, ti.f32), ndim=1)
-TRIS_T = ti.types.ndarray(dtype=ti.types.vector(9, ti.f32), ndim=1)
+TRIS_T = ti.types.ndarray(dtype=ti.types.vector(TRI_FLOATS, ti.f32), ndim=1)
 F32_2D = ti.types.ndarray(dtype=ti.f32, ndim=2)
 
 
@@ -222,7 +231,7 @@ def walk(v0, v1, v2, origins, directions, t_max):
     ta = traversal_arrays(arrays)
     nodes = ti.ndarray(ti.types.vector(WIDE_FLOATS, ti.f32), shape=len(ta["bvh_node"]))
     nodes.from_numpy(ta["bvh_node"])
-    tris = ti.ndarray(ti.types.vector(9, ti.f32), shape=len(ta["tri_pe"]))
+    tris = ti.ndarray(ti.types.vector(TRI_FLOATS, ti.f32), shape=len(ta["tri_pe"]))
     tris.from_numpy(ta["tri_pe"])
     rays = np.zeros((len(origins), 7), np.float32)
     rays[:, 0:3], rays[:, 3:6], rays[:, 6] = origins, directions, t_max
@@ -256,3 +265,86 @@ def test_kernel_walk_finds_the_nearest_hit_on_the_bunny():
     origins, directions = rays_at(lo, hi, 2000, seed=7)
     out = walk(v0, v1, v2, origins, directions, np.inf)
     assert assert_walk_finds_the_nearest(out, np.inf) > 500
+
+
+# ---------------------------------------------------------------- the triangle test
+
+
+@ti.kernel
+def _tri_k(tri_pe: TRIS_T, rays: F32_2D, out: F32_2D):
+    """Ray r against triangle r: out rows t, u, v, then the face normal."""
+    for r in range(rays.shape[0]):
+        o = vec3(rays[r, 0], rays[r, 1], rays[r, 2])
+        d = vec3(rays[r, 3], rays[r, 4], rays[r, 5])
+        t, u, v = tri_hit(tri_pe, r, o, d)
+        n = face_normal(tri_pe, r)
+        out[r, 0], out[r, 1], out[r, 2] = t, u, v
+        out[r, 3], out[r, 4], out[r, 5] = n.x, n.y, n.z
+
+
+def tri_test(corners, origins, directions):
+    from kernels.backend import init_backend
+
+    init_backend("cpu")
+    rows = triangle_rows(corners.astype(np.float32))
+    tris = ti.ndarray(ti.types.vector(TRI_FLOATS, ti.f32), shape=len(rows))
+    tris.from_numpy(rows)
+    rays = np.concatenate([origins, directions], axis=1).astype(np.float32)
+    out = np.zeros((len(rays), 6), np.float32)
+    _tri_k(tris, rays, out)
+    return out
+
+
+def test_triangle_test_agrees_with_float64_moller_trumbore():
+    rng = np.random.default_rng(3)
+    n = 4000
+    corners = rng.uniform(-1, 1, (n, 3, 3)).astype(np.float32)
+    # rays from around the triangle towards a random point of its plane, most of them inside it
+    bary = rng.uniform(-0.3, 1.0, (n, 2))
+    c = corners.astype(np.float64)
+    e1, e2 = c[:, 1] - c[:, 0], c[:, 2] - c[:, 0]
+    target = c[:, 0] + bary[:, :1] * e1 + bary[:, 1:] * e2
+    origins = rng.uniform(-3, 3, (n, 3))
+    directions = target - origins
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    out = tri_test(corners, origins.astype(np.float32), directions.astype(np.float32))
+    o = origins.astype(np.float32).astype(np.float64)
+    d = directions.astype(np.float32).astype(np.float64)
+    pv = np.cross(d, e2)
+    det = np.einsum("ij,ij->i", e1, pv)
+    tv = o - c[:, 0]
+    u = np.einsum("ij,ij->i", tv, pv) / det
+    qv = np.cross(tv, e1)
+    v = np.einsum("ij,ij->i", d, qv) / det
+    t = np.einsum("ij,ij->i", e2, qv) / det
+    inside = (u >= 0) & (v >= 0) & (u + v <= 1) & (t > 0)
+    normal = np.cross(e1, e2)
+    normal /= np.linalg.norm(normal, axis=1, keepdims=True)
+    square = np.abs(np.einsum("ij,ij->i", d, normal)) > 0.05  # not grazing: float32 is ill-conditioned there
+    clear = inside & square & (np.minimum(np.minimum(u, v), 1 - u - v) > 1e-3)  # and not on an edge
+    outside = ~inside & ((u < -1e-3) | (v < -1e-3) | (u + v > 1 + 1e-3))
+    assert clear.sum() > 1000 and outside.sum() > 1000
+    assert np.all(np.isfinite(out[clear, 0])) and np.all(np.isinf(out[outside, 0]))
+    np.testing.assert_allclose(out[clear, 0], t[clear], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out[clear, 1], u[clear], atol=1e-4)
+    np.testing.assert_allclose(out[clear, 2], v[clear], atol=1e-4)
+    np.testing.assert_allclose(out[:, 3:6], normal, atol=1e-5)
+
+
+def test_triangle_test_never_hits_a_degenerate_triangle():
+    p = np.array([0.2, -0.1, 0.0], np.float32)
+    corners = np.array(
+        [
+            [p, p, p],  # a point
+            [p, p + [1, 0, 0], p + [2, 0, 0]],  # three on a line
+            [p, p + [1, 0, 0], p + [1, 0, 0]],  # two the same
+            [p, p + [np.inf, 0, 0], p + [0, 1, 0]],  # a corner at infinity
+        ],
+        np.float32,
+    )
+    rows = triangle_rows(corners)
+    assert np.all(rows[:, 4:] == 0)  # a zero transform
+    origins = np.tile([[0.3, 0.0, 1.0]], (4, 1)).astype(np.float32)
+    directions = np.tile([[0.0, 0.0, -1.0]], (4, 1)).astype(np.float32)
+    out = tri_test(corners, origins, directions)
+    assert np.all(np.isinf(out[:, 0]))  # the ray passes through each of them, and misses
