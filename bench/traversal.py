@@ -105,11 +105,13 @@ def child(checkout: str, threads: int, spp: int, repeats: int, scenes: list[str]
 
 def ir_counts(ll: str) -> dict:
     """Vector arithmetic in a kernel's optimised LLVM IR: how wide LLVM's SLP pass made the walk.
-    The box test is 4-wide when it is as issue 16's notes describe (fsub / fmul / fcmp / select on
-    <4 x float>); pairs (<2 x float>) and gathers are what a change that upset it looked like."""
+    The box test is 8-wide (one lane a child: fsub / fmul / fcmp / select on <8 x float>) when it
+    is as issue 16's notes describe; pairs (<2 x float>) and gathers are what a change that upset
+    it looked like."""
     ops = ("fsub", "fmul", "fcmp", "select", "fdiv")
     lines = [line for line in ll.splitlines() if any(f" {op} " in line for op in ops)]
     return {
+        "ops_8_wide": sum("<8 x float>" in line or "<8 x i1>" in line for line in lines),
         "ops_4_wide": sum("<4 x float>" in line or "<4 x i1>" in line for line in lines),
         "ops_2_wide": sum("<2 x float>" in line or "<2 x i1>" in line for line in lines),
         "gathers": ll.count("masked.gather"),
@@ -131,7 +133,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3, help="alternations of the sides")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--ir", action="store_true", help="count the walk kernel's 4- and 2-wide vector ops")
+    ap.add_argument("--ir", action="store_true", help="count the walk kernel's 8-, 4- and 2-wide vector ops")
     ap.add_argument("--child", help=argparse.SUPPRESS)  # a side's own process: the checkout it times
     ap.add_argument("scenes", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()

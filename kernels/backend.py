@@ -26,12 +26,18 @@ import io
 import logging
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from meshrender.errors import BackendError
 
 log = logging.getLogger("meshrender.backend")
+# Taichi's own copy kernel for a vector ndarray (ndarray.from_numpy, taichi/_kernels.py) unrolls a
+# loop over the vector's entries, and warns past 32 of them: the wide BVH rows have 64. Its compile
+# time is Taichi's (bench/kernel_speed.py measures the upload with it); the warning says nothing to
+# a user.
+warnings.filterwarnings("ignore", message="You are unrolling more than", module="taichi._kernels")
 
 BACKENDS = ("auto", "cpu", "gpu")
 FAULT_ENV = "MESHRENDER_FAULT"  # test hook: "gpu-oom[@N]" or "gpu-oom-launch[@N]" (module docstring)

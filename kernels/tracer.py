@@ -8,7 +8,7 @@ How it works
     for dimension d is H(key + d * golden). Dimensions are laid out per bounce (DIM_* below), so a
     sample's path never depends on other samples or on thread scheduling.
   * Triangles are stored in BVH leaf order; traversal is a stack walk over the scene's binary
-    tree collapsed into nodes of four (meshrender.bvh_wide has the rows: four children's boxes
+    tree collapsed into nodes of eight (meshrender.bvh_wide has the rows: eight children's boxes
     and links per row), nearest child first; each triangle is one row of p0 and its transform
     to the unit triangle (meshrender.bvh_wide.triangle_rows), tested in that frame (tri_hit).
   * Pixels go to the CPU threads PIXELS_PER_TASK at a time, whichever thread is free
@@ -68,7 +68,7 @@ of features is compiled once per process and cached on disk by Taichi's offline 
 import math  # no "from __future__ import annotations": Taichi reads the annotations as objects
 
 import taichi as ti
-from taichi.math import vec2, vec3, vec4
+from taichi.math import vec2, vec3
 
 from kernels.aov import clamp01, delta_tint, facing_normal, surface_albedo
 from kernels.bsdf import KIND_GLTF, bsdf_eval, bsdf_has_smooth, bsdf_load, bsdf_sample, gltf_alpha
@@ -91,6 +91,9 @@ from meshrender.bvh_wide import (
     TRI_FLOATS,
     WIDE_FLOATS,
     WIDE_LINKS,
+)
+from meshrender.bvh_wide import (
+    WIDTH as W,
 )
 from meshrender.compiled import (
     ALPHA_MASK,
@@ -256,9 +259,10 @@ def tri_hit(tri_pe: ti.template(), tri: ti.i32, o: vec3, d: vec3):
     are e1 = p1 - p0, e2 = p2 - p0 and n = e1 x e2 (made in float64 on the host; stored by column:
     x of M's rows 0..2, then y, then z). M takes the triangle to the unit triangle in the xy plane:
     a = M (o - p0) and b = M d, the ray meets the plane at t = -a.z / b.z, and there
-    (u, v) = a.xy + t b.xy are the barycentrics of p1 and p2 (Woop's unit-triangle test; the
-    same lanes for a, b, so LLVM builds them as 4-wide products). Returns (t, u, v); t = inf on a
-    miss, and on every ray for a degenerate triangle (its rows are 0, so b.z is 0)."""
+    (u, v) = a.xy + t b.xy are the barycentrics of p1 and p2 (Woop's unit-triangle test: two 3x3
+    products and a divide, where Moller-Trumbore took two cross products and four dot products).
+    Returns (t, u, v); t = inf on a miss, and on every ray for a degenerate triangle (its rows
+    are 0, so b.z is 0)."""
     r = tri_pe[tri]
     tx = o.x - r[0]
     ty = o.y - r[1]
@@ -287,9 +291,9 @@ def intersect(
     any_hit: ti.i32,
 ):
     """Closest hit along o + t d for t in (0, t_max); with any_hit != 0, stop at the first one.
-    Walks the 4-wide tree (meshrender.bvh_wide has the rows): a step pops a node, tests its four
-    boxes against the ray up to the nearest hit so far, and pushes the children it enters, farthest
-    first, so the nearest is walked next; a leaf link popped is a run of triangles.
+    Walks the 8-wide tree (meshrender.bvh_wide has the rows): a step pops a node, tests its eight
+    boxes against the ray up to the nearest hit so far, and pushes the children it enters, the
+    nearest last, so it is walked next; a leaf link popped is a run of triangles.
     Every call site inlines the whole traversal (Taichi inlines ti.funcs) and adds to the
     kernel's compile time: the bounce loop keeps one for its path ray and one for its shadow
     ray (any_hit is a runtime flag so the shadow ray's alpha walk can share it)."""
@@ -322,10 +326,10 @@ def intersect(
                 sp = 0
         else:
             r = nodes[item]
-            ts = vec4(0.0)
-            cs = ti.Vector([0, 0, 0, 0], dt=ti.i32)
+            ts = ti.Vector([0.0] * W, dt=ti.f32)
+            cs = ti.Vector([0] * W, dt=ti.i32)
             n_hit = 0
-            for c in ti.static(range(4)):
+            for c in ti.static(range(W)):
                 # the slab test, each axis' near and far plane chosen by the sign of the ray's
                 # direction there (the same numbers as the min and max of the two distances:
                 # (lo - o) * inv <= (hi - o) * inv where inv > 0, in any rounding); min and max
@@ -333,12 +337,12 @@ def intersect(
                 # costs a compare and a blend each, where a select is one minss / maxss (the same
                 # numbers for any ray that is not NaN: inv_d is finite, and a NaN ray's sample is
                 # dropped)
-                nx = (ti.select(neg_x, r[4 + c], r[c]) - o.x) * inv_d.x
-                fx = (ti.select(neg_x, r[c], r[4 + c]) - o.x) * inv_f.x
-                ny = (ti.select(neg_y, r[12 + c], r[8 + c]) - o.y) * inv_d.y
-                fy = (ti.select(neg_y, r[8 + c], r[12 + c]) - o.y) * inv_f.y
-                nz = (ti.select(neg_z, r[20 + c], r[16 + c]) - o.z) * inv_d.z
-                fz = (ti.select(neg_z, r[16 + c], r[20 + c]) - o.z) * inv_f.z
+                nx = (ti.select(neg_x, r[W + c], r[c]) - o.x) * inv_d.x
+                fx = (ti.select(neg_x, r[c], r[W + c]) - o.x) * inv_f.x
+                ny = (ti.select(neg_y, r[3 * W + c], r[2 * W + c]) - o.y) * inv_d.y
+                fy = (ti.select(neg_y, r[2 * W + c], r[3 * W + c]) - o.y) * inv_f.y
+                nz = (ti.select(neg_z, r[5 * W + c], r[4 * W + c]) - o.z) * inv_d.z
+                fz = (ti.select(neg_z, r[4 * W + c], r[5 * W + c]) - o.z) * inv_f.z
                 nz = ti.select(nz > 0.0, nz, 0.0)
                 fz = ti.select(fz < hit.t * GRAZE_SLACK, fz, hit.t * GRAZE_SLACK)
                 nxy = ti.select(nx > ny, nx, ny)
@@ -350,33 +354,34 @@ def intersect(
                 enter = (t_near <= t_far) & (link != LINK_EMPTY)
                 ts[c] = ti.select(enter, t_near, ti.math.inf)
                 n_hit += ti.select(enter, 1, 0)
-            # farthest first: a sorting network, descending (branches, which measured faster than
-            # selects here), any-hit queries too. n_hit, a sum over the four slots, does two
-            # things: at most one child hit needs no sort; and a sum over four lanes is what LLVM's
-            # SLP vectorizer starts from to build the four box tests above as one 4-wide
-            # computation (without it, it started from the sort's first compares and paired the
-            # lanes, 2-wide; 1.13x the rays per second on the Cornell box, 1.2x on the bunny and a
-            # 20k-triangle sphere, bench/traversal.py). An any-hit walk in slot order, unsorted,
-            # left only the compares with inf to the box test, which LLVM then took apart into
-            # a 2-wide mix with gathers: sorting those too made whole renders 1.03x (Cornell box)
-            # and 1.06x (bunny) faster, 0.96x the glass sphere (issue 16's notes). The sum counts
-            # the slots entered, not the distances that are not inf (one compare fewer on the
-            # path from the row's load to the branch), and the far distances' slack is in inv_f
-            # (one multiply fewer there): 1.024x whole renders (Cornell box, bunny, glass_mesh).
-            if n_hit > 1:
-                for a, b in ti.static(((0, 1), (2, 3), (0, 2), (1, 3), (1, 2))):
-                    if ts[a] < ts[b]:
-                        tt = ts[a]
-                        ts[a] = ts[b]
-                        ts[b] = tt
-                        cc = cs[a]
-                        cs[a] = cs[b]
-                        cs[b] = cc
+            # n_hit, a sum over the slots, is what LLVM's SLP vectorizer starts from to build the
+            # eight box tests above as one 8-wide computation (for four slots, without it, it
+            # started from the sort's first compares and paired the lanes: 1.13-1.2x the rays per
+            # second, bench/traversal.py); it counts the slots entered, not the distances that are
+            # not inf, one compare fewer between the row's load and the branch. The children
+            # entered are pushed in slot order and the nearest is then swapped to the top, so it
+            # is walked next: a sorting network of eight (19 compare-exchanges, farthest first)
+            # made whole renders 0.91-0.95x; the five of a network of four, with four children a
+            # node, were worth it. Any-hit walks order theirs too: unordered made the Cornell box
+            # 0.98x (glass_mesh 1.04x).
             if n_hit > 0:
-                for c in ti.static(range(4)):
+                best_t = ti.math.inf
+                best_c = 0
+                for c in ti.static(range(W)):
+                    closer = ts[c] < best_t
+                    best_t = ti.select(closer, ts[c], best_t)
+                    best_c = ti.select(closer, c, best_c)
+                at = sp
+                for c in ti.static(range(W)):
                     if ts[c] != ti.math.inf:  # room: meshrender.bvh_wide checks the tree's stack need
+                        if c == best_c:
+                            at = sp
                         stack[sp] = cs[c]
                         sp += 1
+                if n_hit > 1:
+                    top = stack[sp - 1]
+                    stack[sp - 1] = stack[at]
+                    stack[at] = top
     return hit
 
 

@@ -240,10 +240,10 @@ def traversal_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         8% on the bunny; the transform (one product per row of it, no cross products) then 1.03x
         on the Cornell box (issue 16's notes).
       * `bvh_node` (wide nodes, WIDE_FLOATS): the binary tree (bvh_bounds, bvh_links) collapsed
-        into nodes of four children (meshrender.bvh_wide): a traversal step reads one row and tests
-        four boxes. 1.2-1.25x the rays per second of the binary walk, whose rows (one box and its
-        links) it replaces; before that, rows as vectors in place of floats gave 2-5%, and both
-        child boxes in the parent's row gave nothing (issue 16's notes)."""
+        into nodes of eight children (meshrender.bvh_wide): a traversal step reads one row and tests
+        eight boxes. Nodes of four were 1.2-1.25x the rays per second of the binary walk, whose rows
+        (one box and its links) they replaced; before that, rows as vectors in place of floats gave
+        2-5%, and both child boxes in the parent's row gave nothing (issue 16's notes)."""
     idx = arrays["indices"]
     tri_pe = np.zeros((1, TRI_FLOATS), np.float32)
     if len(idx):
