@@ -51,6 +51,7 @@ LEAF_COUNT_BITS = 3  # a leaf link holds its count in the low bits (meshrender.b
 LEAF_TRIS_LINKED = 2**LEAF_COUNT_BITS - 1  # the most triangles a leaf link can hold
 FIRST_TRI_MAX = 2 ** (31 - LEAF_COUNT_BITS) - 1  # the largest first triangle a leaf link can name
 STACK_DEPTH = 96  # the kernel's traversal stack, in entries: see "Stack bound" above
+ROWS_CHUNK = 2**16  # triangles triangle_rows makes at a time
 TRI_FLOATS = 16  # a triangle's row: p0, a pad, then its transform by column (triangle_rows)
 
 
@@ -141,25 +142,29 @@ def wide_nodes(bounds: np.ndarray, links: np.ndarray) -> np.ndarray:
     return np.concatenate(levels)
 
 
-def triangle_rows(corners: np.ndarray) -> np.ndarray:
-    """(N, TRI_FLOATS) float32 rows of the triangles (N, 3 corners, xyz) for the kernel's test
-    (kernels.tracer.tri_hit): p0, 0, then by column the inverse M of [e1 e2 n] (e1 = p1 - p0,
-    e2 = p2 - p0, n = e1 x e2), each column followed by a 0: M's x coefficients of its rows 0-2, then
-    y, then z. In float64 from the float32 corners: M's rows are (e2 x n) / |n|^2, (n x e1) / |n|^2
-    and n / |n|^2. A triangle of no area (|n| = 0 or not finite) gets a zero transform, which the
-    test never hits. 16 floats, so a row's offset is a multiple of 16 and each run of four loads
-    as one."""
-    c = corners.astype(np.float64)
-    with np.errstate(all="ignore"):  # a corner at infinity: its rows are zeroed below
-        e1 = c[:, 1] - c[:, 0]
-        e2 = c[:, 2] - c[:, 0]
-        n = np.cross(e1, e2)
-        nn = np.einsum("ij,ij->i", n, n)
-        inv = np.where((nn > 0.0) & np.isfinite(nn), 1.0 / nn, 0.0)[:, None]
-        m = np.stack([np.cross(e2, n) * inv, np.cross(n, e1) * inv, n * inv], axis=1)  # (N, row, xyz)
-    m = np.where(np.isfinite(m), m, 0.0)
-    rows = np.zeros((len(c), TRI_FLOATS), np.float32)
-    rows[:, 0:3] = corners[:, 0]
-    for axis in range(3):
-        rows[:, 4 + 4 * axis : 7 + 4 * axis] = m[:, :, axis]
+def triangle_rows(positions: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """(N, TRI_FLOATS) float32 rows of the triangles (indices into positions, N of them) for the
+    kernel's test (kernels.tracer.tri_hit): p0, a 0, then by column the inverse M of [e1 e2 n]
+    (e1 = p1 - p0, e2 = p2 - p0, n = e1 x e2), each column followed by a 0: M's x coefficients of
+    its rows 0-2, then y, then z. In float64 from the float32 corners: M's rows are (e2 x n) / |n|^2,
+    (n x e1) / |n|^2 and n / |n|^2. A triangle of no area (|n| = 0 or not finite) gets a zero
+    transform, which the test never hits. 16 floats, so a row's offset is a multiple of 16 and each
+    run of four loads as one. Made ROWS_CHUNK triangles at a time: the float64 temporaries of all of
+    a 1.1M-triangle mesh at once were 400 MB, the upload's (and so the process's) peak."""
+    rows = np.zeros((max(1, len(indices)), TRI_FLOATS), np.float32)
+    for s in range(0, len(indices), ROWS_CHUNK):
+        corners = positions[indices[s : s + ROWS_CHUNK]]  # (triangles, 3 corners, xyz)
+        out = rows[s : s + ROWS_CHUNK]
+        c = corners.astype(np.float64)
+        with np.errstate(all="ignore"):  # a corner at infinity: its rows are zeroed below
+            e1 = c[:, 1] - c[:, 0]
+            e2 = c[:, 2] - c[:, 0]
+            n = np.cross(e1, e2)
+            nn = np.einsum("ij,ij->i", n, n)
+            inv = np.where((nn > 0.0) & np.isfinite(nn), 1.0 / nn, 0.0)[:, None]
+            m = np.stack([np.cross(e2, n) * inv, np.cross(n, e1) * inv, n * inv], axis=1)  # (N, row, xyz)
+        m = np.where(np.isfinite(m), m, 0.0)
+        out[:, 0:3] = corners[:, 0]
+        for axis in range(3):
+            out[:, 4 + 4 * axis : 7 + 4 * axis] = m[:, :, axis]
     return rows

@@ -17,7 +17,7 @@ import numpy as np
 
 from kernels.features import features_of
 
-from .bvh_wide import TRI_FLOATS, triangle_rows, wide_nodes
+from .bvh_wide import triangle_rows, wide_nodes
 from .compiled import LIGHT_ANGLE, LIGHT_KIND, LIGHT_SUN, CompiledScene
 from .film import Film
 from .heap import release_free_memory
@@ -244,10 +244,7 @@ def traversal_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         eight boxes. Nodes of four were 1.2-1.25x the rays per second of the binary walk, whose rows
         (one box and its links) they replaced; before that, rows as vectors in place of floats gave
         2-5%, and both child boxes in the parent's row gave nothing (issue 16's notes)."""
-    idx = arrays["indices"]
-    tri_pe = np.zeros((1, TRI_FLOATS), np.float32)
-    if len(idx):
-        tri_pe = triangle_rows(arrays["positions"][idx])  # (triangles, 3 corners, xyz)
+    tri_pe = triangle_rows(arrays["positions"], arrays["indices"])
     bvh_node = wide_nodes(arrays["bvh_bounds"], arrays["bvh_links"])
     return {"tri_pe": tri_pe, "bvh_node": bvh_node}
 

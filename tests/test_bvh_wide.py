@@ -287,11 +287,17 @@ def _tri_k(tri_pe: TRIS_T, rays: F32_2D, out: F32_2D):
         out[r, 3], out[r, 4], out[r, 5] = n.x, n.y, n.z
 
 
+def positions_indices(corners):
+    """(n, 3 corners, xyz) as triangle_rows takes them: float32 positions and index rows."""
+    n = len(corners)
+    return corners.astype(np.float32).reshape(-1, 3), np.arange(3 * n, dtype=np.int32).reshape(n, 3)
+
+
 def tri_test(corners, origins, directions):
     from kernels.backend import init_backend
 
     init_backend("cpu")
-    rows = triangle_rows(corners.astype(np.float32))
+    rows = triangle_rows(*positions_indices(corners))
     tris = ti.ndarray(ti.types.vector(TRI_FLOATS, ti.f32), shape=len(rows))
     tris.from_numpy(rows)
     rays = np.concatenate([origins, directions], axis=1).astype(np.float32)
@@ -347,7 +353,7 @@ def test_triangle_test_never_hits_a_degenerate_triangle():
         ],
         np.float32,
     )
-    rows = triangle_rows(corners)
+    rows = triangle_rows(*positions_indices(corners))
     assert np.all(rows[:, 4:] == 0)  # a zero transform
     origins = np.tile([[0.3, 0.0, 1.0]], (4, 1)).astype(np.float32)
     directions = np.tile([[0.0, 0.0, -1.0]], (4, 1)).astype(np.float32)
