@@ -202,6 +202,17 @@ class Side:
         self.proc.wait(timeout=60)
 
 
+def alternate(first: Side, second: Side, repeats: int) -> tuple[list[dict], list[dict]]:
+    """`repeats` runs of each side, alternating (first, then second), then both closed."""
+    a, b = [], []
+    for _ in range(repeats):
+        a.append(first.run())
+        b.append(second.run())
+    first.close()
+    second.close()
+    return a, b
+
+
 def bench_scene(name: str, xml: Path, args) -> dict:
     """Mitsuba and meshrender each in a process of their own (so each one's peak RSS is its own),
     the timed runs alternating."""
@@ -210,12 +221,7 @@ def bench_scene(name: str, xml: Path, args) -> dict:
     mi = Side([args.mitsuba_python, "-c", MITSUBA_RUN, str(xml), str(THREADS), spp, reps], env, "Mitsuba")
     me = [sys.executable, "-c", MESHRENDER_RUN, str(xml), str(THREADS), spp, str(REPO)]
     ours = Side(me, env, "meshrender")
-    theirs, mine = [], []
-    for _ in range(args.repeats):
-        theirs.append(mi.run())
-        mine.append(ours.run())
-    mi.close()
-    ours.close()
+    theirs, mine = alternate(mi, ours, args.repeats)
     rec = mine[-1]
     samples = rec["resolution"][0] * rec["resolution"][1] * rec["spp"]
     best_ours, best_theirs = min(r["seconds"] for r in mine), min(r["seconds"] for r in theirs)

@@ -32,7 +32,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from kernel_speed import THREADS, Side, write_scenes  # noqa: E402
+from kernel_speed import THREADS, Side, alternate, write_scenes  # noqa: E402
 
 sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
 
@@ -82,19 +82,11 @@ def meshrender_child(xml: str, threads: int, rays_file: str, checkout: str, out_
     init_backend("cpu", threads)
     import taichi as ti
     from taichi.math import vec3
+    from traversal import walk_arrays
 
     from kernels.tracer import intersect
-    from meshrender.render import traversal_arrays
-    from meshrender.scene.compile import compile_scene
-    from meshrender.scene.load import load_scene
 
-    ta = traversal_arrays(compile_scene(load_scene(xml)).arrays)
-    dev = {}
-    for k, a in ta.items():
-        dev[k] = ti.ndarray(ti.types.vector(a.shape[1], ti.f32), shape=a.shape[:1])
-        dev[k].from_numpy(a)
-    NODE_T = ti.types.ndarray(ti.types.vector(ta["bvh_node"].shape[1], ti.f32), ndim=1)
-    TRI_T = ti.types.ndarray(ti.types.vector(ta["tri_pe"].shape[1], ti.f32), ndim=1)
+    _, dev, NODE_T, TRI_T = walk_arrays(xml)
     F32_2D = ti.types.ndarray(ti.f32, ndim=2)
 
     @ti.kernel
@@ -163,12 +155,7 @@ def bench_scene(name: str, xml: Path, work: Path, args) -> dict:
     files = [str(xml), str(THREADS), str(rays_file)]
     mi = Side([args.mitsuba_python, "-c", MITSUBA_CAST, *files, str(theirs_out)], env, "Mitsuba")
     ours = Side([sys.executable, __file__, "--child", *files, str(REPO), str(ours_out)], env, "meshrender")
-    theirs_runs, ours_runs = [], []
-    for _ in range(args.repeats):
-        theirs_runs.append(mi.run())
-        ours_runs.append(ours.run())
-    mi.close()
-    ours.close()
+    theirs_runs, ours_runs = alternate(mi, ours, args.repeats)
     a, b = np.load(ours_out), np.load(theirs_out)
     hit_a, hit_b = np.isfinite(a[:, 0]), np.isfinite(b[:, 0])
     both = hit_a & hit_b

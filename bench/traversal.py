@@ -48,20 +48,11 @@ def child(checkout: str, threads: int, spp: int, repeats: int, scenes: list[str]
     from taichi.math import vec3
 
     from kernels.tracer import face_normal, intersect, onb, rand, sample_key, to_world
-    from meshrender.render import traversal_arrays
-    from meshrender.scene.compile import compile_scene
-    from meshrender.scene.load import load_scene
 
     W = H = 256
     out = {}
     for xml in scenes:
-        ta = traversal_arrays(compile_scene(load_scene(xml)).arrays)
-        dev = {}
-        for k, a in ta.items():
-            dev[k] = ti.ndarray(ti.types.vector(a.shape[1], ti.f32), shape=a.shape[:1])
-            dev[k].from_numpy(a)
-        NODE_T = ti.types.ndarray(ti.types.vector(ta["bvh_node"].shape[1], ti.f32), ndim=1)
-        TRI_T = ti.types.ndarray(ti.types.vector(ta["tri_pe"].shape[1], ti.f32), ndim=1)
+        ta, dev, NODE_T, TRI_T = walk_arrays(xml)
 
         @ti.kernel
         def trace(nodes: NODE_T, tri_pe: TRI_T, spp: ti.i32, rays: ti.types.ndarray(ti.i32, ndim=2)):
@@ -101,6 +92,26 @@ def child(checkout: str, threads: int, spp: int, repeats: int, scenes: list[str]
         out["ir"] = ir_counts(max(walks, key=len))  # not the uploads' copy kernels
         shutil.rmtree(os.getcwd())
     print(json.dumps(out))
+
+
+def walk_arrays(xml: str):
+    """The scene's traversal_arrays, each as a Taichi ndarray of one vector per row, and the
+    kernel argument types of the nodes and the triangles: (arrays, ndarrays, NODE_T, TRI_T).
+    Imports from whichever checkout is first on the path (the caller's)."""
+    import taichi as ti
+
+    from meshrender.render import traversal_arrays
+    from meshrender.scene.compile import compile_scene
+    from meshrender.scene.load import load_scene
+
+    ta = traversal_arrays(compile_scene(load_scene(xml)).arrays)
+    dev = {}
+    for k, a in ta.items():
+        dev[k] = ti.ndarray(ti.types.vector(a.shape[1], ti.f32), shape=a.shape[:1])
+        dev[k].from_numpy(a)
+    NODE_T = ti.types.ndarray(ti.types.vector(ta["bvh_node"].shape[1], ti.f32), ndim=1)
+    TRI_T = ti.types.ndarray(ti.types.vector(ta["tri_pe"].shape[1], ti.f32), ndim=1)
+    return ta, dev, NODE_T, TRI_T
 
 
 def ir_counts(ll: str) -> dict:
