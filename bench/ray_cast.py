@@ -90,28 +90,28 @@ def meshrender_child(xml: str, threads: int, rays_file: str, checkout: str, out_
     F32_2D = ti.types.ndarray(ti.f32, ndim=2)
 
     @ti.kernel
-    def cast(nodes: NODE_T, tri_pe: TRI_T, rays: F32_2D, out: F32_2D):
+    def cast(nodes: NODE_T, tri_xf: TRI_T, rays: F32_2D, out: F32_2D):
         for i in range(rays.shape[0]):
             o = vec3(rays[i, 0], rays[i, 1], rays[i, 2])
             d = vec3(rays[i, 3], rays[i, 4], rays[i, 5])
-            h = intersect(tri_pe, nodes, o, d, rays[i, 6], 0)
+            h = intersect(tri_xf, nodes, o, d, rays[i, 6], 0)
             out[i, 0] = h.t if h.tri >= 0 else ti.math.inf
 
     @ti.kernel
-    def test(nodes: NODE_T, tri_pe: TRI_T, rays: F32_2D, out: F32_2D):
+    def test(nodes: NODE_T, tri_xf: TRI_T, rays: F32_2D, out: F32_2D):
         for i in range(rays.shape[0]):
             o = vec3(rays[i, 7], rays[i, 8], rays[i, 9])
             d = vec3(rays[i, 10], rays[i, 11], rays[i, 12])
-            out[i, 1] = 1.0 if intersect(tri_pe, nodes, o, d, rays[i, 13], 1).tri >= 0 else 0.0
+            out[i, 1] = 1.0 if intersect(tri_xf, nodes, o, d, rays[i, 13], 1).tri >= 0 else 0.0
 
     rays = np.load(rays_file)
     out = np.zeros((len(rays), 2), np.float32)
 
     def run():
         t0 = time.perf_counter()
-        cast(dev["bvh_node"], dev["tri_pe"], rays, out)
+        cast(dev["bvh_node"], dev["tri_xf"], rays, out)
         t1 = time.perf_counter()
-        test(dev["bvh_node"], dev["tri_pe"], rays, out)
+        test(dev["bvh_node"], dev["tri_xf"], rays, out)
         t2 = time.perf_counter()
         return t1 - t0, t2 - t1
 

@@ -55,7 +55,7 @@ def child(checkout: str, threads: int, spp: int, repeats: int, scenes: list[str]
         ta, dev, NODE_T, TRI_T = walk_arrays(xml)
 
         @ti.kernel
-        def trace(nodes: NODE_T, tri_pe: TRI_T, spp: ti.i32, rays: ti.types.ndarray(ti.i32, ndim=2)):
+        def trace(nodes: NODE_T, tri_xf: TRI_T, spp: ti.i32, rays: ti.types.ndarray(ti.i32, ndim=2)):
             for y, x in ti.ndrange(H, W):
                 n = 0
                 for s in range(spp):
@@ -64,11 +64,11 @@ def child(checkout: str, threads: int, spp: int, repeats: int, scenes: list[str]
                     d = vec3((x + rand(key, 0)) / W * 0.8 - 0.4, 0.4 - (y + rand(key, 1)) / H * 0.8, -1.0)
                     d = d.normalized()
                     for b in range(4):
-                        h = intersect(tri_pe, nodes, o, d, 1e30, 0)
+                        h = intersect(tri_xf, nodes, o, d, 1e30, 0)
                         n += 1
                         if h.tri < 0:
                             break
-                        ng = face_normal(tri_pe, h.tri)
+                        ng = face_normal(tri_xf, h.tri)
                         if ng.dot(d) > 0:
                             ng = -ng
                         o = o + d * h.t + ng * 1e-4
@@ -80,11 +80,11 @@ def child(checkout: str, threads: int, spp: int, repeats: int, scenes: list[str]
                 rays[y, x] = n
 
         counts = np.zeros((H, W), np.int32)
-        trace(dev["bvh_node"], dev["tri_pe"], 1, counts)  # compile
+        trace(dev["bvh_node"], dev["tri_xf"], 1, counts)  # compile
         best = float("inf")
         for _ in range(repeats):
             t0 = time.perf_counter()
-            trace(dev["bvh_node"], dev["tri_pe"], spp, counts)
+            trace(dev["bvh_node"], dev["tri_xf"], spp, counts)
             best = min(best, time.perf_counter() - t0)
         out[xml] = {"rays": int(counts.sum()), "best_s": best, "nodes": len(ta["bvh_node"])}
     if ir:
@@ -105,12 +105,14 @@ def walk_arrays(xml: str):
     from meshrender.scene.load import load_scene
 
     ta = traversal_arrays(compile_scene(load_scene(xml)).arrays)
+    if "tri_pe" in ta:  # a checkout from before the triangle rows held a transform
+        ta["tri_xf"] = ta.pop("tri_pe")
     dev = {}
     for k, a in ta.items():
         dev[k] = ti.ndarray(ti.types.vector(a.shape[1], ti.f32), shape=a.shape[:1])
         dev[k].from_numpy(a)
     NODE_T = ti.types.ndarray(ti.types.vector(ta["bvh_node"].shape[1], ti.f32), ndim=1)
-    TRI_T = ti.types.ndarray(ti.types.vector(ta["tri_pe"].shape[1], ti.f32), ndim=1)
+    TRI_T = ti.types.ndarray(ti.types.vector(ta["tri_xf"].shape[1], ti.f32), ndim=1)
     return ta, dev, NODE_T, TRI_T
 
 

@@ -246,16 +246,16 @@ def tri_vertices(positions: ti.template(), indices: ti.template(), tri: ti.i32):
 
 
 @ti.func
-def face_normal(tri_pe: ti.template(), tri: ti.i32) -> vec3:
+def face_normal(tri_xf: ti.template(), tri: ti.i32) -> vec3:
     """The unit counter-clockwise normal, the direction of (p1 - p0) x (p2 - p0): the third row of
-    the triangle's transform in tri_pe (meshrender.render.traversal_arrays) points that way."""
-    r = tri_pe[tri]
+    the triangle's transform in tri_xf (meshrender.render.traversal_arrays) points that way."""
+    r = tri_xf[tri]
     return vec3(r[6], r[10], r[14]).normalized()
 
 
 @ti.func
-def tri_hit(tri_pe: ti.template(), tri: ti.i32, o: vec3, d: vec3):
-    """Two-sided, on the triangle's row of tri_pe: p0 and the inverse M of the matrix whose columns
+def tri_hit(tri_xf: ti.template(), tri: ti.i32, o: vec3, d: vec3):
+    """Two-sided, on the triangle's row of tri_xf: p0 and the inverse M of the matrix whose columns
     are e1 = p1 - p0, e2 = p2 - p0 and n = e1 x e2 (made in float64 on the host; stored by column:
     x of M's rows 0..2, then y, then z). M takes the triangle to the unit triangle in the xy plane:
     a = M (o - p0) and b = M d, the ray meets the plane at t = -a.z / b.z, and there
@@ -263,7 +263,7 @@ def tri_hit(tri_pe: ti.template(), tri: ti.i32, o: vec3, d: vec3):
     products and a divide, where Moller-Trumbore took two cross products and four dot products).
     Returns (t, u, v); t = inf on a miss, and on every ray for a degenerate triangle (its rows
     are 0, so b.z is 0)."""
-    r = tri_pe[tri]
+    r = tri_xf[tri]
     tx = o.x - r[0]
     ty = o.y - r[1]
     tz = o.z - r[2]
@@ -283,7 +283,7 @@ def tri_hit(tri_pe: ti.template(), tri: ti.i32, o: vec3, d: vec3):
 
 @ti.func
 def intersect(
-    tri_pe: ti.template(),
+    tri_xf: ti.template(),
     nodes: ti.template(),
     o: vec3,
     d: vec3,
@@ -316,7 +316,7 @@ def intersect(
             # then each of the row's floats got its own address arithmetic (two instructions a load)
             for j in ti.static(range(LEAF_TRIS_LINKED)):
                 if j < count:
-                    t, u, v = tri_hit(tri_pe, first + j, o, d)
+                    t, u, v = tri_hit(tri_xf, first + j, o, d)
                     if t < hit.t:
                         hit.t = t
                         hit.u = u
@@ -581,7 +581,7 @@ def render_rect(
     tri_material: I32_1D,
     materials: F32_2D,
     bvh_node: ti.types.ndarray(dtype=ti.types.vector(WIDE_FLOATS, ti.f32), ndim=1),
-    tri_pe: ti.types.ndarray(dtype=ti.types.vector(TRI_FLOATS, ti.f32), ndim=1),
+    tri_xf: ti.types.ndarray(dtype=ti.types.vector(TRI_FLOATS, ti.f32), ndim=1),
     emit_tri: I32_1D,
     emit_cdf: F32_1D,
     tri_emit_pdf: F32_1D,
@@ -651,7 +651,7 @@ def render_rect(
                     t_a = 0.0
                     n_skip = 0
                     while True:
-                        hit = intersect(tri_pe, bvh_node, o_a, rd, ti.math.inf, 0)
+                        hit = intersect(tri_xf, bvh_node, o_a, rd, ti.math.inf, 0)
                         hit.t += t_a
                         if hit.tri < 0 or n_skip >= ALPHA_SKIPS_MAX:
                             break
@@ -661,11 +661,11 @@ def render_rect(
                             srgb_lut, n_tex, hit.tri, hit.u, hit.v, key ^ ti.u32(ALPHA_SALT_PATH), dim_a,
                         ) == 0:  # fmt: skip
                             break
-                        o_a = offset_origin(ro + hit.t * rd, face_normal(tri_pe, hit.tri), rd)
+                        o_a = offset_origin(ro + hit.t * rd, face_normal(tri_xf, hit.tri), rd)
                         t_a = (o_a - ro).dot(rd)
                         n_skip += 1
                 else:  # no cut-outs: the first hit is the hit
-                    hit = intersect(tri_pe, bvh_node, ro, rd, ti.math.inf, 0)
+                    hit = intersect(tri_xf, bvh_node, ro, rd, ti.math.inf, 0)
                 if hit.tri < 0:
                     # the ray escapes: the environment and the suns' discs of directions, each
                     # MIS-weighted against the BSDF sample that led here (a camera ray: weight 1)
@@ -689,7 +689,7 @@ def render_rect(
                 i0 = indices[tri, 0]
                 i1 = indices[tri, 1]
                 i2 = indices[tri, 2]
-                ng_front = face_normal(tri_pe, tri)
+                ng_front = face_normal(tri_xf, tri)
                 p = ro + hit.t * rd
                 wo = -rd
                 m = tri_material[tri]
@@ -791,7 +791,7 @@ def render_rect(
                     q0, q1, q2 = tri_vertices(positions, indices, lt)
                     su = ti.sqrt(ul1)
                     q = q0 * (1.0 - su) + q1 * (su * (1.0 - ul2)) + q2 * (su * ul2)
-                    nl = face_normal(tri_pe, lt)
+                    nl = face_normal(tri_xf, lt)
                     to_l = q - p
                     d2 = to_l.norm_sqr()
                     if d2 > 0.0:
@@ -846,7 +846,7 @@ def render_rect(
                             n_s = 0
                             any_hit = 1
                             while True:
-                                sh = intersect(tri_pe, bvh_node, o_s, d_sh, t_left, any_hit)
+                                sh = intersect(tri_xf, bvh_node, o_s, d_sh, t_left, any_hit)
                                 if sh.tri < 0:
                                     break
                                 if any_hit != 0:
@@ -863,14 +863,14 @@ def render_rect(
                                 ) == 0:  # fmt: skip
                                     blocker = sh.tri
                                     break
-                                o2 = offset_origin(o_s + sh.t * d_sh, face_normal(tri_pe, sh.tri), d_sh)
+                                o2 = offset_origin(o_s + sh.t * d_sh, face_normal(tri_xf, sh.tri), d_sh)
                                 t_left -= (o2 - o_s).dot(d_sh)
                                 o_s = o2
                                 n_s += 1
                                 if t_left <= 0.0:
                                     break
                         else:  # no cut-outs: any hit blocks
-                            blocker = intersect(tri_pe, bvh_node, o_sh, d_sh, t_sh, 1).tri
+                            blocker = intersect(tri_xf, bvh_node, o_sh, d_sh, t_sh, 1).tri
                         if blocker < 0:
                             mis = 1.0 if light_delta != 0 else power_heuristic(pdf_light, pdf_b)
                             L += beta * f * li * (mis / pdf_light)

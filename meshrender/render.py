@@ -181,7 +181,7 @@ class Renderer:
                 tan_x, tan_y, self._n_emit, self._n_tex, self._p_env, self._p_tris,
                 self._n_lights, self._n_suns,
                 camera, d["positions"], d["normals"], d["uvs"], d["indices"], d["tri_material"],
-                d["materials"], d["bvh_node"], d["tri_pe"],
+                d["materials"], d["bvh_node"], d["tri_xf"],
                 d["emit_tri"], d["emit_cdf"], d["tri_emit_pdf"], d["tex_texels"], d["tex_info"],
                 d["tex_refs"], d["tangents"], d["env_params"], d["env_texels"],
                 d["env_cond_cdf"], d["env_marg_cdf"], d["env_info"], d["lights"], d["srgb_lut"], out, aov,
@@ -233,7 +233,7 @@ TRAVERSAL_SOURCES = frozenset({"bvh_bounds", "bvh_links"})  # not uploaded: bvh_
 def traversal_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """What the kernel's traversal reads, made at upload, each uploaded as one vector per row
     (one address computation per row in the kernel, not one per float):
-      * `tri_pe` (triangles, TRI_FLOATS): each triangle's p0 and the transform to the unit
+      * `tri_xf` (triangles, TRI_FLOATS): each triangle's p0 and the transform to the unit
         triangle (meshrender.bvh_wide.triangle_rows) in leaf order, read by the triangle test and
         for face normals in place of indices and positions. Rows of p0 and the two edges before
         were 5% more samples per CPU-second than indices and positions on the Cornell box, up to
@@ -244,9 +244,9 @@ def traversal_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         eight boxes. Nodes of four were 1.2-1.25x the rays per second of the binary walk, whose rows
         (one box and its links) they replaced; before that, rows as vectors in place of floats gave
         2-5%, and both child boxes in the parent's row gave nothing (issue 16's notes)."""
-    tri_pe = triangle_rows(arrays["positions"], arrays["indices"])
+    tri_xf = triangle_rows(arrays["positions"], arrays["indices"])
     bvh_node = wide_nodes(arrays["bvh_bounds"], arrays["bvh_links"])
-    return {"tri_pe": tri_pe, "bvh_node": bvh_node}
+    return {"tri_xf": tri_xf, "bvh_node": bvh_node}
 
 
 _TI_DTYPES: dict[str, object] = {}

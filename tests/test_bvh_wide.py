@@ -202,17 +202,17 @@ F32_2D = ti.types.ndarray(dtype=ti.f32, ndim=2)
 
 
 @ti.kernel
-def _walk_k(nodes: NODES_T, tri_pe: TRIS_T, n_tris: ti.i32, rays: F32_2D, out: F32_2D):
+def _walk_k(nodes: NODES_T, tri_xf: TRIS_T, n_tris: ti.i32, rays: F32_2D, out: F32_2D):
     """rays rows: o (3), d (3), t_max; out rows: walk t, walk tri, any-hit tri, every-triangle t."""
     for r in range(rays.shape[0]):
         o = vec3(rays[r, 0], rays[r, 1], rays[r, 2])
         d = vec3(rays[r, 3], rays[r, 4], rays[r, 5])
         t_max = rays[r, 6]
-        h = intersect(tri_pe, nodes, o, d, t_max, 0)
-        a = intersect(tri_pe, nodes, o, d, t_max, 1)
+        h = intersect(tri_xf, nodes, o, d, t_max, 0)
+        a = intersect(tri_xf, nodes, o, d, t_max, 1)
         best = t_max
         for k in range(n_tris):
-            t, u, v = tri_hit(tri_pe, k, o, d)
+            t, u, v = tri_hit(tri_xf, k, o, d)
             if t < best:
                 best = t
         out[r, 0] = h.t
@@ -236,8 +236,8 @@ def walk(v0, v1, v2, origins, directions, t_max):
     ta = traversal_arrays(arrays)
     nodes = ti.ndarray(ti.types.vector(WIDE_FLOATS, ti.f32), shape=len(ta["bvh_node"]))
     nodes.from_numpy(ta["bvh_node"])
-    tris = ti.ndarray(ti.types.vector(TRI_FLOATS, ti.f32), shape=len(ta["tri_pe"]))
-    tris.from_numpy(ta["tri_pe"])
+    tris = ti.ndarray(ti.types.vector(TRI_FLOATS, ti.f32), shape=len(ta["tri_xf"]))
+    tris.from_numpy(ta["tri_xf"])
     rays = np.zeros((len(origins), 7), np.float32)
     rays[:, 0:3], rays[:, 3:6], rays[:, 6] = origins, directions, t_max
     out = np.zeros((len(origins), 4), np.float32)
@@ -276,13 +276,13 @@ def test_kernel_walk_finds_the_nearest_hit_on_the_bunny():
 
 
 @ti.kernel
-def _tri_k(tri_pe: TRIS_T, rays: F32_2D, out: F32_2D):
+def _tri_k(tri_xf: TRIS_T, rays: F32_2D, out: F32_2D):
     """Ray r against triangle r: out rows t, u, v, then the face normal."""
     for r in range(rays.shape[0]):
         o = vec3(rays[r, 0], rays[r, 1], rays[r, 2])
         d = vec3(rays[r, 3], rays[r, 4], rays[r, 5])
-        t, u, v = tri_hit(tri_pe, r, o, d)
-        n = face_normal(tri_pe, r)
+        t, u, v = tri_hit(tri_xf, r, o, d)
+        n = face_normal(tri_xf, r)
         out[r, 0], out[r, 1], out[r, 2] = t, u, v
         out[r, 3], out[r, 4], out[r, 5] = n.x, n.y, n.z
 
