@@ -83,10 +83,10 @@ from kernels.lights import (
     suns_eval,
 )
 from kernels.trig import sincos_turn
+from meshrender.bvh import LEAF_TRIS_MAX
 from meshrender.bvh_wide import (
     EMPTY,
     LEAF_COUNT_BITS,
-    LEAF_TRIS_LINKED,
     STACK_DEPTH,
     TRI_FLOATS,
     WIDE_FLOATS,
@@ -312,9 +312,10 @@ def intersect(
             code = ~item
             first = code >> LEAF_COUNT_BITS
             count = code & LEAF_COUNT_MASK
-            # unrolled, not a loop: a loop's row offset became an add recurrence on int32, and
-            # then each of the row's floats got its own address arithmetic (two instructions a load)
-            for j in ti.static(range(LEAF_TRIS_LINKED)):
+            # the builder's leaves (LEAF_TRIS_MAX) unrolled, not a loop: a loop's row offset became
+            # an add recurrence on int32, and then each of the row's floats got its own address
+            # arithmetic (two instructions a load); a peer's longer leaves finish in a loop
+            for j in ti.static(range(LEAF_TRIS_MAX)):
                 if j < count:
                     t, u, v = tri_hit(tri_xf, first + j, o, d)
                     if t < hit.t:
@@ -322,6 +323,13 @@ def intersect(
                         hit.u = u
                         hit.v = v
                         hit.tri = first + j
+            for k in range(first + LEAF_TRIS_MAX, first + count):
+                t, u, v = tri_hit(tri_xf, k, o, d)
+                if t < hit.t:
+                    hit.t = t
+                    hit.u = u
+                    hit.v = v
+                    hit.tri = k
             if any_hit != 0 and hit.tri >= 0:
                 sp = 0
         else:

@@ -18,6 +18,7 @@ from meshrender.bvh import DEPTH_MAX, build_bvh
 from meshrender.bvh_wide import (
     BOX_COLUMNS,
     EMPTY,
+    LEAF_TRIS_LINKED,
     LINK_COLUMNS,
     STACK_DEPTH,
     TRI_FLOATS,
@@ -261,6 +262,21 @@ def test_kernel_walk_finds_the_nearest_hit_in_a_soup(seed):
     t_max = np.where(np.arange(3000) % 3 == 0, 0.5, np.inf)  # some segments end before the hits
     out = walk(*soup, origins, directions, t_max)
     assert assert_walk_finds_the_nearest(out, t_max) > 1000
+
+
+def test_kernel_walk_finds_the_nearest_hit_in_leaves_of_up_to_seven(monkeypatch):
+    # this build makes leaves of at most LEAF_TRIS_MAX (4), which the kernel tests unrolled; a
+    # peer's tree may hold up to seven a leaf (LEAF_TRIS_LINKED), which it finishes in a loop
+    import meshrender.bvh as bvh_mod
+
+    monkeypatch.setattr(bvh_mod, "LEAF_TRIS_MAX", LEAF_TRIS_LINKED)
+    monkeypatch.setattr(bvh_mod, "INTERSECT_COST", 0.05)  # triangles cheap: leaves as big as allowed
+    soup = random_soup(3000, seed=5)
+    counts = build_bvh(*soup).links[:, 1]
+    assert counts.max() == LEAF_TRIS_LINKED and np.sum(counts > 4) > 100
+    origins, directions = rays_at([0, 0, 0], [1, 1, 1], 3000, seed=15)
+    out = walk(*soup, origins, directions, np.inf)
+    assert assert_walk_finds_the_nearest(out, np.inf) > 1000
 
 
 def test_kernel_walk_finds_the_nearest_hit_on_the_bunny():
