@@ -71,6 +71,9 @@ _BIN_ALL_SHARE = 8
 # Items of a chunk's prefix (or suffix) scan in _best_splits: 2**20 floats (4 MiB) keep it and its extents
 # in cache; much smaller chunks pay numpy's per-call cost on too few nodes.
 _SCAN_CHUNK_ITEMS = 2**20
+# Triangles whose nodes _best_splits bins at once: its bin tables take about 100 bytes a triangle
+# (76 MB for a whole level of the 1.1M-triangle bunny, the build's biggest single allocation).
+_SPLITS_CHUNK_TRIS = 2**18
 # Arrays shorter than this do their work on one thread: handing half of it to the helper costs more.
 _PARALLEL_MIN = 2**17
 _BIN_WIDTHS = tuple(w for w in (2, 4, 8, 16) if w < BINS) + (BINS,)
@@ -247,7 +250,28 @@ def _bin_keys(axes, at, keys, q) -> None:
 
 
 def _best_splits(csum, lo, hi, off, counts, work: _Work, seg=None):
-    """Binned SAH for every node of a level at once.
+    """_level_splits for the nodes of a level, a run of consecutive nodes of at most about
+    _SPLITS_CHUNK_TRIS triangles at a time (a node's triangles are consecutive, so a run's are
+    too): the bin tables are made per run, so they stay a run's size. Each node's split depends on
+    its own triangles alone: the same result as all at once."""
+    m = csum.shape[1]
+    if m <= _SPLITS_CHUNK_TRIS:
+        return _level_splits(csum, lo, hi, off, counts, work, seg)
+    ends = off + counts
+    parts = []
+    j0 = 0
+    while j0 < len(counts):
+        j1 = max(j0 + 1, int(np.searchsorted(ends, off[j0] + _SPLITS_CHUNK_TRIS, side="right")))
+        a, b = int(off[j0]), int(ends[j1 - 1])
+        part_seg = None if seg is None else seg[a:b] - j0
+        parts.append(_level_splits(csum[:, a:b], lo[:, a:b], hi[:, a:b], off[j0:j1] - a, counts[j0:j1], work,
+                                   part_seg))  # fmt: skip
+        j0 = j1
+    return tuple(np.concatenate(x, axis=-1) for x in zip(*parts, strict=True))
+
+
+def _level_splits(csum, lo, hi, off, counts, work: _Work, seg=None):
+    """Binned SAH for every node of a level (or of a run of its nodes) at once.
 
     csum, lo, hi: float32 (3, m): centroid sums (lo + hi) and boxes of the binned triangles, grouped by
     node; off, counts: each node's first position and size in them (counts >= 1; a node of one
