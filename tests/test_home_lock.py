@@ -139,6 +139,42 @@ def test_the_tui_starts_no_peer_on_a_held_home_and_says_who_holds_it(tmp_path, h
     assert str(e.value) == in_use(home, p.pid) and not started
 
 
+def test_a_tui_opened_while_the_homes_peer_starts_waits_for_its_socket(tmp_path, holder):
+    """A peer holds its home's lock before it serves its status socket (and says "listening"
+    before that too): a TUI that will start no peer of its own waits for the socket rather than
+    saying no peer is there. Without the lock held, it says so at once."""
+    import socket
+
+    import tui.app
+    from meshrender.local import socket_path
+
+    home = tmp_path / "home"
+    with pytest.raises(OSError):
+        tui.app.attach_or_start(home, None)(lambda item: None, lambda why: None)
+    holder(home)
+    path = socket_path(home)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    heard: list[bytes] = []
+
+    def serve_later() -> None:
+        time.sleep(0.8)
+        server.bind(str(path))
+        server.listen(1)
+        conn, _ = server.accept()
+        heard.append(conn.recv(64))
+        conn.close()
+
+    t = threading.Thread(target=serve_later, daemon=True)
+    t.start()
+    try:
+        attached = tui.app.attach_or_start(home, None)(lambda item: None, lambda why: None)
+        t.join(10)
+        attached()
+        assert heard == [b'{"watch": true}\n']
+    finally:
+        server.close()
+
+
 # ---------------------------------------------------------------------------- peers and commands
 
 

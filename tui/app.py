@@ -503,7 +503,9 @@ def attach_or_start(home: Path, start_peer: Callable[[], Callable[[], None]] | N
     """An `attach` for MeshrenderApp: watch the peer serving `home`'s socket; when none answers
     and `start_peer` is given, start one (it returns its stopper) and watch that. When another
     process's peer holds the home's lock (it is starting, or serves no socket, as `render --party`
-    does), start none: wait a little for its socket, then say which process has the home."""
+    does), start none: wait a little for its socket, then say which process has the home. A peer
+    holds the lock before it serves its socket (it says "listening" first, too), so a TUI opened
+    while the peer starts waits for it rather than saying no peer is there."""
     from meshrender.home import HomeLock
     from meshrender.local import LocalWatch, socket_path
 
@@ -514,9 +516,9 @@ def attach_or_start(home: Path, start_peer: Callable[[], Callable[[], None]] | N
             watch.start()
             return Attached(watch.stop, watch.send)
         except OSError:
-            if start_peer is None:
+            busy = HomeLock.in_use(home)
+            if start_peer is None and busy is None:
                 raise
-        busy = HomeLock.in_use(home)
         stop_peer = start_peer() if busy is None else (lambda: None)
         deadline = time.monotonic() + (ATTACH_START_S if busy is None else ATTACH_BUSY_S)
         while True:
